@@ -1,0 +1,897 @@
+"""The reference interpreter: what every op of snuc's IR computes, in plain NumPy.
+
+This module is the oracle (STYLE.md): backends are tested against it, and it is tested
+against onnxruntime on the corresponding ONNX ops. It favours the obvious formulation over
+speed, but stays vectorised (no Python loops over elements or pixels).
+
+Conventions shared by every op:
+
+* Values keep their dtype. Float32 operands are computed in float32 (a float32 matmul is a
+  float32 matmul); nothing is silently widened to float64.
+* IEEE semantics are the meaning of float ops: ``1 / 0`` is ``inf``, ``0 / 0`` is ``nan``.
+  NumPy's floating-point warnings for these are silenced, since they are not errors here.
+* Integer division by zero and out-of-range gather indices are errors (:class:`SnucError`
+  naming the node), because ONNX leaves them undefined.
+
+Where onnxruntime computes an op exactly (element-wise arithmetic, comparisons, casts,
+data movement, max pooling), the result is bit-for-bit the same. Where it approximates
+(sigmoid, tanh, exp in softmax) or sums in another order (matmul, conv, reductions,
+average pooling), the result agrees to about 1e-6 relative to the magnitudes involved;
+the tests state the exact bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, overload
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from snuc.ir.crossbar import adc_quantize, dac_quantize, tile_conductances
+from snuc.ir.errors import SnucError, VerifyError
+from snuc.ir.graph import Graph, Node
+from snuc.ir.ops import Op
+from snuc.ir.target import TargetSpec, parse_target
+from snuc.ir.types import BATCH, DTYPES, TensorType
+from snuc.runtime import pcm
+
+Semantics = Callable[..., tuple[np.ndarray, ...]]
+
+OP_SEMANTICS: dict[str, Semantics] = {}
+"""By op name, ``f(op, *operands) -> results``: the meaning of every registered op."""
+
+MODES = ("float", "quantized", "pcm")
+"""The run modes (SPEC §6): exact weights; deterministic conductances, DAC and ADC; and
+``quantized`` plus the PCM device model."""
+
+DRIFT_COMPENSATIONS = ("global", "column", None)
+"""Drift compensation in ``pcm`` mode: one factor per tile, one per column, or none."""
+
+
+def _defines(name: str) -> Callable[[Semantics], Semantics]:
+    """Decorator: register the decorated function as the semantics of op ``name``."""
+
+    def register(fn: Semantics) -> Semantics:
+        if name in OP_SEMANTICS:
+            raise RuntimeError(f"semantics of {name} defined twice")
+        OP_SEMANTICS[name] = fn
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-x))`` without overflow: exp is only taken of ``-|x|``."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _step(x: np.ndarray) -> np.ndarray:
+    """Heaviside: 1 where ``x > 0``, else 0, in x's dtype."""
+    return (x > 0).astype(x.dtype)
+
+
+def _truncating_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Integer quotient rounded toward zero (C and ONNX), not toward -inf (Python)."""
+    if np.any(y == 0):
+        raise SnucError("integer division by zero")
+    q = np.floor_divide(x, y)
+    # Floor and truncation differ only for inexact quotients of opposite-signed operands.
+    inexact_negative = (q * y != x) & ((x < 0) != (y < 0))
+    return q + inexact_negative.astype(q.dtype)
+
+
+def _pad_hw(x: np.ndarray, pads: tuple[int, ...], value: float) -> np.ndarray:
+    """Pad an NCHW array's spatial dimensions; ``pads`` is (top, left, bottom, right)."""
+    top, left, bottom, right = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _windows(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...] = (1, 1),
+) -> np.ndarray:
+    """A read-only view ``[N, C, OH, OW, kh, kw]`` of every kernel window of padded NCHW ``x``.
+
+    ``view[n, c, i, j, u, v] = x[n, c, i*sh + u*dh, j*sw + v*dw]``.
+    """
+    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations, strict=True))
+    view = sliding_window_view(x, spans, axis=(2, 3))
+    (sh, sw), (dh, dw) = strides, dilations
+    return view[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def _reduced_axes(op: Op, x: np.ndarray) -> tuple[int, ...]:
+    """The axes a reduction op reduces: its ``axes``, or all of them when empty."""
+    return tuple(a % x.ndim for a in op.axes) if op.axes else tuple(range(x.ndim))
+
+
+# --------------------------------------------------------------------------- element-wise
+
+
+@_defines("dig.add")
+def _add(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x + y`` with broadcasting."""
+    return (np.add(x, y),)
+
+
+@_defines("dig.sub")
+def _sub(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x - y`` with broadcasting."""
+    return (np.subtract(x, y),)
+
+
+@_defines("dig.mul")
+def _mul(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x * y`` with broadcasting."""
+    return (np.multiply(x, y),)
+
+
+@_defines("dig.div")
+def _div(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x / y`` with broadcasting.
+
+    Floats: IEEE division. Integers: ``z = trunc(x / y)``, rounded toward zero like ONNX;
+    a zero divisor is an error.
+    """
+    if np.issubdtype(x.dtype, np.integer):
+        return (_truncating_div(x, y),)
+    return (np.divide(x, y),)
+
+
+@_defines("dig.greater")
+def _greater(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x > y`` (bool) with broadcasting."""
+    return (np.greater(x, y),)
+
+
+@_defines("dig.greater_equal")
+def _greater_equal(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x >= y`` (bool) with broadcasting."""
+    return (np.greater_equal(x, y),)
+
+
+@_defines("dig.less")
+def _less(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x < y`` (bool) with broadcasting."""
+    return (np.less(x, y),)
+
+
+@_defines("dig.neg")
+def _neg(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = -x``."""
+    return (np.negative(x),)
+
+
+@_defines("dig.relu")
+def _relu(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = max(x, 0)``."""
+    return (np.maximum(x, x.dtype.type(0)),)
+
+
+@_defines("dig.leaky_relu")
+def _leaky_relu(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = x if x >= 0 else alpha * x``; ``alpha`` is rounded to x's dtype first.
+
+    ONNX stores ``alpha`` as a float32 attribute, so rounding it keeps float32 results
+    identical to onnxruntime's.
+    """
+    alpha = x.dtype.type(op.alpha)
+    return (np.where(x >= 0, x, alpha * x),)
+
+
+@_defines("dig.sigmoid")
+def _sigmoid_op(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = 1 / (1 + exp(-x))``, computed as ``e / (1 + e)`` with ``e = exp(x)`` for x < 0.
+
+    Never overflows, and stays accurate to a few ulp for large negative x (onnxruntime's
+    approximation is off by up to ~2e-7 absolute there).
+    """
+    return (_sigmoid(x),)
+
+
+@_defines("dig.tanh")
+def _tanh(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = tanh(x)``."""
+    return (np.tanh(x),)
+
+
+@_defines("dig.step")
+def _step_op(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = 1 where x > 0 else 0``, in x's dtype (the SNU spike; ``step(0) = 0``)."""
+    return (_step(x),)
+
+
+@_defines("dig.cast")
+def _cast(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = x`` converted to dtype ``to``.
+
+    Float to integer truncates toward zero (NaN, inf and out-of-range values are undefined,
+    as in ONNX); bool to number gives 0 or 1; number to bool is ``x != 0``; float64 to
+    float32 rounds to nearest.
+    """
+    return (x.astype(DTYPES[op.to]),)
+
+
+@_defines("dig.where")
+def _where(op: Op, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x where cond else y`` with broadcasting."""
+    return (np.where(cond, x, y),)
+
+
+# --------------------------------------------------------------------------- SNU
+
+
+@_defines("snu.layer")
+def _snu_layer(
+    op: Op,
+    a: np.ndarray,
+    s_prev: np.ndarray,
+    y_prev: np.ndarray,
+    decay: np.ndarray,
+    bias: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """The SNU / sSNU update of SPEC §1, results ``(s, y)``::
+
+        s = g(a + decay * s_prev * (1 - y_prev))     g = relu: max(., 0) | identity
+        y = h(s + bias)                              h = step: 1 where > 0 | sigmoid
+
+    evaluated left to right in the operands' dtype: ``a + ((decay * s_prev) * (1 - y_prev))``.
+    ``decay`` and ``bias`` broadcast against ``a`` (scalar or per neuron).
+    """
+    s = a + decay * s_prev * (1 - y_prev)
+    if op.g == "relu":
+        s = np.maximum(s, s.dtype.type(0))
+    z = s + bias
+    y = _step(z) if op.h == "step" else _sigmoid(z)
+    return s, y
+
+
+# --------------------------------------------------------------------------- matrix work
+
+
+@_defines("xbar.dense")
+def _dense(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = x @ W``: ``y[..., n] = sum_k x[..., k] W[k, n]``."""
+    return (np.matmul(x, w),)
+
+
+@_defines("xbar.mvm")
+def _mvm(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One crossbar tile, exact weights: ``y = x[..., r0:r1] @ W[r0:r1, c0:c1]``."""
+    (r0, r1), (c0, c1) = op.rows, op.cols
+    return (np.matmul(x[..., r0:r1], w[r0:r1, c0:c1]),)
+
+
+@_defines("dig.im2col")
+def _im2col(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y[n, i, j, (c*kh + u)*kw + v] = x_pad[n, c, i*sh + u*dh, j*sw + v*dw]``."""
+    windows = _windows(_pad_hw(x, op.pads, 0), op.kernel, op.strides, op.dilations)
+    n, c, oh, ow, kh, kw = windows.shape
+    return (
+        np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n, oh, ow, c * kh * kw),
+    )
+
+
+@_defines("dig.matmul")
+def _matmul(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``z = x @ y`` with NumPy (= ONNX MatMul) semantics for ranks 1 and >= 3."""
+    return (np.matmul(x, y),)
+
+
+def _conv2d(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Grouped, strided, dilated, zero-padded 2-D convolution as one batched matmul (im2col).
+
+    ``y[n, m, i, j] = sum_{c, u, v} x_pad[n, g*Cg + c, i*sh + u*dh, j*sw + v*dw] W[m, c, u, v]``
+    with ``Cg = C / group``, ``g = m // (M / group)``; pads are (top, left, bottom, right).
+    """
+    n = x.shape[0]
+    m, c_per_group, kh, kw = w.shape
+    groups = op.group
+    windows = _windows(_pad_hw(x, op.pads, 0), (kh, kw), op.strides, op.dilations)
+    oh, ow = windows.shape[2:4]
+    patch_size = c_per_group * kh * kw
+    # [N, G, Cg, OH, OW, kh, kw] -> [N, G, OH*OW, Cg*kh*kw]: one patch per output pixel,
+    # flattened in the same (c, u, v) order as the weight rows below.
+    patches = (
+        windows.reshape(n, groups, c_per_group, oh, ow, kh, kw)
+        .transpose(0, 1, 3, 4, 2, 5, 6)
+        .reshape(n, groups, oh * ow, patch_size)
+    )
+    kernels = w.reshape(groups, m // groups, patch_size).transpose(0, 2, 1)
+    out = np.matmul(patches, kernels)  # [N, G, OH*OW, M/G]
+    return (out.transpose(0, 1, 3, 2).reshape(n, m, oh, ow),)
+
+
+@_defines("xbar.conv")
+def _xbar_conv(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """2-D convolution with a constant weight; the equation is :func:`_conv2d`'s."""
+    return _conv2d(op, x, w)
+
+
+@_defines("dig.conv")
+def _dig_conv(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """2-D convolution with a computed weight; the equation is :func:`_conv2d`'s."""
+    return _conv2d(op, x, w)
+
+
+# --------------------------------------------------------------------------- shape ops
+
+
+@_defines("dig.reshape")
+def _reshape(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = reshape(x, shape)`` in row-major order, with ``B`` set to the actual batch.
+
+    The batch size is what the other dimensions leave (the IR guarantees one ``B`` at most).
+    """
+    shape = tuple(-1 if d == BATCH else d for d in op.shape)
+    return (np.reshape(x, shape),)
+
+
+@_defines("dig.transpose")
+def _transpose(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = transpose(x, perm)``: ``y.shape[i] = x.shape[perm[i]]``."""
+    return (np.transpose(x, op.perm),)
+
+
+@_defines("dig.concat")
+def _concat(op: Op, *xs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = concatenate(xs, axis)``."""
+    return (np.concatenate(xs, axis=op.axis),)
+
+
+@_defines("dig.gather")
+def _gather(op: Op, table: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = take(table, indices, axis)``: ``y[..., i..., ...] = table[..., indices[i...], ...]``.
+
+    Negative indices count from the end (ONNX); indices outside ``[-n, n)`` are an error.
+    """
+    size = table.shape[op.axis]
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        bad = indices[(indices < -size) | (indices >= size)].flat[0]
+        raise SnucError(
+            f"index {bad} is out of range [{-size}, {size}) for axis {op.axis} of a table "
+            f"of shape {list(table.shape)}; check the token ids against the vocabulary size"
+        )
+    return (np.take(table, indices, axis=op.axis),)
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+@_defines("dig.reduce_sum")
+def _reduce_sum(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = sum(x, axes, keepdims)`` in x's dtype; empty ``axes`` reduces all axes."""
+    return (np.sum(x, axis=_reduced_axes(op, x), keepdims=op.keepdims, dtype=x.dtype),)
+
+
+@_defines("dig.reduce_mean")
+def _reduce_mean(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = sum(x, axes, keepdims) / count`` in x's dtype; empty ``axes`` reduces all axes.
+
+    For integers the division truncates toward zero, as onnxruntime's.
+    """
+    axes = _reduced_axes(op, x)
+    total = np.sum(x, axis=axes, keepdims=op.keepdims, dtype=x.dtype)
+    count = np.asarray(math.prod(x.shape[a] for a in axes), dtype=x.dtype)
+    if np.issubdtype(x.dtype, np.integer):
+        return (_truncating_div(total, count),)
+    return (np.divide(total, count),)
+
+
+@_defines("dig.softmax")
+def _softmax(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = exp(x - max) / sum(exp(x - max))`` along ``axis``; the max keeps exp finite."""
+    e = np.exp(x - np.max(x, axis=op.axis, keepdims=True))
+    return (e / np.sum(e, axis=op.axis, keepdims=True),)
+
+
+@_defines("dig.log_softmax")
+def _log_softmax(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y = (x - max) - log(sum(exp(x - max)))`` along ``axis``."""
+    z = x - np.max(x, axis=op.axis, keepdims=True)
+    return (z - np.log(np.sum(np.exp(z), axis=op.axis, keepdims=True)),)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@_defines("dig.maxpool")
+def _maxpool(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y[n, c, i, j] = max_{u, v} x_pad[n, c, i*sh + u, j*sw + v]``; padding is -inf."""
+    windows = _windows(_pad_hw(x, op.pads, -np.inf), op.kernel, op.strides)
+    return (np.max(windows, axis=(-2, -1)),)
+
+
+@_defines("dig.avgpool")
+def _avgpool(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``y[n, c, i, j] = sum_{u, v} x_pad[n, c, i*sh + u, j*sw + v] / count[i, j]``.
+
+    Padding is zero. ``count`` is ``kh * kw`` when ``count_include_pad``, else the number
+    of window positions that fall inside the unpadded input.
+    """
+    total = np.sum(_windows(_pad_hw(x, op.pads, 0), op.kernel, op.strides), axis=(-2, -1))
+    if op.count_include_pad:
+        count = np.asarray(op.kernel[0] * op.kernel[1], dtype=x.dtype)
+    else:
+        inside = _pad_hw(np.ones((1, 1, *x.shape[2:]), dtype=x.dtype), op.pads, 0)
+        count = np.sum(_windows(inside, op.kernel, op.strides), axis=(-2, -1))
+    return (total / count,)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(node: Node, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """:func:`evaluate_node` without the floating-point error state (the caller sets it)."""
+    semantics = OP_SEMANTICS.get(node.op.NAME)
+    if semantics is None:
+        raise SnucError(
+            f"{node.loc.prefix()}op {node.op.NAME} (%{node.id}) has no reference semantics; "
+            f"known ops: {', '.join(sorted(OP_SEMANTICS))}"
+        )
+    node.op.check_arity(len(args), node.loc)
+    try:
+        results = semantics(node.op, *args)
+    except SnucError as err:
+        raise SnucError(f"{node.loc.prefix()}{node.op.NAME} %{node.id}: {err}") from None
+    return tuple(np.asarray(r) for r in results)
+
+
+def evaluate_node(node: Node, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Compute one node's results from its operand values (one per ``node.inputs``).
+
+    Args:
+        node: the node; its op's name selects the semantics in :data:`OP_SEMANTICS`.
+        args: the operand arrays, in ``node.inputs`` order, with concrete batch sizes.
+
+    Returns:
+        The results, one array per ``node.outputs``.
+
+    Raises:
+        SnucError: the op has no semantics, or its operands are invalid at run time
+            (integer division by zero, an out-of-range gather index); names the node.
+    """
+    with np.errstate(all="ignore"):
+        return _evaluate(node, args)
+
+
+# --------------------------------------------------------------------------- crossbar tiles
+
+
+class _ReadNoise:
+    """One tile's read-noise block ``[T, *out]`` of standard normals, handed out step by step.
+
+    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out))``: a NumPy
+    ``Generator`` fills an array in C order, so drawing ``block[0]``, ``block[1]``, ... in
+    turn from the tile's ``read`` stream yields the block itself, without holding all T
+    steps in memory (a convolution tile's block has a value per pixel, batch entry and
+    step).
+    """
+
+    def __init__(self, seed: int, tile: int, shape: tuple[int, ...]) -> None:
+        self._rng = pcm.chip_rng(seed, tile, "read")
+        self._shape = shape
+        self._next_step = 0
+
+    def at(self, step: int) -> np.ndarray:
+        """``block[step]``; steps must be asked for in order, each once."""
+        if step != self._next_step:
+            raise RuntimeError(f"read noise asked for step {step}, expected {self._next_step}")
+        self._next_step += 1
+        return self._rng.standard_normal(self._shape)
+
+
+class _Tile:
+    """How one ``xbar.mvm`` computes in ``quantized`` and ``pcm`` modes; set up once per run.
+
+    Per step (SPEC §6; docs/quantization.md)::
+
+        x_q   = DAC(x[..., r0:r1])                    float64, over op.dac with dac_bits
+        I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n_t)  float64 column sums (+ read noise)
+        I_hat = ADC(I)                                 full scale op.adc_range, adc_bits
+        y     = float32(I_hat * s * alpha)             digital scale, drift compensation
+
+    ``G`` is G+ - G- per weight (devices summed): the quantised targets, or in ``pcm``
+    mode the programmed devices after drift, with ``var`` their read-noise variances and
+    ``n_t`` step t of the tile's read-noise block.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        conductance_us: np.ndarray,
+        gain: np.ndarray,
+        target: TargetSpec,
+        read_noise: tuple[np.ndarray, _ReadNoise] | None,
+        dtype: np.dtype,
+    ) -> None:
+        self.rows = slice(*node.op.rows)
+        self.dac = node.op.dac
+        self.adc_range = node.op.adc_range
+        self.dac_bits = target.dac_bits
+        self.adc_bits = target.adc_bits
+        self.conductance_us = conductance_us
+        self.gain = gain
+        self.read_noise = read_noise
+        self.dtype = dtype
+
+    def mvm(self, x: np.ndarray, step: int) -> np.ndarray:
+        x_q = dac_quantize(x[..., self.rows], self.dac[0], self.dac[1], self.dac_bits)
+        current = np.matmul(x_q, self.conductance_us)
+        if self.read_noise is not None:
+            variance_us2, noise = self.read_noise
+            current += np.sqrt(np.matmul(x_q * x_q, variance_us2)) * noise.at(step)
+        read = adc_quantize(current, self.adc_range, self.adc_bits)
+        return (read * self.gain).astype(self.dtype)
+
+
+def _unmapped(node: Node, mode: str) -> SnucError:
+    return SnucError(
+        f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; mode {mode!r} runs "
+        "crossbar tiles only: compile with the lower-conv, tile, place and quantize passes"
+    )
+
+
+def _tiles(
+    graph: Graph,
+    nodes: Sequence[Node],
+    *,
+    mode: str,
+    target: TargetSpec,
+    seed: int,
+    t_inference_s: float,
+    drift_compensation: str | None,
+    steps: int,
+    batch: int,
+) -> dict[str, _Tile]:
+    """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
+    tiles: dict[str, _Tile] = {}
+    numbers: dict[int, str] = {}
+    for node in nodes:
+        if node.op.NAME in ("xbar.dense", "xbar.conv"):
+            raise _unmapped(node, mode)
+        if node.op.NAME != "xbar.mvm":
+            continue
+        op = node.op
+        if op.adc_range <= 0:
+            raise SnucError(
+                f"{node.loc.prefix()}xbar.mvm %{node.id} (tile {op.tile}) has no ADC range; "
+                f"mode {mode!r} needs a quantised graph: compile with the quantize pass"
+            )
+        if op.tile in numbers:
+            raise SnucError(
+                f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[op.tile]} are both "
+                f"tile {op.tile}; tile numbers must be unique (the tile pass numbers them)"
+            )
+        numbers[op.tile] = node.id
+        g_plus, g_minus, scale = tile_conductances(
+            graph.constants[node.inputs[1]], op.rows, op.cols, target
+        )
+        dtype = graph.type_of(node.id).np_dtype
+        if mode == "quantized":
+            conductance = g_plus.sum(axis=-1) - g_minus.sum(axis=-1)
+            tiles[node.id] = _Tile(node, conductance, scale, target, None, dtype)
+            continue
+        chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.tile)
+        drifted = chip.at(t_inference_s)
+        if drift_compensation == "global":
+            alpha = pcm.drift_compensation_factor(chip, t_inference_s)
+        elif drift_compensation == "column":
+            alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
+        else:
+            alpha = 1.0
+        out_shape = graph.type_of(node.id).concrete(batch)
+        noise = _ReadNoise(seed, op.tile, out_shape)
+        tiles[node.id] = _Tile(
+            node,
+            drifted.weights_us,
+            scale * alpha,
+            target,
+            (drifted.read_variance_us2, noise),
+            dtype,
+        )
+    return tiles
+
+
+def _run_options(
+    mode: str,
+    target: TargetSpec | str | None,
+    seed: int,
+    t_inference_s: float,
+    drift_compensation: str | None,
+) -> TargetSpec | None:
+    """Check the mode's options; the target as a TargetSpec (None in ``float`` mode)."""
+    if mode not in MODES:
+        raise SnucError(f"mode {mode!r} is not a run mode; expected one of: {', '.join(MODES)}")
+    if mode == "float":
+        return None
+    if target is None:
+        raise SnucError(
+            f"mode {mode!r} needs the target the graph was compiled for "
+            "(target=TargetSpec or a name such as 'pcm-256x256')"
+        )
+    if isinstance(target, str):
+        target = parse_target(target)
+    if not isinstance(target, TargetSpec):
+        raise SnucError(f"target {target!r} is not a TargetSpec or a target name")
+    if mode == "pcm":
+        if drift_compensation not in DRIFT_COMPENSATIONS:
+            raise SnucError(
+                f"drift_compensation {drift_compensation!r} is not valid; expected "
+                "'global', 'column' or None"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise SnucError(f"seed {seed!r} is not valid; expected a non-negative integer")
+        t = float(t_inference_s)
+        if not (math.isfinite(t) and t >= 0):
+            raise SnucError(
+                f"t_inference_s = {t_inference_s!r} is not valid; expected a finite number of "
+                "seconds >= 0 after programming"
+            )
+    return target
+
+
+# --------------------------------------------------------------------------- the time loop
+
+
+@overload
+def run(
+    graph: Graph,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    mode: str = ...,
+    target: TargetSpec | str | None = ...,
+    seed: int = ...,
+    t_inference_s: float = ...,
+    drift_compensation: str | None = ...,
+    trace: Literal[False] = ...,
+) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def run(
+    graph: Graph,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    mode: str = ...,
+    target: TargetSpec | str | None = ...,
+    seed: int = ...,
+    t_inference_s: float = ...,
+    drift_compensation: str | None = ...,
+    trace: Literal[True],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
+
+
+def run(
+    graph: Graph,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    mode: str = "float",
+    target: TargetSpec | str | None = None,
+    seed: int = 0,
+    t_inference_s: float = 3600.0,
+    drift_compensation: str | None = "global",
+    trace: bool = False,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Run a step graph over whole sequences (SPEC §1): the reference time loop.
+
+    Every state starts at zeros of its type at the actual batch size; each step evaluates
+    the nodes in ``graph.nodes()`` order on that step's inputs; at the end of the step every
+    state takes the value of its ``next``.
+
+    Args:
+        graph: the step graph; it is verified first.
+        inputs: time-major arrays ``[T, B, ...]``: one array when the graph has one input,
+            else a dict by input name. Each must have the input type's rank plus one and
+            its non-batch dimensions. Float inputs must be float32 or float64 (cast to the
+            input's float dtype, so float64 is rounded to float32 for an ``f32`` input);
+            integer inputs (token ids) must have an integer dtype (cast, range-checked);
+            bool inputs must be bool. All inputs share T and B.
+        mode: how crossbar work computes (SPEC §6); digital ops are the same in every mode.
+            ``"float"``: exact weights (``xbar.mvm`` is the exact window product).
+            ``"quantized"``: every ``xbar.mvm`` through its DAC, quantised conductances
+            summed in float64, ADC and digital scale; deterministic.
+            ``"pcm"``: ``quantized`` on the chip ``seed`` names, ``t_inference_s`` after
+            programming, with read noise. Both need a graph compiled with the ``tile``
+            and ``quantize`` passes (no ``xbar.dense`` or ``xbar.conv`` left) and its
+            target. docs/quantization.md gives the order of operations.
+        target: the chip the graph was compiled for (a TargetSpec or a target name);
+            required by ``quantized`` and ``pcm``, ignored by ``float``.
+        seed: ``pcm``: the simulated chip. It alone fixes the programming noise and every
+            device's drift exponent (so runs at several ``t_inference_s`` age one chip)
+            and, with the tile, the read-noise stream.
+        t_inference_s: ``pcm``: seconds between programming and inference.
+        drift_compensation: ``pcm``: ``"global"`` (one factor per tile), ``"column"``
+            (one per output column) or None (off).
+        trace: also return every node result stacked over time.
+
+    Returns:
+        Every graph output stacked over time, ``[T, B, ...]``, by output name; with
+        ``trace``, a pair ``(outputs, values)`` where ``values`` holds every node result
+        stacked the same way, by value name.
+
+    Raises:
+        SnucError: an unknown mode or a bad option of it, a missing target, a graph not
+            compiled for the mode, a missing, unknown or badly typed input, or a run-time
+            error of a node (see :func:`evaluate_node`). Each message is one line.
+        VerifyError: the graph is malformed.
+    """
+    spec = _run_options(mode, target, seed, t_inference_s, drift_compensation)
+    graph.verify()
+    feeds = bind_inputs(graph, inputs)
+    steps, batch = _sequence_extent(graph, feeds)
+    types = graph.values()
+    nodes = list(graph.nodes())
+    tiles = (
+        {}
+        if spec is None
+        else _tiles(
+            graph,
+            nodes,
+            mode=mode,
+            target=spec,
+            seed=seed,
+            t_inference_s=t_inference_s,
+            drift_compensation=drift_compensation,
+            steps=steps,
+            batch=batch,
+        )
+    )
+
+    recorded = list(dict.fromkeys(graph.outputs))
+    if trace:
+        recorded += [v for node in nodes for v in node.outputs if v not in recorded]
+    stacked = {
+        v: np.empty((steps, *types[v].concrete(batch)), dtype=types[v].np_dtype) for v in recorded
+    }
+
+    env: dict[str, np.ndarray] = dict(graph.constants)
+    states = {
+        s.name: np.zeros(types[s.name].concrete(batch), types[s.name].np_dtype)
+        for s in graph.states
+    }
+    with np.errstate(all="ignore"):
+        for t in range(steps):
+            env.update(states)
+            for name, seq in feeds.items():
+                env[name] = seq[t]
+            for node in nodes:
+                args = [env[v] for v in node.inputs]
+                tile = tiles.get(node.id)
+                results = _evaluate(node, args) if tile is None else (tile.mvm(args[0], t),)
+                for name, value in zip(node.outputs, results, strict=True):
+                    if t == 0:
+                        _check_result(node, name, value, types[name], batch)
+                    env[name] = value
+            for name, out in stacked.items():
+                out[t] = env[name]
+            states = {s.name: env[s.next] for s in graph.states}
+
+    outputs = {v: stacked[v] for v in graph.outputs}
+    if trace:
+        return outputs, stacked
+    return outputs
+
+
+def bind_inputs(
+    graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Map each graph input to its checked (and possibly cast) sequence array.
+
+    Raises:
+        SnucError: a missing, unknown or badly typed input (see :func:`run`); one line.
+    """
+    if isinstance(inputs, Mapping):
+        missing = [n for n in graph.inputs if n not in inputs]
+        if missing:
+            raise SnucError(
+                f"missing input {', '.join('%' + n for n in missing)}; graph @{graph.name} "
+                f"takes {', '.join('%' + n for n in graph.inputs)}"
+            )
+        unknown = [str(n) for n in inputs if n not in graph.inputs]
+        if unknown:
+            raise SnucError(
+                f"unknown input {', '.join(unknown)}; graph @{graph.name} "
+                f"takes {', '.join('%' + n for n in graph.inputs)}"
+            )
+        given = dict(inputs)
+    elif len(graph.inputs) == 1:
+        given = {graph.inputs[0]: inputs}
+    else:
+        raise SnucError(
+            f"graph @{graph.name} has {len(graph.inputs)} inputs "
+            f"({', '.join('%' + n for n in graph.inputs)}); pass a dict by input name"
+        )
+    return {n: _checked_input(n, graph.type_of(n), given[n]) for n in graph.inputs}
+
+
+def _expected_shape(type_: TensorType) -> str:
+    return "[" + ", ".join(["T", *(str(d) for d in type_.shape)]) + "]"
+
+
+def _checked_input(name: str, type_: TensorType, value: object) -> np.ndarray:
+    """``value`` as the sequence of input ``name``; a one-line SnucError if it does not fit."""
+    if not isinstance(value, np.ndarray):
+        raise SnucError(
+            f"input %{name}: expected a NumPy array {_expected_shape(type_)}, "
+            f"got {type(value).__name__}"
+        )
+    if value.ndim != type_.rank + 1:
+        raise SnucError(
+            f"input %{name}: expected rank {type_.rank + 1} {_expected_shape(type_)} "
+            f"(time first), got rank {value.ndim} with shape {list(value.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(type_.shape, value.shape[1:], strict=True), start=1):
+        if want != BATCH and want != got:
+            raise SnucError(
+                f"input %{name}: expected shape {_expected_shape(type_)}, "
+                f"got {list(value.shape)} (axis {axis} should be {want})"
+            )
+    return _cast_input(name, type_, value)
+
+
+def _cast_input(name: str, type_: TensorType, value: np.ndarray) -> np.ndarray:
+    """Cast ``value`` to the input's dtype where that is safe; a SnucError otherwise."""
+    target = type_.np_dtype
+    kind = target.kind
+    if kind == "f":
+        ok = value.dtype in (np.dtype(np.float32), np.dtype(np.float64))
+        want = "float32 (or float64)"
+    elif kind in "iu":
+        ok = value.dtype.kind in "iu"
+        want = "integer (token ids)"
+    else:
+        ok = value.dtype == target
+        want = str(target)
+    if not ok:
+        raise SnucError(f"input %{name}: expected {want} values for {type_}, got {value.dtype}")
+    if kind in "iu" and value.size:
+        info = np.iinfo(target)
+        low, high = value.min(), value.max()
+        if low < info.min or high > info.max:
+            raise SnucError(
+                f"input %{name}: values [{low}, {high}] do not fit {type_.dtype} "
+                f"[{info.min}, {info.max}]"
+            )
+    return value.astype(target, copy=False)
+
+
+def _sequence_extent(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """The common sequence length T and batch size B of the inputs.
+
+    A graph whose inputs carry no batch dimension runs with B = 1.
+    """
+    lengths = {n: a.shape[0] for n, a in feeds.items()}
+    batches = {}
+    for n, a in feeds.items():
+        type_ = graph.type_of(n)
+        if type_.has_batch:
+            batches[n] = a.shape[1 + type_.shape.index(BATCH)]
+    for what, sizes in (("sequence length T", lengths), ("batch size B", batches)):
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"%{n}: {s}" for n, s in sizes.items())
+            raise SnucError(f"inputs disagree on the {what} ({listed}); give them equal sizes")
+    steps = next(iter(lengths.values()))
+    batch = next(iter(batches.values()), 1)
+    return steps, batch
+
+
+def _check_result(node: Node, name: str, value: np.ndarray, type_: TensorType, batch: int) -> None:
+    """A computed value must have its declared type; otherwise the semantics are wrong."""
+    shape = type_.concrete(batch)
+    if value.shape != shape or value.dtype != type_.np_dtype:
+        raise VerifyError(
+            f"{node.loc.prefix()}{node.op.NAME} %{name} computed {value.dtype}{list(value.shape)}, "
+            f"but its type is {type_} ({list(shape)} at batch {batch})"
+        )
