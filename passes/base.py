@@ -75,6 +75,10 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "canonicalize",
     "lift-snu",
     "dead-code",
+    "lower-conv",
+    "tile",
+    "place",
+    "quantize",
     "verify",
 )
 """The default order of passes, top to bottom (SPEC §4)."""

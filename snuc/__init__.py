@@ -1,7 +1,23 @@
-"""snuc: compile spiking-neural-unit networks for simulated phase-change-memory chips."""
+"""snuc: compile spiking-neural-unit networks for simulated phase-change-memory chips.
+
+    import snuc
+    art = snuc.compile("model.onnx", target="pcm-256x256")   # an Artefact, in memory
+    art.save("model.snuc");  art = snuc.load("model.snuc")
+    art.report                                              # the dict of report.json
+"""
 
 from snuc.ir.errors import SnucError
 
 __version__ = "0.1.0"
 
-__all__ = ["SnucError", "__version__"]
+from snuc.runtime.artefact import Artefact, load  # noqa: E402 -- after __version__
+
+
+def compile(model, target=None, **options):  # noqa: A001 -- SPEC §8 names it compile
+    """Compile an ONNX model for a target; see :func:`snuc.driver.compile_model`."""
+    from snuc.driver import compile_model
+
+    return compile_model(model, target, **options)
+
+
+__all__ = ["Artefact", "SnucError", "__version__", "compile", "load"]

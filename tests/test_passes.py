@@ -288,6 +288,10 @@ def test_default_pipeline_order():
         "canonicalize",
         "lift-snu",
         "dead-code",
+        "lower-conv",
+        "tile",
+        "place",
+        "quantize",
         "verify",
     ]
     assert [p.name for p in default_pipeline()] == list(DEFAULT_PIPELINE)

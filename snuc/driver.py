@@ -1,0 +1,139 @@
+"""The driver: wires the stages of snuc together (import, passes, report, artefact).
+
+Only this module and the CLI import every stage (STYLE.md "Layout").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from snuc.frontend.onnx_import import import_onnx
+from snuc.ir.errors import SnucError
+from snuc.ir.graph import Graph
+from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target, with_overrides
+from snuc.ir.text import print_graph
+from snuc.passes import Pass, default_pipeline, pass_names, run_pipeline
+from snuc.passes.quantize import Quantize
+from snuc.passes.report import mapping_report
+from snuc.runtime.artefact import Artefact
+from snuc.runtime.calibration import calibrate
+
+IMPORT_STAGE = "import"
+
+After = Callable[[str, Graph], None]
+
+
+def stage_names() -> list[str]:
+    """Names accepted by ``--print-after``: ``import`` then every pass of the pipeline."""
+    return [IMPORT_STAGE, *pass_names()]
+
+
+def resolve_target(
+    target: str | os.PathLike | TargetSpec | None, chips: int | None = None
+) -> TargetSpec:
+    """A TargetSpec from a name, a TOML path or a spec, with ``--chips`` applied."""
+    if not isinstance(target, TargetSpec):
+        target = parse_target(DEFAULT_TARGET if target is None else target)
+    if chips is not None:
+        target = with_overrides(target, chips=chips)
+    return target
+
+
+def import_model(path: str | os.PathLike, state_pairs: Mapping[str, str] | None = None) -> Graph:
+    """Read an ONNX model (sequence or step form) into a verified step graph."""
+    return import_onnx(path, state_pairs=state_pairs)
+
+
+def load_calibration(path: str | os.PathLike) -> np.ndarray:
+    """The ``--calibrate`` samples: a ``.npy`` array ``[T, B, ...]`` (never unpickled)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SnucError(f"calibration file {os.fspath(path)} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise SnucError(f"calibration file {os.fspath(path)} is not a .npy array: {exc}") from None
+
+
+def lower(
+    graph: Graph,
+    target: TargetSpec | None = None,
+    *,
+    calibration: np.ndarray | None = None,
+    after: After | None = None,
+) -> Graph:
+    """Run the default pipeline over ``graph``; ``after(stage, graph)`` sees every stage.
+
+    With ``calibration`` samples, the quantize pass takes its DAC and ADC ranges from a
+    float run of the mapped graph on them (SPEC §6) instead of the guaranteed ranges.
+    """
+    if after is not None:
+        after(IMPORT_STAGE, graph)
+    passes: list[Pass] = default_pipeline()
+    if calibration is None:
+        return run_pipeline(graph, target, passes, after=after)
+    split = next(i for i, p in enumerate(passes) if p.name == Quantize.name)
+    graph = run_pipeline(graph, target, passes[:split], after=after)
+    found = calibrate(graph, calibration, target)
+    passes[split] = Quantize(ranges=found.ranges, adc=found.adc)
+    return run_pipeline(graph, target, passes[split:], after=after)
+
+
+def build_report(graph: Graph, target: TargetSpec) -> dict:
+    """report.json: the mapping's figures (SPEC §7)."""
+    return mapping_report(graph, target)
+
+
+def compile_model(
+    model: str | os.PathLike,
+    target: str | os.PathLike | TargetSpec | None = None,
+    *,
+    chips: int | None = None,
+    state_pairs: Mapping[str, str] | None = None,
+    calibrate: str | os.PathLike | np.ndarray | None = None,
+    after: After | None = None,
+) -> Artefact:
+    """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``)."""
+    spec = resolve_target(target, chips)
+    samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
+    graph = lower(import_model(model, state_pairs), spec, calibration=samples, after=after)
+    return Artefact(
+        graph=graph,
+        target=spec.to_dict(),
+        report=build_report(graph, spec),
+        source=Path(model).name,
+    )
+
+
+def default_artefact_path(model: str | os.PathLike) -> Path:
+    """Where ``snuc compile`` writes without ``-o``: beside the model, ``.snuc`` suffix."""
+    return Path(model).with_suffix(".snuc")
+
+
+def emit_ir(
+    model: str | os.PathLike,
+    *,
+    state_pairs: Mapping[str, str] | None = None,
+    target: TargetSpec | None = None,
+    print_after: str | None = None,
+    calibrate: str | os.PathLike | None = None,
+) -> str:
+    """The text IR of ``model`` after the whole pipeline, or after the stage ``print_after``."""
+    if print_after is not None and print_after not in stage_names():
+        raise SnucError(
+            f"unknown pass {print_after!r} for --print-after; expected one of "
+            f"{', '.join(stage_names())}"
+        )
+    dumps: dict[str, str] = {}
+
+    def keep(stage: str, g: Graph) -> None:
+        if stage == print_after and stage not in dumps:
+            dumps[stage] = print_graph(g)
+
+    art = compile_model(model, target, state_pairs=state_pairs, calibrate=calibrate, after=keep)
+    if print_after is not None:
+        return dumps[print_after]
+    return print_graph(art.graph)

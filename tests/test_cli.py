@@ -1,0 +1,205 @@
+"""The command line end to end: exit codes, one-line errors, nothing half-written (SPEC §8, §9)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_models as models  # tests/ is on sys.path under pytest (no __init__.py)
+import pytest
+from onnx import helper
+
+from snuc.cli import main
+from snuc.runtime.artefact import load
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "snu_small.onnx"
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _assert_usage_error(status: int, out: str, err: str, *needles: str) -> None:
+    """Exit 2, one line 'snuc: error: ...' on stderr naming the problem, no traceback."""
+    assert status == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("snuc: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path)
+    return path
+
+
+def _leftovers(directory: Path, before: set[str]) -> set[str]:
+    return {p.name for p in directory.iterdir()} - before
+
+
+# --------------------------------------------------------------------------- success paths
+
+
+def test_emit_ir_prints_parseable_lifted_ir(capsys) -> None:
+    status, out, err = _cli(capsys, "compile", EXAMPLE, "--emit", "ir")
+    assert status == 0, err
+    assert "snu.layer" in out and "xbar.mvm" in out
+    assert out.startswith("graph @") and out.endswith("}\n")
+
+
+def test_print_after_import_shows_the_unlifted_graph(capsys) -> None:
+    status, out, _ = _cli(capsys, "compile", EXAMPLE, "--emit", "ir", "--print-after", "import")
+    assert status == 0
+    assert "dig.greater" in out and "snu.layer" not in out
+    status, out, _ = _cli(capsys, "compile", EXAMPLE, "--emit", "ir", "--print-after", "lift-snu")
+    assert status == 0
+    assert "snu.layer" in out and "xbar.mvm" not in out
+
+
+def test_unknown_print_after_stage(capsys) -> None:
+    _assert_usage_error(
+        *_cli(capsys, "compile", EXAMPLE, "--emit", "ir", "--print-after", "lift"),
+        "'lift'",
+        "lift-snu",
+    )
+
+
+def test_compile_writes_an_artefact_beside_the_model(tmp_path: Path, capsys) -> None:
+    model = Path(shutil.copy(EXAMPLE, tmp_path / "m.onnx"))
+    status, _, err = _cli(capsys, "compile", model)
+    assert status == 0, err
+    art = load(tmp_path / "m.snuc")
+    assert art.report["crossbars_used"] >= 1
+    status, out, _ = _cli(capsys, "report", tmp_path / "m.snuc", "--json")
+    assert status == 0 and json.loads(out) == art.report
+    status, out, _ = _cli(capsys, "report", tmp_path / "m.snuc")
+    assert status == 0 and "crossbars used" in out
+
+
+def test_step_form_with_state_flags(tmp_path: Path, capsys) -> None:
+    path = _save(models.snu_step_model(metadata=False), tmp_path / "step.onnx")
+    status, out, err = _cli(
+        capsys, "compile", path, "--emit", "ir", "--print-after", "lift-snu",
+        "--state", "l0.s_next=l0.s", "--state", "l0.y_next=l0.y",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "state %l0.s" in out and "snu.layer" in out
+
+
+def test_console_script_exit_status() -> None:
+    """The installed entry point exits with main()'s status (2 for a missing file)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snuc", "compile", "does-not-exist.onnx", "--emit", "ir"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("snuc: error: ") and len(proc.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- SPEC §9 errors
+
+
+def test_not_an_onnx_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "notes.onnx"
+    path.write_text("this is not a protobuf\n")
+    _assert_usage_error(*_cli(capsys, "compile", path, "--emit", "ir"), str(path))
+
+
+def test_truncated_file(tmp_path: Path, capsys) -> None:
+    data = EXAMPLE.read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    _assert_usage_error(*_cli(capsys, "compile", path, "--emit", "ir"), str(path))
+
+
+def test_graph_that_fails_the_checker(tmp_path: Path, capsys) -> None:
+    model = models.snu_step_model()
+    model.graph.node[0].input[0] = "nowhere"  # an undefined input
+    path = _save(model, tmp_path / "bad.onnx")
+    _assert_usage_error(*_cli(capsys, "compile", path, "--emit", "ir"), "checker")
+
+
+def test_unsupported_op_names_type_and_node(tmp_path: Path, capsys) -> None:
+    path = _save(models.single_op_model("Elu", (4,)), tmp_path / "elu.onnx")
+    status, out, err = _cli(capsys, "compile", path, "--emit", "ir")
+    _assert_usage_error(status, out, err, "Elu", "MatMul")
+    assert "elu" in err  # the node's name
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_weights(tmp_path: Path, capsys, bad: float) -> None:
+    model = models.snu_step_model()
+    init = model.graph.initializer[0]
+    array = onnx.numpy_helper.to_array(init).copy()
+    array.flat[0] = bad
+    init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
+    path = _save(model, tmp_path / "nan.onnx")
+    _assert_usage_error(*_cli(capsys, "compile", path, "--emit", "ir"), init.name)
+
+
+def test_non_zero_initial_states(tmp_path: Path, capsys) -> None:
+    path = _save(models.snu_scan_model(init_value=0.5), tmp_path / "init.onnx")
+    _assert_usage_error(*_cli(capsys, "compile", path, "--emit", "ir"), "zero")
+
+
+def test_state_pairing_naming_a_missing_input(tmp_path: Path, capsys) -> None:
+    path = _save(models.snu_step_model(metadata=False), tmp_path / "step.onnx")
+    status, out, err = _cli(
+        capsys, "compile", path, "--emit", "ir", "--state", "l0.s_next=l0.nope",
+        "--state", "l0.y_next=l0.y",
+    )  # fmt: skip
+    _assert_usage_error(status, out, err, "l0.nope")
+
+
+def test_state_pairing_naming_a_missing_output(tmp_path: Path, capsys) -> None:
+    model = models.snu_step_model()
+    meta = {p.key: p.value for p in model.metadata_props}
+    pairs = json.loads(meta[models.STATE_KEY])
+    pairs["ghost_out"] = pairs.pop(next(iter(pairs)))
+    helper.set_model_props(model, {models.STATE_KEY: json.dumps(pairs)})
+    path = _save(model, tmp_path / "meta.onnx")
+    _assert_usage_error(*_cli(capsys, "compile", path, "--emit", "ir"), "ghost_out")
+
+
+def test_malformed_state_flag(capsys) -> None:
+    _assert_usage_error(
+        *_cli(capsys, "compile", EXAMPLE, "--emit", "ir", "--state", "abc"), "OUT=IN"
+    )
+
+
+def test_bad_target_string(capsys) -> None:
+    _assert_usage_error(*_cli(capsys, "compile", EXAMPLE, "--target", "pcm-7x256"), "pcm-7x256")
+
+
+def test_model_too_large_for_the_target(tmp_path: Path, capsys) -> None:
+    before = {p.name for p in tmp_path.iterdir()}
+    model = Path(shutil.copy(EXAMPLE, tmp_path / "m.onnx"))
+    before.add(model.name)
+    status, out, err = _cli(capsys, "compile", model, "--target", "pcm-8x8", "--chips", "1")
+    _assert_usage_error(status, out, err, "crossbars", "--chips")
+    assert _leftovers(tmp_path, before) == set()
+
+
+def test_unwritable_output_leaves_nothing(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    before = {p.name for p in tmp_path.iterdir()}
+    status, out, err = _cli(capsys, "compile", EXAMPLE, "-o", blocker / "m.snuc")
+    _assert_usage_error(status, out, err, str(blocker))
+    assert _leftovers(tmp_path, before) == set()
+
+
+def test_usage_errors_are_one_line(capsys) -> None:
+    _assert_usage_error(*_cli(capsys, "compile"), "model")
+    _assert_usage_error(*_cli(capsys, "frobnicate"), "frobnicate")
