@@ -18,6 +18,11 @@ data movement, max pooling), the result is bit-for-bit the same. Where it approx
 (sigmoid, tanh, exp in softmax) or sums in another order (matmul, conv, reductions,
 average pooling), the result agrees to about 1e-6 relative to the magnitudes involved;
 the tests state the exact bounds.
+
+Run modes (SPEC §6) change only what a crossbar tile (``xbar.mvm``) computes: ``float``
+is its exact window product; ``quantized`` and ``pcm`` pass it through the DAC, the
+conductance pairs (``snuc.ir.crossbar``), the ADC and, in ``pcm``, the PCM device model
+(``snuc.runtime.pcm``). docs/quantization.md gives the equations and the error bound.
 """
 
 from __future__ import annotations
@@ -527,6 +532,7 @@ class _Tile:
         self.dtype = dtype
 
     def mvm(self, x: np.ndarray, step: int) -> np.ndarray:
+        """The tile's output at ``step`` for its operand ``x`` (all the weight's rows)."""
         x_q = dac_quantize(x[..., self.rows], self.dac[0], self.dac[1], self.dac_bits)
         current = np.matmul(x_q, self.conductance_us)
         if self.read_noise is not None:
@@ -552,7 +558,6 @@ def _tiles(
     seed: int,
     t_inference_s: float,
     drift_compensation: str | None,
-    steps: int,
     batch: int,
 ) -> dict[str, _Tile]:
     """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
@@ -730,7 +735,7 @@ def run(
     spec = _run_options(mode, target, seed, t_inference_s, drift_compensation)
     graph.verify()
     feeds = bind_inputs(graph, inputs)
-    steps, batch = _sequence_extent(graph, feeds)
+    steps, batch = sequence_extent(graph, feeds)
     types = graph.values()
     nodes = list(graph.nodes())
     tiles = (
@@ -744,7 +749,6 @@ def run(
             seed=seed,
             t_inference_s=t_inference_s,
             drift_compensation=drift_compensation,
-            steps=steps,
             batch=batch,
         )
     )
@@ -867,8 +871,8 @@ def _cast_input(name: str, type_: TensorType, value: np.ndarray) -> np.ndarray:
     return value.astype(target, copy=False)
 
 
-def _sequence_extent(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """The common sequence length T and batch size B of the inputs.
+def sequence_extent(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """The common sequence length T and batch size B of bound inputs (:func:`bind_inputs`).
 
     A graph whose inputs carry no batch dimension runs with B = 1.
     """
