@@ -1,0 +1,172 @@
+"""``place``: give every crossbar tile a crossbar and a position on it (SPEC §4).
+
+A tile of ``rows = (r0, r1)`` and ``cols = (c0, c1)`` occupies ``r1 - r0`` device rows and
+``2 * devices_per_polarity * (c1 - c0)`` device columns (each weight's G+ and G− devices
+side by side in one row). :func:`pack_tiles` packs these rectangles onto ``R x C``
+crossbars so that none overlaps another or the crossbar's edge; several small tiles may
+share a crossbar. The pass writes each tile's ``crossbar`` (global index
+``chip * cores + core``: crossbars fill chip 0 first), ``xbar_row`` and ``xbar_col``.
+
+Sharing is safe for the arithmetic: an MVM of one tile drives only its own rows and reads
+only its own columns (the other tiles on those rows are not read), and tiles sharing a
+crossbar take turns, which the schedule accounts for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, ClassVar
+
+from snuc.ir.errors import SnucError
+from snuc.ir.graph import Graph
+from snuc.ir.ops import CrossbarMVM
+from snuc.passes.base import Pass, register_pass
+from snuc.passes.tiling import target_or_default
+
+if TYPE_CHECKING:
+    from snuc.ir.target import TargetSpec
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one tile sits: its crossbar and its first device row and column on it."""
+
+    crossbar: int
+    row: int
+    col: int
+
+
+@dataclass
+class _Shelf:
+    """A band of rows on one crossbar, filled left to right; ``used`` columns are taken."""
+
+    crossbar: int
+    row: int
+    height: int
+    used: int
+
+
+def pack_tiles(sizes: Sequence[tuple[int, int]], rows: int, cols: int) -> list[Slot]:
+    """Pack rectangles of ``(device rows, device columns)`` onto ``rows x cols`` crossbars.
+
+    Shelf first-fit decreasing height, over all crossbars at once: tiles are taken in
+    order of decreasing height (then width, then their index in ``sizes``); each goes to
+    the leftmost free place of the first shelf, in (crossbar, row) order, that has room;
+    failing that, on a new shelf at the bottom of the first crossbar with enough rows
+    left; failing that, on a new crossbar. Shelves are as high as the first (highest) tile
+    placed on them. The packing is deterministic, rectangles never overlap or cross a
+    crossbar's edge, and every tile opens at most one crossbar, so the count never exceeds
+    the number of tiles (one tile per crossbar).
+
+    Args:
+        sizes: each tile's height and width in devices, each at least 1.
+        rows, cols: the crossbar's size in devices.
+
+    Returns:
+        One :class:`Slot` per tile, in the order of ``sizes``; crossbars are numbered
+        0, 1, ... without gaps.
+
+    Raises:
+        ValueError: a size is not positive or does not fit one crossbar.
+    """
+    for i, (h, w) in enumerate(sizes):
+        if not (1 <= h <= rows and 1 <= w <= cols):
+            raise ValueError(
+                f"tile {i} of {h} x {w} devices does not fit a {rows} x {cols} crossbar"
+            )
+    if not sizes:
+        return []
+    narrowest = min(w for _, w in sizes)
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][0], -sizes[i][1], i))
+    shelves: list[_Shelf] = []  # shelves with room for the narrowest tile, (crossbar, row) order
+    free_rows: list[int] = []  # by crossbar: rows below its last shelf
+    roomy: list[int] = []  # crossbars with free rows, ascending
+    slots: list[Slot | None] = [None] * len(sizes)
+    for i in order:
+        h, w = sizes[i]
+        # Heights only decrease, so every open shelf is high enough; only width matters.
+        shelf = next((s for s in shelves if cols - s.used >= w), None)
+        if shelf is None:
+            crossbar = next((c for c in roomy if free_rows[c] >= h), None)
+            if crossbar is None:
+                crossbar = len(free_rows)
+                free_rows.append(rows)
+                roomy.append(crossbar)
+            shelf = _Shelf(crossbar, rows - free_rows[crossbar], h, 0)
+            free_rows[crossbar] -= h
+            if free_rows[crossbar] == 0:
+                roomy.remove(crossbar)
+            bisect.insort(shelves, shelf, key=lambda s: (s.crossbar, s.row))
+        slots[i] = Slot(shelf.crossbar, shelf.row, shelf.used)
+        shelf.used += w
+        if cols - shelf.used < narrowest:
+            shelves.remove(shelf)
+    return slots  # type: ignore[return-value]
+
+
+def tile_footprint(op: CrossbarMVM, target: TargetSpec) -> tuple[int, int]:
+    """The device rows and device columns tile ``op`` occupies on ``target``'s crossbars."""
+    return op.rows[1] - op.rows[0], target.devices_per_weight * (op.cols[1] - op.cols[0])
+
+
+def crossbars_bound(shapes: Sequence[tuple[int, int]], target: TargetSpec) -> int:
+    """Crossbars the weight matrices ``[K, N]`` take at one tile per crossbar.
+
+    ``sum ceil(K / R) * ceil(N / weight_cols)``; :func:`pack_tiles` never needs more. It
+    equals ``sum ceil(K / R) * ceil(2 * dpp * N / C)`` when ``C`` is a multiple of
+    ``2 * dpp`` (every preset), and can exceed it otherwise: a weight's devices cannot be
+    split over two crossbars, so ``C mod 2 * dpp`` columns of each crossbar stay unused.
+    """
+    return sum(math.ceil(k / target.rows) * math.ceil(n / target.weight_cols) for k, n in shapes)
+
+
+def check_capacity(needed: int, target: TargetSpec) -> None:
+    """Raise SnucError (one line, with the counts) if ``needed`` crossbars exceed ``target``'s."""
+    if needed <= target.crossbars_available:
+        return
+    chips = math.ceil(needed / target.cores)
+    raise SnucError(
+        f"model needs {needed} crossbars ({chips} chips of {target.cores} cores); target "
+        f"{target.name} has {target.crossbars_available} (chips={target.chips}); "
+        f"compile with --chips {chips}"
+    )
+
+
+@register_pass
+@dataclass(frozen=True)
+class Place(Pass):
+    """Place every ``xbar.mvm`` tile on a crossbar with :func:`pack_tiles`.
+
+    Every tile is placed afresh, in tile-number order. ``None`` as the target means the
+    default target.
+
+    Raises:
+        SnucError: a tile does not fit the target's crossbar (it was tiled for another
+            target), or the model needs more crossbars than ``cores * chips``.
+    """
+
+    name: ClassVar[str] = "place"
+
+    def run(self, graph: Graph, target: TargetSpec | None) -> Graph:
+        target = target_or_default(target)
+        graph = graph.copy()
+        tiles = sorted(
+            (n for n in graph.nodes() if isinstance(n.op, CrossbarMVM)), key=lambda n: n.op.tile
+        )
+        sizes = [tile_footprint(n.op, target) for n in tiles]
+        for node, (h, w) in zip(tiles, sizes, strict=True):
+            if h > target.rows or w > target.cols:
+                raise SnucError(
+                    f"{node.loc.prefix()}tile %{node.id} takes {h} x {w} devices, more than "
+                    f"target {target.name}'s {target.rows} x {target.cols} crossbar; run the "
+                    "tile pass for this target"
+                )
+        slots = pack_tiles(sizes, target.rows, target.cols)
+        check_capacity(max((s.crossbar for s in slots), default=-1) + 1, target)
+        for node, slot in zip(tiles, slots, strict=True):
+            op = replace(node.op, crossbar=slot.crossbar, xbar_row=slot.row, xbar_col=slot.col)
+            graph.replace_op(node, op)
+        return graph

@@ -1,0 +1,99 @@
+"""The mapping part of the compile report (SPEC §7): crossbars, chips, tiles, utilisation.
+
+:func:`mapping_report` reads a placed graph (after ``tile`` and ``place``) and returns
+plain ints, floats, strings, lists and dicts, ready for ``json.dumps``. Device counts are
+physical: a weight is ``2 * devices_per_polarity`` devices side by side in one row, so a
+tile of k weight columns is ``2 * dpp * k`` device columns wide. A grouped convolution's
+block-diagonal zeros (``lower-conv``) count as weights, because they occupy devices.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from snuc.ir.errors import SnucError
+from snuc.ir.graph import Graph
+from snuc.ir.ops import CrossbarMVM
+from snuc.passes.placement import tile_footprint
+
+if TYPE_CHECKING:
+    from snuc.ir.target import TargetSpec
+
+
+def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
+    """What the mapping of ``graph`` onto ``target`` uses.
+
+    Args:
+        graph: a graph whose crossbar work is placed ``xbar.mvm`` tiles.
+        target: the target it was placed for.
+
+    Returns:
+        A JSON-ready dict with keys ``target`` (:meth:`TargetSpec.to_dict`),
+        ``crossbars_used``, ``crossbars_available``, ``chips`` (``{"needed",
+        "available"}``), ``tiles`` (one ``{layer, tile, crossbar, row0, col0, rows, cols}``
+        per tile in tile order, in device rows and columns), ``utilization`` (devices used
+        over the devices of the crossbars used; 0.0 when none is used), ``weights``,
+        ``devices`` (``weights * 2 * dpp``) and ``layers`` (per layer in order of first
+        tile: ``{layer, weights, tiles, crossbars}``).
+
+    Raises:
+        SnucError: a tile is not placed yet, or the graph still holds an untiled
+            ``xbar.dense`` or ``xbar.conv``.
+    """
+    tiles = []
+    for node in graph.nodes():
+        if node.op.NAME in ("xbar.dense", "xbar.conv"):
+            raise SnucError(
+                f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; run the "
+                "lower-conv, tile and place passes before the mapping report"
+            )
+        if isinstance(node.op, CrossbarMVM):
+            if node.op.crossbar < 0:
+                raise SnucError(
+                    f"{node.loc.prefix()}tile %{node.id} is not placed; run the place pass "
+                    "before the mapping report"
+                )
+            tiles.append(node.op)
+    tiles.sort(key=lambda op: op.tile)
+
+    rows_cols = [tile_footprint(op, target) for op in tiles]
+    tile_rows = [
+        {
+            "layer": op.layer,
+            "tile": op.tile,
+            "crossbar": op.crossbar,
+            "row0": op.xbar_row,
+            "col0": op.xbar_col,
+            "rows": h,
+            "cols": w,
+        }
+        for op, (h, w) in zip(tiles, rows_cols, strict=True)
+    ]
+    weights = sum((op.rows[1] - op.rows[0]) * (op.cols[1] - op.cols[0]) for op in tiles)
+    devices = weights * target.devices_per_weight
+    crossbars = {op.crossbar for op in tiles}
+    used = len(crossbars)
+    chips_needed = max(crossbars) // target.cores + 1 if crossbars else 0
+    return {
+        "target": target.to_dict(),
+        "crossbars_used": used,
+        "crossbars_available": target.crossbars_available,
+        "chips": {"needed": chips_needed, "available": target.chips},
+        "tiles": tile_rows,
+        "utilization": devices / (used * target.devices_per_crossbar) if used else 0.0,
+        "weights": weights,
+        "devices": devices,
+        "layers": _layers(tiles),
+    }
+
+
+def _layers(tiles: list[CrossbarMVM]) -> list[dict[str, Any]]:
+    """Weights, tiles and distinct crossbars of each layer, in order of first tile."""
+    summary: dict[str, dict[str, Any]] = {}
+    crossbars: dict[str, set[int]] = {}
+    for op in tiles:
+        entry = summary.setdefault(op.layer, {"layer": op.layer, "weights": 0, "tiles": 0})
+        entry["weights"] += (op.rows[1] - op.rows[0]) * (op.cols[1] - op.cols[0])
+        entry["tiles"] += 1
+        crossbars.setdefault(op.layer, set()).add(op.crossbar)
+    return [{**entry, "crossbars": len(crossbars[name])} for name, entry in summary.items()]
