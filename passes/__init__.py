@@ -21,6 +21,7 @@ from snuc.passes.lift_snu import LiftSNU, SNUMatch, match_snu
 from snuc.passes.lower_conv import LowerConv as LowerConv
 from snuc.passes.placement import Place as Place
 from snuc.passes.quantize import Quantize as Quantize
+from snuc.passes.schedule import SchedulePass as SchedulePass
 from snuc.passes.tiling import Tile as Tile
 
 __all__ = [

@@ -241,8 +241,12 @@ def assert_same_run(before: Graph, after: Graph, spikes: list[str], seed: int = 
         np.testing.assert_allclose(values1[name], values0[name], rtol=0, atol=1e-5, err_msg=name)
 
 
+# The front of the default pipeline: everything before the crossbar mapping.
+LIFT_PIPELINE = ("verify", "canonicalize", "lift-snu", "dead-code", "verify")
+
+
 def lift(graph: Graph) -> Graph:
-    return run_pipeline(graph, None)
+    return run_pipeline(graph, None, [get_pass(name)() for name in LIFT_PIPELINE])
 
 
 # --------------------------------------------------------------------------- infrastructure
