@@ -48,7 +48,8 @@ Window = tuple[int, int] | Sequence[int]
 def _window(weights: ArrayLike, rows: Window, cols: Window) -> NDArray[np.float64]:
     """The tile's window ``W[r0:r1, c0:c1]`` of the whole weight matrix, as float64."""
     (r0, r1), (c0, c1) = rows, cols
-    return np.asarray(weights, dtype=np.float64)[r0:r1, c0:c1]
+    # Cut first, convert second: converting the whole matrix per tile is quadratic work.
+    return np.asarray(weights)[r0:r1, c0:c1].astype(np.float64)
 
 
 def column_scales(w_tile: ArrayLike, target: TargetSpec) -> NDArray[np.float64]:

@@ -29,10 +29,11 @@ def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict with keys ``target`` (:meth:`TargetSpec.to_dict`),
-        ``crossbars_used``, ``crossbars_available``, ``chips`` (``{"needed",
-        "available"}``), ``tiles`` (one ``{layer, tile, crossbar, row0, col0, rows, cols}``
-        per tile in tile order, in device rows and columns), ``utilization`` (devices used
-        over the devices of the crossbars used; 0.0 when none is used), ``weights``,
+        ``crossbars_used``, ``crossbars_available``, ``chips`` (chips the tiles occupy),
+        ``chips_available`` (the target's), ``tiles`` (one ``{layer, tile, crossbar, row0,
+        col0, rows, cols}`` per tile in tile order, in device rows and columns),
+        ``utilization`` (devices used over the devices of the crossbars used; 0.0 when none
+        is used), ``weights``,
         ``devices`` (``weights * 2 * dpp``) and ``layers`` (per layer in order of first
         tile: ``{layer, weights, tiles, crossbars}``).
 
@@ -78,7 +79,8 @@ def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
         "target": target.to_dict(),
         "crossbars_used": used,
         "crossbars_available": target.crossbars_available,
-        "chips": {"needed": chips_needed, "available": target.chips},
+        "chips": chips_needed,
+        "chips_available": target.chips,
         "tiles": tile_rows,
         "utilization": devices / (used * target.devices_per_crossbar) if used else 0.0,
         "weights": weights,

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.ops import Add, Concat, CrossbarMVM
 from snuc.ir.target import DEFAULT_TARGET, parse_target
@@ -114,9 +115,17 @@ def tile_dense(source: Graph, new: Graph, node: Node, target: TargetSpec, first_
 
     Returns:
         The number of the next tile.
+
+    Raises:
+        SnucError: the weight matrix has no rows or no columns.
     """
     x, weight = node.inputs
     k, n = source.type_of(weight).shape
+    if k == 0 or n == 0:
+        raise SnucError(
+            f"{node.loc.prefix()}xbar.dense %{node.id} has an empty weight matrix @{weight} "
+            f"[{k}, {n}]; a crossbar needs at least one row and column of weights"
+        )
     row_blocks = blocks(k, target.rows)
     col_blocks = blocks(n, target.weight_cols)
     layer = node.id

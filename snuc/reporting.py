@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """Rows under a header, columns aligned, a rule below the header."""
     cells = [header, *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = [
@@ -18,14 +19,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The report as a few aligned tables: target, mapping summary, per-layer figures."""
     target = report["target"]
-    chips = report["chips"]
     summary = [
         ["target", target["name"]],
         [
             "crossbars used / available",
             f"{report['crossbars_used']} / {report['crossbars_available']}",
         ],
-        ["chips needed / available", f"{chips['needed']} / {chips['available']}"],
+        ["chips needed / available", f"{report['chips']} / {report['chips_available']}"],
         ["weights", report["weights"]],
         ["devices", report["devices"]],
         ["utilization", f"{report['utilization']:.1%}"],
@@ -39,9 +39,9 @@ def format_report(report: dict[str, Any]) -> str:
         if key in report:
             value = report[key]
             summary.append([label, value["total"] if isinstance(value, dict) else value])
-    text = _table(["quantity", "value"], summary)
+    text = format_table(["quantity", "value"], summary)
     layers = report.get("layers", [])
     if layers:
         rows = [[row["layer"], row["weights"], row["tiles"], row["crossbars"]] for row in layers]
-        text += "\n" + _table(["layer", "weights", "tiles", "crossbars"], rows)
+        text += "\n" + format_table(["layer", "weights", "tiles", "crossbars"], rows)
     return text
