@@ -79,6 +79,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "tile",
     "place",
     "quantize",
+    "schedule",
     "verify",
 )
 """The default order of passes, top to bottom (SPEC §4)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from snuc.backends.asm import print_program
+from snuc.backends.program import emit_program
 from snuc.frontend.onnx_import import import_onnx
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
@@ -19,6 +21,7 @@ from snuc.ir.text import print_graph
 from snuc.passes import Pass, default_pipeline, pass_names, run_pipeline
 from snuc.passes.quantize import Quantize
 from snuc.passes.report import mapping_report
+from snuc.passes.schedule import Schedule, schedule_graph
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.calibration import calibrate
 
@@ -82,9 +85,9 @@ def lower(
     return run_pipeline(graph, target, passes[split:], after=after)
 
 
-def build_report(graph: Graph, target: TargetSpec) -> dict:
-    """report.json: the mapping's figures (SPEC §7)."""
-    return mapping_report(graph, target)
+def build_report(graph: Graph, target: TargetSpec, schedule: Schedule) -> dict:
+    """report.json: the mapping's and the schedule's figures (SPEC §7)."""
+    return {**mapping_report(graph, target), **schedule.summary()}
 
 
 def compile_model(
@@ -100,10 +103,12 @@ def compile_model(
     spec = resolve_target(target, chips)
     samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
     graph = lower(import_model(model, state_pairs), spec, calibration=samples, after=after)
+    schedule = schedule_graph(graph, spec)
     return Artefact(
         graph=graph,
         target=spec.to_dict(),
-        report=build_report(graph, spec),
+        report=build_report(graph, spec, schedule),
+        program=print_program(emit_program(graph, schedule)),
         source=Path(model).name,
     )
 

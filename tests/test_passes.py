@@ -296,6 +296,7 @@ def test_default_pipeline_order():
         "tile",
         "place",
         "quantize",
+        "schedule",
         "verify",
     ]
     assert [p.name for p in default_pipeline()] == list(DEFAULT_PIPELINE)
