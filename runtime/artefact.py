@@ -105,6 +105,17 @@ def _value_spec(graph: Graph, name: str) -> IOSpec:
 # --------------------------------------------------------------------------- the artefact
 
 
+def _numpy_plan(graph: Graph, **options: Any) -> Any:
+    from snuc.runtime.numpy_backend import Plan
+
+    return Plan.build(graph, **options)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"numpy": _numpy_plan}
+"""Plan builders by backend name: ``build(graph, mode=, target=, seed=, ...) -> plan``
+whose ``plan.run(inputs, batch_size=, progress=)`` returns outputs by name."""
+
+
 @dataclass(frozen=True, eq=False)
 class Artefact:
     """A compiled model: what ``snuc.compile`` returns and a ``.snuc`` path holds.
@@ -124,6 +135,7 @@ class Artefact:
     program: str | None = None
     source: str = ""
     extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    _plans: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, array in self.extra_arrays.items():
@@ -166,6 +178,53 @@ class Artefact:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+    def run(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        backend: str = "numpy",
+        mode: str = "pcm",
+        seed: int = 0,
+        t_inference: float = 3600.0,
+        drift_compensation: bool | str = True,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """Run sequences ``[T, B, ...]`` on the simulated chip (SPEC §6, §8).
+
+        Args:
+            inputs: the sequence input, or a dict by input name.
+            backend: ``"numpy"`` (fast) or ``"sim"`` (the cycle-level simulator).
+            mode: ``"float"``, ``"quantized"`` or ``"pcm"``.
+            seed: names one simulated chip (programming noise, drift exponents, read noise).
+            t_inference: seconds after programming.
+            drift_compensation: True (global), False/None (off), or ``"global"``/``"column"``.
+            batch_size: run the batch in chunks of this many sequences.
+            progress: show a progress bar on stderr.
+
+        Returns:
+            The output ``[T, B, ...]``, or a dict by output name when there are several.
+        """
+        from snuc.ir.target import TargetSpec
+
+        if backend not in BACKENDS:
+            raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        compensation = {True: "global", False: None}.get(drift_compensation, drift_compensation)
+        key = (backend, mode, seed, float(t_inference), compensation)
+        plans = self._plans
+        if key not in plans:
+            plans.clear()  # one chip at a time: a plan holds every tile's conductances
+            plans[key] = BACKENDS[backend](
+                self.graph,
+                mode=mode,
+                target=TargetSpec.from_dict(self.target),
+                seed=seed,
+                t_inference_s=t_inference,
+                drift_compensation=compensation,
+            )
+        outputs = plans[key].run(inputs, batch_size=batch_size, progress=progress)
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
     def save(self, path: str | os.PathLike[str], *, zip: bool = False) -> Path:
         """Write the artefact to ``path``, atomically.

@@ -1,9 +1,9 @@
 """snuc: compile spiking-neural-unit networks for simulated phase-change-memory chips.
 
-    import snuc
-    art = snuc.compile("model.onnx", target="pcm-256x256")   # an Artefact, in memory
-    art.save("model.snuc");  art = snuc.load("model.snuc")
-    art.report                                              # the dict of report.json
+import snuc
+art = snuc.compile("model.onnx", target="pcm-256x256")   # an Artefact, in memory
+art.save("model.snuc");  art = snuc.load("model.snuc")
+art.report                                              # the dict of report.json
 """
 
 from snuc.ir.errors import SnucError

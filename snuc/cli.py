@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from snuc import __version__
 from snuc.ir.errors import SnucError
@@ -52,9 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument(
         "--emit",
-        choices=["ir", "report"],
+        choices=["ir", "asm", "report"],
         default=None,
-        help="print the IR (text) or the report (JSON) to stdout and write no artefact",
+        help="print the IR or the simulator program (text) or the report (JSON) to stdout; "
+        "write no artefact",
     )
     comp.add_argument(
         "--print-after",
@@ -78,6 +80,31 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     comp.set_defaults(handler=_cmd_compile)
 
+    run = sub.add_parser("run", help="run sequences on a simulated chip")
+    run.add_argument("artefact", help="a .snuc artefact (directory or zip)")
+    run.add_argument(
+        "--input", required=True, metavar="X.npy", help="[T, B, F] float32 or [T, B] ids"
+    )
+    run.add_argument(
+        "-o", "--output", default=None, help="default: <input>.out.npy beside the input"
+    )
+    run.add_argument("--backend", choices=["numpy", "sim"], default="numpy")
+    run.add_argument("--mode", choices=["float", "quantized", "pcm"], default="pcm")
+    run.add_argument("--seed", type=int, default=0, help="names one simulated chip (default 0)")
+    run.add_argument(
+        "--t-inference",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="time since programming",
+    )
+    run.add_argument("--no-drift-compensation", action="store_true")
+    run.add_argument("--batch-size", type=int, default=None, metavar="N")
+    run.add_argument(
+        "--diagnostics", action="store_true", help="per layer: spike rates, deviation from float"
+    )
+    run.set_defaults(handler=_cmd_run)
+
     rep = sub.add_parser("report", help="print an artefact's report")
     rep.add_argument("artefact", help="a .snuc artefact (directory or zip)")
     rep.add_argument("--json", action="store_true", help="print report.json")
@@ -87,6 +114,36 @@ def _build_parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("targets", help="list target presets and parameters")
     targets.add_argument("--json", action="store_true", help="machine-readable output")
     targets.set_defaults(handler=_cmd_targets)
+
+    ev = sub.add_parser(
+        "eval", help="score a model on the paper's tasks across modes, drift times and chips"
+    )
+    ev.add_argument("model", help="an ONNX model (compiled per target) or a .snuc artefact")
+    ev.add_argument("--task", required=True, help="jsb, mnist or ptb")
+    ev.add_argument("--split", default="test", help="test (default) or valid (jsb, ptb)")
+    ev.add_argument("--data-dir", default=None, metavar="DIR", help="default: $SNUC_DATA")
+    ev.add_argument("--modes", default="float,quantized,pcm", metavar="LIST")
+    ev.add_argument(
+        "--t-inference",
+        default="1,3600,86400,31536000",
+        metavar="LIST",
+        help="pcm: seconds after programming (or with a unit: 1h, 1d, 1y)",
+    )
+    ev.add_argument("--seeds", default="0,1,2,3,4", metavar="LIST", help="pcm: simulated chips")
+    ev.add_argument(
+        "--targets", default=None, metavar="LIST", help="default: pcm-256x256 or the artefact's"
+    )
+    ev.add_argument("--chips", type=int, default=None, help="chips available per target")
+    ev.add_argument("--drift-compensation", default="on,off", metavar="LIST", help="pcm: on, off")
+    ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="sequences per run")
+    ev.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="first N chorales/images/tokens"
+    )
+    ev.add_argument("--csv", default=None, metavar="OUT.csv", help="every run and the means")
+    ev.add_argument("--markdown", default=None, metavar="OUT.md", help="the means as a table")
+    ev.add_argument("--steps", type=int, default=20, help="mnist: rate-coding steps")
+    ev.add_argument("--columns", type=int, default=10, help="ptb: columns of the token stream")
+    ev.set_defaults(handler=_cmd_eval)
     return parser
 
 
@@ -136,6 +193,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         json.dump(art.report, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
+    if args.emit == "asm":
+        sys.stdout.write(art.program)
+        return EXIT_OK
     out = art.save(args.output or driver.default_artefact_path(args.model))
     report = art.report
     print(
@@ -143,6 +203,45 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         f"utilization {report['utilization']:.1%}",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from snuc.runtime.artefact import load
+    from snuc.runtime.io import default_output_path, read_input, write_outputs
+
+    art = load(args.artefact)
+    x = read_input(args.input)
+    out = Path(args.output) if args.output else default_output_path(args.input, len(art.outputs))
+    options = {
+        "mode": args.mode,
+        "seed": args.seed,
+        "t_inference": args.t_inference,
+        "drift_compensation": not args.no_drift_compensation,
+    }
+    y = art.run(
+        x,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+        **options,
+    )
+    written = write_outputs(out, y)
+    print(f"wrote {written}", file=sys.stderr)
+    if args.diagnostics:
+        from snuc.diagnostics import format_diagnostics, layer_diagnostics
+        from snuc.ir.target import TargetSpec
+
+        rows = layer_diagnostics(
+            art.graph,
+            x,
+            mode=args.mode,
+            target=TargetSpec.from_dict(art.target),
+            seed=args.seed,
+            t_inference_s=args.t_inference,
+            drift_compensation=None if args.no_drift_compensation else "global",
+        )
+        sys.stdout.write(format_diagnostics(rows, args.mode))
     return EXIT_OK
 
 
@@ -160,6 +259,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_report(art.report))
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from snuc import evaluate as ev
+
+    writers = [(p, w) for p, w in ((args.csv, ev.to_csv), (args.markdown, ev.to_markdown)) if p]
+    for path, _ in writers:
+        ev.check_output_path(path)  # before the sweep, which may take hours, not after it
+    rows = ev.evaluate(
+        args.model,
+        args.task,
+        split=args.split,
+        data_dir=args.data_dir,
+        modes=ev.parse_modes(args.modes),
+        t_inference_s=ev.parse_times(args.t_inference),
+        seeds=ev.parse_seeds(args.seeds),
+        targets=None if args.targets is None else ev.parse_targets(args.targets),
+        chips=args.chips,
+        drift_compensation=ev.parse_compensation(args.drift_compensation),
+        batch_size=args.batch_size,
+        limit=args.limit,
+        steps=args.steps,
+        columns=args.columns,
+        progress=True,
+    )
+    sys.stdout.write(ev.format_results(rows))
+    for path, render in writers:
+        print(f"wrote {ev.write_text_atomic(path, render(rows))}", file=sys.stderr)
     return EXIT_OK
 
 

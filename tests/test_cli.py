@@ -203,3 +203,72 @@ def test_unwritable_output_leaves_nothing(tmp_path: Path, capsys) -> None:
 def test_usage_errors_are_one_line(capsys) -> None:
     _assert_usage_error(*_cli(capsys, "compile"), "model")
     _assert_usage_error(*_cli(capsys, "frobnicate"), "frobnicate")
+
+
+# --------------------------------------------------------------------------- targets, calibration
+
+
+def test_targets_lists_presets_and_every_parameter(capsys) -> None:
+    status, out, _ = _cli(capsys, "targets")
+    assert status == 0
+    for word in ("pcm-256x256", "pcm-128x128", "pcm-512x512", "g_max_us", "adc_bits"):
+        assert word in out
+    status, out, _ = _cli(capsys, "targets", "--json")
+    described = json.loads(out)
+    assert status == 0 and described["default"] == "pcm-256x256"
+
+
+def test_toml_target_overrides_a_key(tmp_path: Path, capsys) -> None:
+    toml = tmp_path / "chip.toml"
+    toml.write_text('base = "pcm-128x128"\ncores = 2\nadc_bits = 6\n')
+    status, out, err = _cli(capsys, "compile", EXAMPLE, "--target", toml, "--emit", "report")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["target"]["rows"] == 128 and report["target"]["adc_bits"] == 6
+    assert report["crossbars_available"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('base = "pcm-256x256"\ng_maxx_us = 20\n', "g_maxx_us"),
+        ('base = "pcm-256x256"\nadc_bits = 99\n', "adc_bits"),
+        ('base = "pcm-256x256"\nrows = \n', "chip.toml"),
+        ('base = "gpu"\n', "gpu"),
+    ],
+)
+def test_bad_toml_target(tmp_path: Path, capsys, text: str, needle: str) -> None:
+    toml = tmp_path / "chip.toml"
+    toml.write_text(text)
+    _assert_usage_error(*_cli(capsys, "compile", EXAMPLE, "--target", toml, "--emit", "ir"), needle)
+
+
+def test_calibration_sets_ranges_and_a_wrong_shape_is_an_error(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    good = tmp_path / "cal.npy"
+    np.save(good, (rng.random((10, 4, 32)) < 0.3).astype(np.float32))
+    status, out, err = _cli(capsys, "compile", EXAMPLE, "--calibrate", good, "--emit", "ir")
+    assert status == 0, err
+    assert "adc_range = 0.0" not in out
+
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((10, 4, 31), np.float32))
+    _assert_usage_error(*_cli(capsys, "compile", EXAMPLE, "--calibrate", bad, "--emit", "ir"), "32")
+    missing = tmp_path / "missing.npy"
+    _assert_usage_error(
+        *_cli(capsys, "compile", EXAMPLE, "--calibrate", missing, "--emit", "ir"), str(missing)
+    )
+
+
+def test_report_plot_draws_the_crossbars(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    art = tmp_path / "m.snuc"
+    assert _cli(capsys, "compile", EXAMPLE, "-o", art)[0] == 0
+    png = tmp_path / "xbars.png"
+    status, _, err = _cli(capsys, "report", art, "--plot", png)
+    assert status == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_missing_artefact(tmp_path: Path, capsys) -> None:
+    _assert_usage_error(*_cli(capsys, "report", tmp_path / "none.snuc"), "none.snuc")

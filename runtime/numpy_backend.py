@@ -1,0 +1,731 @@
+"""The NumPy runtime backend: the reference semantics, scheduled for speed.
+
+``run_numpy`` computes what ``snuc.runtime.interpreter.run`` computes (SPEC §6: the same
+outputs for the same graph, input, mode, seed and batch size, ``|Δ| <= 1e-5``), but
+instead of evaluating every node at every step it follows a :class:`Plan`:
+
+* **Layer-major schedule** (:mod:`snuc.runtime.plan_schedule`). Work that is not on a
+  recurrence through a state runs once for many steps, time folded into the batch
+  (``[n * B, ...]``): a layer's input product is one matrix product. Only recurrences
+  (neuron updates, recurrent products) run step by step, one loop per recurrence, layer
+  after layer.
+* **Time blocks.** The schedule runs over blocks of ``n`` consecutive steps, every step of
+  the schedule on one block before the next block; states carry from block to block.
+  ``n`` keeps each value of a block near :data:`BLOCK_ELEMENTS` elements, so a block's
+  values stay in cache, their arrays are allocated once per run and reused, and memory does
+  not grow with T (a run at batch 1 is usually one block). Only the graph's outputs are
+  held for all T.
+* **In-place kernels** (:mod:`snuc.runtime.plan_kernels`). Every node is a closure over
+  preallocated arrays that computes with ufuncs and ``out=``: the SNU update is seven of
+  them, a step of a loop allocates nothing, and a loop's states read the slot their
+  ``next`` was written to one step before, so nothing is copied.
+* **Chips set up once** (:mod:`snuc.runtime.plan_tiles`). In ``quantized`` and ``pcm``
+  modes each tile's conductances, programming noise, drift and compensation are computed
+  when the plan is built; read noise is drawn per run from each tile's stream in the
+  interpreter's order. Crossbar sums are float64 before the ADC.
+
+Floating-point agreement with the interpreter: element-wise work is the same operation in
+the same order, bit for bit. Matrix products sum in whatever order BLAS picks for the
+shape (a product over ``[n * B, K]`` rows may round differently from one over ``[B, K]``),
+so float32 products may differ in the last bits, and an ADC code can move only when a
+float64 column current lies within a few ulps of a decision boundary.
+
+A plan holds no per-run state: one plan serves any number of runs at any T and B (one at a
+time per thread).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from snuc.ir.crossbar import guaranteed_ranges
+from snuc.ir.errors import SnucError, VerifyError
+from snuc.ir.graph import Graph, Node, State
+from snuc.ir.target import TargetSpec
+from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.runtime import plan_kernels as kernels
+from snuc.runtime.interpreter import _run_options, bind_inputs, evaluate_node, sequence_extent
+from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Schedule, Shift, schedule
+from snuc.runtime.plan_tiles import NoiseStream, TileChip, Workspace, block_rows, program_tiles
+
+__all__ = ["BLOCK_ELEMENTS", "Plan", "run_numpy"]
+
+BLOCK_ELEMENTS = 1 << 20
+"""A time block holds about this many elements of the largest value (at least two steps)."""
+
+
+def run_numpy(
+    graph: Graph,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    mode: str = "float",
+    target: TargetSpec | str | None = None,
+    seed: int = 0,
+    t_inference_s: float = 3600.0,
+    drift_compensation: str | None = "global",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run a step graph over whole sequences: ``interpreter.run``'s results, faster.
+
+    Arguments, checks and results are those of :func:`snuc.runtime.interpreter.run`
+    (without ``trace``), plus:
+
+    Args:
+        batch_size: run the batch in chunks of at most this many sequences, each chunk a
+            run of its own (SPEC §6: pcm's read noise is drawn per run as
+            ``[T, chunk, ...]``, so results depend on the chunk size). None: one run.
+        progress: show a progress bar over the steps on stderr (needs tqdm; silently
+            none without it). The caller decides whether stderr is a terminal.
+
+    Returns:
+        Every graph output stacked over time, ``[T, B, ...]``, by output name.
+
+    Raises:
+        SnucError: as ``interpreter.run``; also a ``batch_size`` that is not a positive
+            integer. One line each.
+        VerifyError: the graph is malformed.
+    """
+    plan = Plan.build(
+        graph,
+        mode=mode,
+        target=target,
+        seed=seed,
+        t_inference_s=t_inference_s,
+        drift_compensation=drift_compensation,
+    )
+    return plan.run(inputs, batch_size=batch_size, progress=progress)
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A graph prepared for fast runs in one mode on one chip: build once, run often.
+
+    Attributes:
+        graph: the verified step graph.
+        mode: ``"float"``, ``"quantized"`` or ``"pcm"``.
+        target: the chip's parameters (None in float mode).
+        seed, t_inference_s, drift_compensation: the pcm chip and its age.
+        schedule: the order of work (:func:`snuc.runtime.plan_schedule.schedule`).
+        invariants: every value that is the same at all steps (constants and nodes of
+            constants only), computed once.
+        chips: the crossbar tiles as programmed, by node id (quantized and pcm).
+    """
+
+    graph: Graph
+    mode: str
+    target: TargetSpec | None
+    seed: int
+    t_inference_s: float
+    drift_compensation: str | None
+    schedule: Schedule
+    invariants: Mapping[str, np.ndarray]
+    chips: Mapping[str, TileChip]
+    _programs: tuple[_Program, ...]
+    _shared: frozenset[str]
+    _min_block: int
+
+    @classmethod
+    def build(
+        cls,
+        graph: Graph,
+        *,
+        mode: str = "float",
+        target: TargetSpec | str | None = None,
+        seed: int = 0,
+        t_inference_s: float = 3600.0,
+        drift_compensation: str | None = "global",
+    ) -> Plan:
+        """Check the options, verify the graph, schedule it and program its chip.
+
+        Arguments are those of :func:`run_numpy`.
+
+        Raises:
+            SnucError: an unknown mode or a bad option, a missing target, a graph not
+                compiled for the mode (one line each).
+            VerifyError: the graph is malformed.
+        """
+        spec = _run_options(mode, target, seed, t_inference_s, drift_compensation)
+        graph.verify()
+        chips: dict[str, TileChip] = {}
+        if spec is not None:
+            ranges = guaranteed_ranges(graph)
+            chips = program_tiles(
+                graph,
+                graph.nodes(),
+                mode=mode,
+                target=spec,
+                seed=seed,
+                t_inference_s=t_inference_s,
+                drift_compensation=drift_compensation,
+                binary_values=[v for v, r in ranges.items() if r.binary],
+            )
+        order = schedule(graph, noisy_tiles=mode == "pcm")
+        invariants = _fold_invariants(graph, order, chips)
+        programs = tuple(_compile(graph, step, invariants, chips) for step in order.steps)
+        shared = {v for p in programs for v in p.shared}
+        chained = max((p.chained for p in programs), default=0)
+        return cls(
+            graph=graph,
+            mode=mode,
+            target=spec,
+            seed=seed,
+            t_inference_s=float(t_inference_s),
+            drift_compensation=drift_compensation,
+            schedule=order,
+            invariants=invariants,
+            chips=chips,
+            _programs=programs,
+            _shared=frozenset(shared | set(graph.inputs)),
+            _min_block=2 + chained,
+        )
+
+    def run(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Run the plan over whole sequences; see :func:`run_numpy`.
+
+        Raises:
+            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size``.
+        """
+        feeds = bind_inputs(self.graph, inputs)
+        steps, batch = sequence_extent(self.graph, feeds)
+        batched = any(self.graph.type_of(n).has_batch for n in feeds)
+        chunks = _chunks(batch, batch_size, batched)
+        with _progress_bar(progress, len(chunks) * steps) as bar:
+            results = []
+            for lo, hi in chunks:
+                chunk = {n: self._batch_slice(n, a, lo, hi) for n, a in feeds.items()}
+                results.append(_Run(self, chunk, steps, hi - lo if batched else 1, bar).outputs())
+        if len(results) == 1:
+            return results[0]
+        return {v: self._join(v, [r[v] for r in results]) for v in results[0]}
+
+    def _batch_slice(self, name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        type_ = self.graph.type_of(name)
+        if not type_.has_batch:
+            return array
+        index = [slice(None)] * array.ndim
+        index[1 + type_.shape.index(BATCH)] = slice(lo, hi)
+        return array[tuple(index)]
+
+    def _join(self, name: str, parts: list[np.ndarray]) -> np.ndarray:
+        type_ = self.graph.type_of(name)
+        if not type_.has_batch:
+            return parts[0]
+        return np.concatenate(parts, axis=1 + type_.shape.index(BATCH))
+
+
+def _chunks(batch: int, batch_size: int | None, batched: bool) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of the batch that run separately."""
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise SnucError(f"batch_size {batch_size!r} is not valid; expected a positive integer")
+    if batch_size is None or not batched or batch <= batch_size:
+        return [(0, batch)]
+    return [(lo, min(lo + batch_size, batch)) for lo in range(0, batch, batch_size)]
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
+    """A tqdm bar over steps on stderr; None when disabled or tqdm is not installed."""
+    if not enabled:
+        yield None
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield None
+        return
+    with tqdm(total=total, file=sys.stderr, unit="step", leave=False) as bar:
+        yield bar
+
+
+def _fold_invariants(
+    graph: Graph, order: Schedule, chips: Mapping[str, TileChip]
+) -> dict[str, np.ndarray]:
+    """Constants and the results of nodes of constants only, computed once."""
+    values: dict[str, np.ndarray] = dict(graph.constants)
+    with np.errstate(all="ignore"):
+        for node in order.invariant:
+            args = [values[v] for v in node.inputs]
+            chip = chips.get(node.id)
+            if chip is None:
+                results = evaluate_node(node, args)
+            else:
+                rows = args[0].reshape(-1, args[0].shape[-1])
+                out = np.empty((rows.shape[0], chip.n_cols), chip.dtype)
+                chip.read(rows, out, Workspace(chip, block_rows(chip, rows.shape[0])))
+                results = (out.reshape(*args[0].shape[:-1], chip.n_cols),)
+            values.update(zip(node.outputs, results, strict=True))
+    return values
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class _Run:
+    """One run of a plan over one chunk of the batch, block by block.
+
+    Values shared between steps live per block as ``[n, ...]`` arrays: views of the inputs,
+    of the output arrays (``[T, ...]``, allocated once) or of a block-sized array allocated
+    once per run and reused by every block.
+    """
+
+    def __init__(
+        self, plan: Plan, feeds: dict[str, np.ndarray], steps: int, batch: int, bar: Any
+    ) -> None:
+        self.plan = plan
+        self.types = plan.graph.values()
+        self.steps = steps
+        self.batch = batch
+        self.bar = bar
+        self.feeds = feeds
+        per_block = BLOCK_ELEMENTS // self._step_elements()
+        self.block = max(1, min(max(plan._min_block, per_block), steps))
+        self._noise: dict[str, NoiseStream] = {}
+        outputs = {v for v in plan.graph.outputs if v in plan._shared and v not in feeds}
+        self.out_arrays = {v: self.array(v, steps) for v in outputs}
+        self.buffers = {
+            v: self.array(v, self.block)
+            for v in plan._shared
+            if v not in feeds and v not in outputs
+        }
+
+    def _step_elements(self) -> int:
+        """Elements per step of the largest value held in a block array (inputs are views)."""
+        shared = self.plan._shared - self.feeds.keys()
+        return max([1, *(math.prod(self.types[v].concrete(self.batch)) for v in shared)])
+
+    def array(self, value: str, steps: int) -> np.ndarray:
+        """A new, uninitialised ``[steps, ...]`` array for ``value``."""
+        type_ = self.types[value]
+        return np.empty((steps, *type_.concrete(self.batch)), type_.np_dtype)
+
+    def noise(self, chip: TileChip) -> NoiseStream:
+        """The run's read-noise stream of a tile, created on first use."""
+        stream = self._noise.get(chip.node.id)
+        if stream is None:
+            per_step = math.prod(self.types[chip.node.id].concrete(self.batch))
+            stream = NoiseStream(self.plan.seed, chip.tile, self.steps * per_step)
+            self._noise[chip.node.id] = stream
+        return stream
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Run every block; the graph's outputs as fresh ``[T, ...]`` arrays."""
+        if self.steps > 0:
+            with np.errstate(all="ignore"):
+                self._run_blocks()
+        result = {}
+        for v in self.plan.graph.outputs:
+            if v in self.out_arrays:
+                result[v] = self.out_arrays[v]
+            elif v in self.feeds:
+                result[v] = self.feeds[v].copy()
+            else:
+                shape = (self.steps, *self.types[v].concrete(self.batch))
+                result[v] = np.broadcast_to(self.plan.invariants[v], shape).copy()
+        return result
+
+    def _run_blocks(self) -> None:
+        runners = [program.start(self) for program in self.plan._programs]
+        for t0 in range(0, self.steps, self.block):
+            n = min(self.block, self.steps - t0)
+            values = {v: a[t0 : t0 + n] for v, a in self.feeds.items()}
+            values.update((v, a[t0 : t0 + n]) for v, a in self.out_arrays.items())
+            values.update((v, a[:n]) for v, a in self.buffers.items())
+            for runner in runners:
+                runner(values, t0, n)
+            if self.bar is not None:
+                self.bar.update(n)
+
+
+Runner = Any
+"""``runner(values, t0, n)``: one step of the schedule on the block of steps
+``[t0, t0 + n)``; ``values`` maps each shared value to its ``[n, ...]`` array."""
+
+
+class _Program:
+    """One step of the schedule, compiled when the plan is built.
+
+    Attributes:
+        shared: the values it reads from or writes for other steps (and outputs).
+        chained: for loops, how many of its states take another state as ``next``.
+    """
+
+    shared: frozenset[str] = frozenset()
+    chained: int = 0
+
+    def start(self, run: _Run) -> Runner:
+        """Allocate what a run needs; return the runner of its blocks."""
+        raise NotImplementedError
+
+
+def _compile(
+    graph: Graph,
+    step: Parallel | PerStep | Shift | Loop,
+    invariants: Mapping[str, np.ndarray],
+    chips: Mapping[str, TileChip],
+) -> _Program:
+    if isinstance(step, Parallel):
+        return _ParallelProgram(graph, step.node, invariants, chips)
+    if isinstance(step, PerStep):
+        return _PerStepProgram(graph, step.node, invariants, chips)
+    if isinstance(step, Shift):
+        return _ShiftProgram(step.state, invariants)
+    return _LoopProgram(graph, step, invariants, chips)
+
+
+class _Slots:
+    """Numbered slots of a program and the scratch its kernels asked for."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.temps: list[tuple[int, np.dtype, tuple[Dim, ...]]] = []
+        self.fulls: list[tuple[int, np.ndarray, tuple[Dim, ...]]] = []
+        self.workspaces: list[tuple[int, TileChip, TensorType]] = []
+        self.noises: list[tuple[int, TileChip]] = []
+
+    def new(self) -> int:
+        self.count += 1
+        return self.count - 1
+
+    def temp(self, dtype: np.dtype | type, shape: tuple[Dim, ...]) -> int:
+        slot = self.new()
+        self.temps.append((slot, np.dtype(dtype), shape))
+        return slot
+
+    def full(self, value: np.ndarray, shape: tuple[Dim, ...]) -> int:
+        slot = self.new()
+        self.fulls.append((slot, value, shape))
+        return slot
+
+    def workspace(self, chip: TileChip, type_: TensorType) -> int:
+        slot = self.new()
+        self.workspaces.append((slot, chip, type_))
+        return slot
+
+    def noise(self, chip: TileChip) -> int:
+        slot = self.new()
+        self.noises.append((slot, chip))
+        return slot
+
+
+def _fold(array: np.ndarray) -> np.ndarray:
+    """``[n, B, ...]`` as ``[n * B, ...]``: time folded into the batch."""
+    return array.reshape(array.shape[0] * array.shape[1], *array.shape[2:])
+
+
+class _ParallelProgram(_Program):
+    """A node outside any recurrence: one kernel call per block, time folded into the batch.
+
+    Local slots: operands, then results, then the kernel's scratch.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        node: Node,
+        invariants: Mapping[str, np.ndarray],
+        chips: Mapping[str, TileChip],
+    ) -> None:
+        self.node = node
+        self.shared = frozenset(
+            [v for v in node.inputs if v not in invariants] + list(node.outputs)
+        )
+        self._inputs = [(v, invariants.get(v)) for v in node.inputs]
+        self._slots = _Slots()
+        ins = [self._slots.new() for _ in node.inputs]
+        outs = [self._slots.new() for _ in node.outputs]
+        self._kernel = kernels.node_kernel(
+            node,
+            ins,
+            outs,
+            [False] * len(outs),
+            types=graph.values(),
+            invariants=invariants,
+            chips=chips,
+            alloc=self._slots,
+        )
+
+    def start(self, run: _Run) -> Runner:
+        rows = run.block * run.batch
+        slots: list[Any] = [None] * self._slots.count
+        temps = []
+        for slot, dtype, shape in self._slots.temps:
+            temps.append((slot, np.empty((rows, *shape[1:]), dtype)))
+        for slot, value, shape in self._slots.fulls:
+            temps.append((slot, np.broadcast_to(value, (rows, *shape[1:])).copy()))
+        for slot, chip, type_ in self._slots.workspaces:
+            per_row = math.prod(d for d in type_.shape[1:-1])
+            slots[slot] = chip.workspace(block_rows(chip, rows * per_row))
+        for slot, chip in self._slots.noises:
+            slots[slot] = run.noise(chip)
+        inputs, outputs, kernel = self._inputs, self.node.outputs, self._kernel
+        batch = run.batch
+
+        def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            i = 0
+            for v, fixed in inputs:
+                slots[i] = _fold(values[v]) if fixed is None else fixed
+                i += 1
+            for v in outputs:
+                slots[i] = _fold(values[v])
+                i += 1
+            for slot, array in temps:
+                slots[slot] = array[: n * batch]
+            kernel(slots)
+
+        return runner
+
+
+class _PerStepProgram(_Program):
+    """A node outside any recurrence whose values cannot fold time: step by step, by the
+    interpreter's semantics (or its tile's read)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        node: Node,
+        invariants: Mapping[str, np.ndarray],
+        chips: Mapping[str, TileChip],
+    ) -> None:
+        self.node = node
+        self.shared = frozenset(
+            [v for v in node.inputs if v not in invariants] + list(node.outputs)
+        )
+        self._inputs = [(v, invariants.get(v)) for v in node.inputs]
+        self._types = [graph.type_of(v) for v in node.outputs]
+        self._chip = chips.get(node.id)
+
+    def start(self, run: _Run) -> Runner:
+        chip, node = self._chip, self.node
+        work = stream = None
+        if chip is not None:
+            per_step = math.prod(run.types[node.id].concrete(run.batch)[:-1])
+            work = chip.workspace(block_rows(chip, per_step))
+            stream = run.noise(chip) if chip.noisy else None
+        checked = [False]
+
+        def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            for t in range(n):
+                args = [values[v][t] if fixed is None else fixed for v, fixed in self._inputs]
+                if chip is not None:
+                    rows = args[0].reshape(-1, args[0].shape[-1])
+                    out = values[node.id][t].reshape(-1, chip.n_cols)
+                    chip.read(rows, out, work, stream)
+                    continue
+                results = evaluate_node(node, args)
+                for name, type_, result in zip(node.outputs, self._types, results, strict=True):
+                    if not checked[0]:
+                        _check(node, name, result, type_, run.batch)
+                    values[name][t] = result
+                checked[0] = True
+
+        return runner
+
+
+def _check(node: Node, name: str, value: np.ndarray, type_: TensorType, batch: int) -> None:
+    """A computed value must have its declared type; otherwise the semantics are wrong."""
+    shape = type_.concrete(batch)
+    if value.shape != shape or value.dtype != type_.np_dtype:
+        raise VerifyError(
+            f"{node.loc.prefix()}{node.op.NAME} %{name} computed {value.dtype}{list(value.shape)}, "
+            f"but its type is {type_} ({list(shape)} at batch {batch})"
+        )
+
+
+class _ShiftProgram(_Program):
+    """A state outside any recurrence: ``S_0 = 0``, ``S_t = next_{t-1}``, across blocks."""
+
+    def __init__(self, state: State, invariants: Mapping[str, np.ndarray]) -> None:
+        self.state = state
+        self._fixed = invariants.get(state.next)
+        self.shared = frozenset(
+            [state.name] if self._fixed is not None else [state.name, state.next]
+        )
+
+    def start(self, run: _Run) -> Runner:
+        name, nxt, fixed = self.state.name, self.state.next, self._fixed
+        carry = np.zeros(run.types[name].concrete(run.batch), run.types[name].np_dtype)
+
+        def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            out = values[name]
+            out[0] = carry
+            source = fixed if fixed is not None else values[nxt]
+            if fixed is not None:
+                out[1:] = fixed
+                carry[...] = fixed
+            else:
+                out[1:] = source[: n - 1]
+                carry[...] = source[n - 1]
+
+        return runner
+
+
+class _LoopProgram(_Program):
+    """A recurrence compiled to kernels over numbered slots (:mod:`plan_kernels`).
+
+    Slots hold, per run: invariant operands; operands from other steps and results other
+    steps read (views ``[t]`` of the block's ``[n, ...]`` arrays, set before each step);
+    ``next`` values of states only the loop reads (two arrays used in turn); other
+    results and the kernels' scratch (one array each); results of views and of the
+    interpreter's semantics used only within the step (set by their kernel); and states
+    (an array of zeros at step 0, then the slot their ``next`` had the step before). The
+    slots live for the whole run, so states carry from one block to the next.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        loop: Loop,
+        invariants: Mapping[str, np.ndarray],
+        chips: Mapping[str, TileChip],
+    ) -> None:
+        types = graph.values()
+        self._types = types
+        self._slots = _Slots()
+        self._index: dict[str, int] = {}
+        self._fixed: list[tuple[int, np.ndarray]] = []
+        self._moving_in: list[tuple[int, str]] = []
+        self._moving: list[tuple[int, str]] = []
+        self._pingpong: list[tuple[int, str]] = []
+        self._buffers: list[tuple[int, str]] = []
+        self._kernels: list[kernels.Kernel] = []
+
+        inside = {n.id for n in loop.nodes}
+        names = {s.name for s in loop.states}
+        exported = _values_needed_after(graph, loop, inside)
+        nexts = {s.next for s in loop.states}
+        # A state whose next is another state reads that slot a step later, when one of
+        # two arrays used in turn would already be overwritten.
+        self.chained = sum(s.next in names for s in loop.states)
+        for s in loop.states:
+            self._index[s.name] = self._slots.new()
+        for node in loop.nodes:
+            ins = [self._operand(v, invariants) for v in node.inputs]
+            writes = kernels.writes(node, types[node.id].np_dtype, chips)
+            outs, bound = [], []
+            for out in node.outputs:
+                slot = self._index[out] = self._slots.new()
+                outs.append(slot)
+                if out in exported or (self.chained and out in nexts):
+                    self._moving.append((slot, out))
+                elif out in nexts:
+                    self._pingpong.append((slot, out))
+                elif writes:
+                    self._buffers.append((slot, out))
+                bound.append(not writes and out not in exported and out not in nexts)
+            self._kernels.append(
+                kernels.node_kernel(
+                    node,
+                    ins,
+                    outs,
+                    bound,
+                    types=types,
+                    invariants=invariants,
+                    chips=chips,
+                    alloc=self._slots,
+                )
+            )
+        self._carry = [(self._index[s.name], self._index[s.next]) for s in loop.states]
+        self._states = [(self._index[s.name], s.name) for s in loop.states]
+        published = _states_needed_after(graph, loop, inside)
+        self._records = [(self._index[name], name) for name in published]
+        self.shared = frozenset([v for _, v in self._moving_in + self._moving] + published)
+
+    def _operand(self, value: str, invariants: Mapping[str, np.ndarray]) -> int:
+        if value in self._index:
+            return self._index[value]
+        slot = self._index[value] = self._slots.new()
+        if value in invariants:
+            self._fixed.append((slot, invariants[value]))
+        else:
+            self._moving_in.append((slot, value))
+        return slot
+
+    def start(self, run: _Run) -> Runner:
+        batch, types = run.batch, self._types
+        slots: list[Any] = [None] * self._slots.count
+        for slot, array in self._fixed:
+            slots[slot] = array
+        for slot, value in self._buffers:
+            slots[slot] = np.empty(types[value].concrete(batch), types[value].np_dtype)
+        for slot, dtype, shape in self._slots.temps:
+            slots[slot] = np.empty(_concrete(shape, batch), dtype)
+        for slot, value, shape in self._slots.fulls:
+            slots[slot] = np.broadcast_to(value, _concrete(shape, batch)).copy()
+        for slot, chip, type_ in self._slots.workspaces:
+            slots[slot] = chip.workspace(math.prod(type_.concrete(batch)[:-1]))
+        for slot, chip in self._slots.noises:
+            slots[slot] = run.noise(chip)
+        for slot, value in self._states:
+            slots[slot] = np.zeros(types[value].concrete(batch), types[value].np_dtype)
+        pairs = [
+            (slot, tuple(np.empty(types[v].concrete(batch), types[v].np_dtype) for _ in "ab"))
+            for slot, v in self._pingpong
+        ]
+        moving_names = self._moving_in + self._moving
+        program, carry, records = self._kernels, self._carry, self._records
+        chained = self.chained > 0
+
+        def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            moving = [(slot, values[v]) for slot, v in moving_names]
+            recorded = [(slot, values[v]) for slot, v in records]
+            for k in range(n):
+                for slot, array in moving:
+                    slots[slot] = array[k]
+                for slot, pair in pairs:
+                    slots[slot] = pair[(t0 + k) & 1]
+                for kernel in program:
+                    kernel(slots)
+                for slot, array in recorded:
+                    array[k] = slots[slot]
+                if chained:
+                    carried = [slots[nxt] for _, nxt in carry]
+                    for (state, _), value in zip(carry, carried, strict=True):
+                        slots[state] = value
+                else:
+                    for state, nxt in carry:
+                        slots[state] = slots[nxt]
+
+        return runner
+
+
+def _concrete(shape: tuple[Dim, ...], batch: int) -> tuple[int, ...]:
+    return tuple(batch if d == BATCH else d for d in shape)
+
+
+def _values_needed_after(graph: Graph, loop: Loop, inside: set[str]) -> set[str]:
+    """Results of the loop's nodes that outputs, other steps or other states read."""
+    produced = {v for n in loop.nodes for v in n.outputs}
+    needed = {v for v in graph.outputs if v in produced}
+    for node in graph.nodes():
+        if node.id not in inside:
+            needed.update(v for v in node.inputs if v in produced)
+    names = {s.name for s in loop.states}
+    needed.update(s.next for s in graph.states if s.name not in names and s.next in produced)
+    return needed
+
+
+def _states_needed_after(graph: Graph, loop: Loop, inside: set[str]) -> list[str]:
+    """The loop's states that outputs, other steps or other states read."""
+    names = {s.name for s in loop.states}
+    needed = {v for v in graph.outputs if v in names}
+    for node in graph.nodes():
+        if node.id not in inside:
+            needed.update(v for v in node.inputs if v in names)
+    needed.update(s.next for s in graph.states if s.name not in names and s.next in names)
+    return [s.name for s in loop.states if s.name in needed]

@@ -1,0 +1,426 @@
+"""Kernels of the NumPy backend: one closure per node, computing with in-place ufuncs.
+
+Each node of a plan becomes a *kernel*: a closure ``kernel(slots)`` that reads its operands
+from a list of arrays (``slots``, indexed by numbers fixed when the plan is built) and
+writes its results into preallocated arrays with ``out=``, so running it allocates
+nothing. The same kernels serve a time loop (slots hold one step, ``[B, ...]``) and work
+done for a block of steps at once (slots hold ``[n * B, ...]``, time folded into the
+batch); the program around them points the slots at the right arrays.
+
+Every kernel computes exactly what the reference interpreter's semantics compute, with
+the same float operations in the same order, so results are bit for bit the same (the
+matrix products aside, whose summation order BLAS chooses). Ops without a kernel here
+fall back to the interpreter's semantics (:func:`generic`), which allocate their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from snuc.ir.graph import Node
+from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.runtime.interpreter import evaluate_node
+from snuc.runtime.plan_tiles import TileChip
+
+Kernel = Callable[[list], None]
+
+
+class Allocator(Protocol):
+    """Where a kernel gets its scratch: slots the program fills once per run."""
+
+    def temp(self, dtype: np.dtype | type, shape: tuple[Dim, ...]) -> int:
+        """A scratch array of a value's per-step shape (the program sizes the batch)."""
+
+    def full(self, value: np.ndarray, shape: tuple[Dim, ...]) -> int:
+        """An array of a value's per-step shape holding ``value`` broadcast to it: an
+        operand of the same shape as the result takes NumPy's fastest path."""
+
+    def workspace(self, chip: TileChip, type_: TensorType) -> int:
+        """A tile's float64 workspace for reads of the result type ``type_``."""
+
+    def noise(self, chip: TileChip) -> int:
+        """A noisy tile's read-noise stream of the run."""
+
+
+UNARY_UFUNCS = {
+    "dig.neg": np.negative,
+    "dig.tanh": np.tanh,
+}
+BINARY_UFUNCS = {
+    "dig.add": np.add,
+    "dig.sub": np.subtract,
+    "dig.mul": np.multiply,
+    "dig.greater": np.greater,
+    "dig.greater_equal": np.greater_equal,
+    "dig.less": np.less,
+}
+
+
+def unary(ufunc: np.ufunc, x: int, out: int) -> Kernel:
+    """``out = ufunc(x)``."""
+
+    def kernel(s: list) -> None:
+        ufunc(s[x], out=s[out])
+
+    return kernel
+
+
+def binary(ufunc: np.ufunc, x: int, y: int, out: int) -> Kernel:
+    """``out = ufunc(x, y)`` with broadcasting."""
+
+    def kernel(s: list) -> None:
+        ufunc(s[x], s[y], out=s[out])
+
+    return kernel
+
+
+def sigmoid(x: int, out: int, temps: Sequence[int]) -> Kernel:
+    """The interpreter's sigmoid (:func:`_sigmoid`); ``temps``: :data:`SIGMOID_TEMPS` slots."""
+    e, d, num, ones, zeros = temps
+
+    def kernel(s: list) -> None:
+        _sigmoid(s[x], s[out], s[e], s[d], s[num], s[ones], s[zeros])
+
+    return kernel
+
+
+SIGMOID_TEMPS = 5
+"""Scratch of a sigmoid: three arrays, then arrays of ones and of zeros."""
+
+
+def _sigmoid(
+    x: np.ndarray,
+    out: np.ndarray,
+    e: np.ndarray,
+    d: np.ndarray,
+    num: np.ndarray,
+    ones: np.ndarray,
+    zeros: np.ndarray,
+) -> None:
+    """The interpreter's ``where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``,
+    without a data-dependent select: the numerator ``exp(min(x, 0))`` is ``exp(0) = 1``
+    where ``x >= 0`` and ``exp(x) = exp(-|x|) = e`` where ``x < 0`` (NaN stays NaN)."""
+    np.abs(x, out=e)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    np.add(ones, e, out=d)
+    np.minimum(x, zeros, out=num)
+    np.exp(num, out=num)
+    np.divide(num, d, out=out)
+
+
+def snu_layer(
+    operands: Sequence[int],
+    s_out: int,
+    y_out: int,
+    temps: Sequence[int],
+    *,
+    relu: bool,
+    soft: bool,
+    threshold: bool,
+) -> Kernel:
+    """The SNU update, the interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``, then
+    ``y = h(s + bias)``, operation by operation in seven in-place ufuncs::
+
+        u = 1 - y_prev;  v = decay * s_prev;  v = v * u;  s = a + v;  s = max(s, 0)
+        spike = s > -bias;  y = spike            (h = step, bias known: ``threshold``)
+        u = s + bias;  spike = u > 0;  y = spike (h = step)
+        u = s + bias;  y = sigmoid(u)            (h = sigmoid)
+
+    ``s + bias > 0`` exactly when ``s > -bias``: a float sum is zero only when the exact
+    sum is, and rounding never flips its sign (NaN is false both ways).
+
+    Args:
+        operands: slots of ``(a, s_prev, y_prev, decay, bias)``; decay and bias may hold
+            arrays already broadcast to the result's shape, bias already negated with
+            ``threshold``.
+        s_out, y_out: slots of the results.
+        temps: slots of scratch of the result's shape: two arrays, an array of ones and
+            one of zeros; then a bool array (step) or :data:`SIGMOID_TEMPS` more.
+        relu: g is relu (else identity).
+        soft: h is sigmoid (else the step).
+        threshold: the bias slot holds ``-bias`` (h = step only).
+    """
+    a, s_prev, y_prev, decay, bias = operands
+    u, v, ones, zeros = temps[:4]
+
+    def update(s: list) -> np.ndarray:
+        tu, tv, st = s[u], s[v], s[s_out]
+        np.subtract(s[ones], s[y_prev], out=tu)
+        np.multiply(s[decay], s[s_prev], out=tv)
+        np.multiply(tv, tu, out=tv)
+        np.add(s[a], tv, out=st)
+        if relu:
+            np.maximum(st, s[zeros], out=st)
+        return st
+
+    if soft:
+        e, d, num, ones_, zeros_ = temps[4:]
+
+        def soft_kernel(s: list) -> None:
+            z = np.add(update(s), s[bias], out=s[u])
+            _sigmoid(z, s[y_out], s[e], s[d], s[num], s[ones_], s[zeros_])
+
+        return soft_kernel
+    spike = temps[4]
+    if threshold:
+
+        def spiking(s: list) -> None:
+            np.greater(update(s), s[bias], out=s[spike])
+            np.copyto(s[y_out], s[spike])
+
+        return spiking
+
+    def spiking_by_sum(s: list) -> None:
+        z = np.add(update(s), s[bias], out=s[u])
+        np.greater(z, s[zeros], out=s[spike])
+        np.copyto(s[y_out], s[spike])
+
+    return spiking_by_sum
+
+
+def cast(x: int, out: int) -> Kernel:
+    """``out = x`` converted to out's dtype (``astype``'s conversion)."""
+
+    def kernel(s: list) -> None:
+        np.copyto(s[out], s[x], casting="unsafe")
+
+    return kernel
+
+
+def where(cond: int, x: int, y: int, out: int) -> Kernel:
+    """``out = x where cond else y``: y everywhere, then x where cond."""
+
+    def kernel(s: list) -> None:
+        o = s[out]
+        np.copyto(o, s[y])
+        np.copyto(o, s[x], where=s[cond])
+
+    return kernel
+
+
+def concat(xs: Sequence[int], axis: int, out: int) -> Kernel:
+    """``out = concatenate(xs, axis)``."""
+    xs = tuple(xs)
+
+    def kernel(s: list) -> None:
+        np.concatenate([s[i] for i in xs], axis=axis, out=s[out])
+
+    return kernel
+
+
+def matmul(x: int, weight: np.ndarray, out: int, rows: slice | None = None) -> Kernel:
+    """``out = x[..., rows] @ weight`` (a float crossbar tile, a dense, or a digital matmul
+    with a constant right operand); ``rows`` None takes all of x."""
+    if rows is None:
+
+        def kernel(s: list) -> None:
+            np.matmul(s[x], weight, out=s[out])
+
+        return kernel
+
+    def window(s: list) -> None:
+        np.matmul(s[x][..., rows], weight, out=s[out])
+
+    return window
+
+
+def matmul_values(x: int, y: int, out: int) -> Kernel:
+    """``out = x @ y`` of two values (``dig.matmul``)."""
+
+    def kernel(s: list) -> None:
+        np.matmul(s[x], s[y], out=s[out])
+
+    return kernel
+
+
+def tile_read(chip: TileChip, x: int, out: int, work: int, noise: int | None) -> Kernel:
+    """A quantised (or pcm) tile: ``chip.read`` of the step's rows ``[M, K]`` into ``[M, c]``;
+    ``work`` holds the tile's workspace and ``noise`` its read-noise stream (pcm)."""
+    c = chip.n_cols
+
+    def kernel(s: list) -> None:
+        xs = s[x]
+        stream = None if noise is None else s[noise]
+        chip.read(xs.reshape(-1, xs.shape[-1]), s[out].reshape(-1, c), s[work], stream)
+
+    return kernel
+
+
+def view(x: int, out: int, shape_of: Callable[[np.ndarray], np.ndarray]) -> Kernel:
+    """A reshape or transpose whose result is only read within the step: a view, no copy."""
+
+    def kernel(s: list) -> None:
+        s[out] = shape_of(s[x])
+
+    return kernel
+
+
+def view_copy(x: int, out: int, shape_of: Callable[[np.ndarray], np.ndarray]) -> Kernel:
+    """A reshape or transpose whose result must live in its own array: copied into it."""
+
+    def kernel(s: list) -> None:
+        np.copyto(s[out], shape_of(s[x]))
+
+    return kernel
+
+
+def generic(
+    node: Node, inputs: Sequence[int], outputs: Sequence[int], bind: Sequence[bool]
+) -> Kernel:
+    """Any op, by the interpreter's semantics; each result is bound to its slot (``bind``)
+    or copied into the slot's array."""
+    inputs, outputs, bind = tuple(inputs), tuple(outputs), tuple(bind)
+
+    def kernel(s: list) -> None:
+        results = evaluate_node(node, [s[i] for i in inputs])
+        for slot, result, bound in zip(outputs, results, bind, strict=True):
+            if bound:
+                s[slot] = result
+            else:
+                np.copyto(s[slot], result)
+
+    return kernel
+
+
+_WRITING_OPS = frozenset(
+    {*UNARY_UFUNCS, *BINARY_UFUNCS, "dig.relu", "dig.cast", "dig.where", "dig.concat"}
+    | {"xbar.mvm", "xbar.dense", "dig.matmul", "snu.layer", "dig.step", "dig.sigmoid"}
+)
+
+
+def writes(node: Node, dtype: np.dtype, chips: Mapping[str, TileChip]) -> bool:
+    """Whether ``node``'s kernel writes into arrays its program provides (otherwise it
+    binds its results: a view, or the interpreter's freshly allocated result)."""
+    name = node.op.NAME
+    if node.id in chips or name in _WRITING_OPS:
+        return True
+    return name == "dig.div" and dtype.kind == "f"
+
+
+def node_kernel(
+    node: Node,
+    ins: Sequence[int],
+    outs: Sequence[int],
+    bound: Sequence[bool],
+    *,
+    types: Mapping[str, TensorType],
+    invariants: Mapping[str, np.ndarray],
+    chips: Mapping[str, TileChip],
+    alloc: Allocator,
+) -> Kernel:
+    """The kernel of ``node`` over the slots ``ins`` (operands) and ``outs`` (results).
+
+    Args:
+        node: the node.
+        ins, outs: slots of its operands and results.
+        bound: per result, whether its slot has no array, so the kernel must set it (only
+            for nodes that do not :func:`write`; a bound view costs no copy).
+        types: every value's type.
+        invariants: the values that are the same at every step (constants and values
+            computed from constants only), by name.
+        chips: the programmed tiles (quantized and pcm modes), by node id.
+        alloc: gives the kernel its scratch slots.
+    """
+    name = node.op.NAME
+    type_ = types[node.outputs[0]]
+    dtype, shape = type_.np_dtype, type_.shape
+    out = outs[0]
+    chip = chips.get(node.id)
+
+    def operand(i: int, negate: bool = False) -> int:
+        """Operand i's slot; an invariant one broadcast to the result's shape."""
+        value = invariants.get(node.inputs[i])
+        if value is None or value.dtype != dtype:
+            return ins[i]
+        return alloc.full(-value if negate else value, shape)
+
+    def constant(v: float) -> int:
+        return alloc.full(np.asarray(v, dtype), shape)
+
+    if chip is not None:
+        noise = alloc.noise(chip) if chip.noisy else None
+        return tile_read(chip, ins[0], out, alloc.workspace(chip, type_), noise)
+    if name == "snu.layer":
+        soft = node.op.h == "sigmoid"
+        threshold = not soft and node.inputs[4] in invariants
+        operands = [ins[0], ins[1], ins[2], operand(3), operand(4, negate=threshold)]
+        temps = [alloc.temp(dtype, shape), alloc.temp(dtype, shape), constant(1), constant(0)]
+        if soft:
+            temps += _sigmoid_temps(alloc, dtype, shape)
+        else:
+            temps.append(alloc.temp(np.bool_, shape))
+        return snu_layer(
+            operands,
+            outs[0],
+            outs[1],
+            temps,
+            relu=node.op.g == "relu",
+            soft=soft,
+            threshold=threshold,
+        )
+    if name in UNARY_UFUNCS:
+        return unary(UNARY_UFUNCS[name], ins[0], out)
+    if name in BINARY_UFUNCS or (name == "dig.div" and dtype.kind == "f"):
+        ufunc = np.divide if name == "dig.div" else BINARY_UFUNCS[name]
+        if types[node.inputs[0]].np_dtype != dtype:
+            # A comparison's result is bool: its operands keep their own shapes.
+            return binary(ufunc, ins[0], ins[1], out)
+        return binary(ufunc, operand(0), operand(1), out)
+    if name == "dig.relu":
+        return binary(np.maximum, ins[0], constant(0), out)
+    if name == "dig.step":
+        spike = alloc.temp(np.bool_, shape)
+        return step(ins[0], constant(0), spike, out)
+    if name == "dig.sigmoid":
+        return sigmoid(ins[0], out, _sigmoid_temps(alloc, dtype, shape))
+    if name == "dig.cast":
+        return cast(ins[0], out)
+    if name == "dig.where":
+        return where(ins[0], ins[1], ins[2], out)
+    if name == "dig.concat":
+        return concat(ins, node.op.axis, out)
+    if name == "xbar.dense":
+        return matmul(ins[0], invariants[node.inputs[1]], out)
+    if name == "xbar.mvm":
+        weight = invariants[node.inputs[1]]
+        (r0, r1), (c0, c1) = node.op.rows, node.op.cols
+        rows = None if (r0, r1) == (0, weight.shape[0]) else slice(r0, r1)
+        return matmul(ins[0], weight[r0:r1, c0:c1], out, rows)
+    if name == "dig.matmul":
+        return matmul_values(ins[0], ins[1], out)
+    if name in ("dig.reshape", "dig.transpose"):
+        shape_of = _view_function(node)
+        return view(ins[0], out, shape_of) if bound[0] else view_copy(ins[0], out, shape_of)
+    return generic(node, ins, outs, bound)
+
+
+def _sigmoid_temps(alloc: Allocator, dtype: np.dtype, shape: tuple[Dim, ...]) -> list[int]:
+    temps = [alloc.temp(dtype, shape) for _ in range(3)]
+    return temps + [
+        alloc.full(np.asarray(1, dtype), shape),
+        alloc.full(np.asarray(0, dtype), shape),
+    ]
+
+
+def step(x: int, zeros: int, spike: int, out: int) -> Kernel:
+    """``out = x > 0`` as 0 or 1 in out's dtype, through a bool array (a comparison
+    writing floats directly takes NumPy's slow casting path)."""
+
+    def kernel(s: list) -> None:
+        np.greater(s[x], s[zeros], out=s[spike])
+        np.copyto(s[out], s[spike])
+
+    return kernel
+
+
+def _view_function(node: Node) -> Callable[[np.ndarray], np.ndarray]:
+    """The reshape (the batch as -1, as the interpreter does) or transpose of ``node``."""
+    if node.op.NAME == "dig.reshape":
+        shape = tuple(-1 if d == BATCH else d for d in node.op.shape)
+        return lambda x: x.reshape(shape)
+    perm = node.op.perm
+    return lambda x: x.transpose(perm)

@@ -1,0 +1,326 @@
+"""Crossbar tiles of the NumPy backend in ``quantized`` and ``pcm`` modes, vectorised.
+
+A tile reads (SPEC §6, docs/quantization.md; the reference is the interpreter's)::
+
+    x_q   = DAC(x[..., r0:r1])                     float64, over dac = (lo, hi), dac_bits
+    I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n)    float64 column sums (+ read noise, pcm)
+    I_hat = ADC(I)                                 full scale adc_range, adc_bits
+    y     = float32(I_hat * s * alpha)             digital scale and drift compensation
+
+Every element-wise step is the same float64 operation, in the same order, as
+``snuc.ir.crossbar.dac_quantize`` / ``adc_quantize`` and the interpreter's tile, so each
+element rounds identically; only the two matrix products may sum in another order (BLAS
+picks its kernel by the matrix shape), which moves a column current by a few float64 ulps
+and an ADC code only when the current lies that close to a decision boundary.
+
+What the chip holds (``G``, ``var``, ``s * alpha``) is computed once per plan
+(:func:`program_tiles`): conductances, programming noise and drift depend on the chip
+(``seed``) and ``t_inference_s``, never on the input. Read noise is drawn per run from the
+tile's own stream (:class:`NoiseStream`), in the order of ``pcm.read_noise_block(seed,
+tile, (T, *out))``, however the backend walks through time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from snuc.ir.crossbar import adc_max_code, dac_grid, dac_quantize, tile_conductances
+from snuc.ir.errors import SnucError
+from snuc.ir.graph import Graph, Node
+from snuc.ir.target import TargetSpec
+from snuc.runtime import pcm
+
+ROW_BLOCK_ELEMENTS = 1 << 16
+"""Rows of a tile's input are processed in blocks of about this many float64 elements of
+the widest intermediate, so the dozen element-wise passes of a read run in cache."""
+
+NOISE_BLOCK_ELEMENTS = 1 << 18
+"""A :class:`NoiseStream` draws this many normals (at least one step's) per call."""
+
+
+@dataclass(frozen=True, eq=False)
+class TileChip:
+    """One ``xbar.mvm`` tile as the chip holds it, set up once per plan.
+
+    Attributes:
+        node: the tile's node.
+        tile: its tile number (keys the read-noise stream).
+        rows: the window's input rows ``slice(r0, r1)``.
+        dac: the DAC range ``(lo, hi)``; ``dac_bits`` its resolution.
+        adc_range, adc_bits: the ADC's full scale and resolution.
+        conductance_us: ``G`` ``[r, c]`` (G+ - G- per weight), float64.
+        gain: ``s * alpha`` ``[c]``: digital scale times drift compensation, float64.
+        variance_us2: read-noise variance per weight ``[r, c]`` (pcm), else None.
+        dtype: the result's dtype.
+        binary_input: the input is guaranteed to be exactly 0 or 1 and the DAC passes
+            both unchanged, so ``x_q = x`` and ``x_q**2 = x_q`` (no DAC arithmetic).
+        stacked_us: ``[G | var]`` ``[r, 2c]`` for a noisy tile with binary input: one
+            product gives both the currents and the read-noise variances.
+    """
+
+    node: Node
+    tile: int
+    rows: slice
+    dac: tuple[float, float]
+    dac_bits: int
+    adc_range: float
+    adc_bits: int
+    conductance_us: np.ndarray
+    gain: np.ndarray
+    variance_us2: np.ndarray | None
+    dtype: np.dtype
+    binary_input: bool
+    stacked_us: np.ndarray | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.conductance_us.shape[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.conductance_us.shape[1]
+
+    @property
+    def noisy(self) -> bool:
+        return self.variance_us2 is not None
+
+    def workspace(self, rows: int) -> Workspace:
+        """Scratch float64 buffers for reads of up to ``rows`` input rows."""
+        return Workspace(self, rows)
+
+    def read(
+        self,
+        x: np.ndarray,
+        out: np.ndarray,
+        work: Workspace,
+        noise: NoiseStream | None = None,
+    ) -> None:
+        """Read the tile for a block of inputs: ``out[m] = tile(x[m])`` for every row m.
+
+        Args:
+            x: inputs ``[M, K]`` (all the weight's rows; the tile takes its window).
+            out: results ``[M, c]`` of the tile's dtype, written in place.
+            work: a workspace of at least ``min(M, work.rows)`` rows; larger M is read in
+                blocks of ``work.rows``.
+            noise: the run's read-noise stream of this tile (pcm); its next ``M * c``
+                normals are used, in row order.
+        """
+        total = x.shape[0]
+        for start in range(0, total, work.rows):
+            stop = min(start + work.rows, total)
+            self._read_block(x[start:stop], out[start:stop], work, noise)
+
+    def _read_block(
+        self, x: np.ndarray, out: np.ndarray, work: Workspace, noise: NoiseStream | None
+    ) -> None:
+        m, c = x.shape[0], self.n_cols
+        x_q = work.x_q[:m]
+        np.copyto(x_q, x[:, self.rows])
+        if not self.binary_input:
+            _dac_in_place(x_q, self.dac, self.dac_bits)
+        if self.variance_us2 is None:
+            current = work.current[:m]
+            np.matmul(x_q, self.conductance_us, out=current)
+        else:
+            if self.binary_input:
+                # x_q**2 == x_q for x_q in {0, 1}: one product gives currents and variances.
+                both = work.both[:m]
+                np.matmul(x_q, self.stacked_us, out=both)
+                current, spread = both[:, :c], both[:, c:]
+            else:
+                current, spread, squared = work.current[:m], work.spread[:m], work.squared[:m]
+                np.multiply(x_q, x_q, out=squared)
+                np.matmul(x_q, self.conductance_us, out=current)
+                np.matmul(squared, self.variance_us2, out=spread)
+            np.sqrt(spread, out=spread)
+            np.multiply(spread, noise.take(m * c).reshape(m, c), out=spread)
+            np.add(current, spread, out=current)
+        _adc_in_place(current, self.adc_range, self.adc_bits)
+        np.multiply(current, self.gain, out=current)
+        np.copyto(out, current, casting="same_kind")
+
+
+class Workspace:
+    """Float64 scratch of one tile for reads of up to ``rows`` rows (allocated once per run).
+
+    Attributes:
+        rows: the most rows one block may have.
+    """
+
+    def __init__(self, chip: TileChip, rows: int) -> None:
+        self.rows = max(1, rows)
+        k, c = chip.n_rows, chip.n_cols
+        self.x_q = np.empty((self.rows, k))
+        if chip.noisy and chip.binary_input:
+            self.both = np.empty((self.rows, 2 * c))
+        else:
+            self.current = np.empty((self.rows, c))
+            if chip.noisy:
+                self.spread = np.empty((self.rows, c))
+                self.squared = np.empty((self.rows, k))
+
+
+def block_rows(chip: TileChip, total: int) -> int:
+    """Rows per block for ``total`` rows: the whole input when it is small enough."""
+    widest = max(chip.n_rows, 2 * chip.n_cols)
+    return max(1, min(total, ROW_BLOCK_ELEMENTS // widest))
+
+
+def _dac_in_place(x: np.ndarray, dac: tuple[float, float], bits: int) -> None:
+    """``crossbar.dac_quantize`` on a float64 array, in place, with the same roundings."""
+    lo, hi = dac
+    origin, step = dac_grid(lo, hi, bits)
+    np.clip(x, lo, hi, out=x)
+    np.subtract(x, origin, out=x)
+    np.divide(x, step, out=x)
+    np.rint(x, out=x)
+    np.multiply(x, step, out=x)
+    np.add(x, origin, out=x)
+
+
+def _adc_in_place(current: np.ndarray, full_scale: float, bits: int) -> None:
+    """``crossbar.adc_quantize`` on a float64 array, in place, with the same roundings."""
+    m = adc_max_code(bits)
+    np.divide(current, full_scale, out=current)
+    np.clip(current, -1.0, 1.0, out=current)
+    np.multiply(current, m, out=current)
+    np.rint(current, out=current)
+    np.multiply(current, full_scale, out=current)
+    np.divide(current, m, out=current)
+
+
+class NoiseStream:
+    """One tile's read-noise normals for one run, handed out in stream order.
+
+    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out))`` read in C
+    order: a NumPy ``Generator`` fills arrays in C order, so drawing the block piece by
+    piece yields the block itself. Normals are drawn in batches of up to
+    :data:`NOISE_BLOCK_ELEMENTS`, so a step-by-step loop makes few generator calls and a
+    long run never holds its whole block.
+    """
+
+    def __init__(self, seed: int, tile: int, total: int) -> None:
+        """``total``: the size of the run's block (``T * prod(out)``), an upper bound."""
+        self._rng = pcm.chip_rng(seed, tile, "read")
+        self._buffer = np.empty(max(1, min(total, NOISE_BLOCK_ELEMENTS)))
+        self._next = self._buffer.size
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` normals of the stream, as a 1-D float64 array.
+
+        The array may be a view of the stream's buffer: it is valid until the next call.
+        """
+        buffer, start = self._buffer, self._next
+        left = buffer.size - start
+        if n <= left:
+            self._next = start + n
+            return buffer[start : start + n]
+        if n > buffer.size:
+            piece = np.empty(n)
+            piece[:left] = buffer[start:]
+            self._rng.standard_normal(out=piece[left:])
+            self._next = buffer.size
+            return piece
+        # Keep the unused tail: it comes first in the stream.
+        buffer[:left] = buffer[start:].copy()
+        self._rng.standard_normal(out=buffer[left:])
+        self._next = n
+        return buffer[:n]
+
+
+def program_tiles(
+    graph: Graph,
+    nodes: Iterable[Node],
+    *,
+    mode: str,
+    target: TargetSpec,
+    seed: int,
+    t_inference_s: float,
+    drift_compensation: str | None,
+    binary_values: Iterable[str] = (),
+) -> dict[str, TileChip]:
+    """Every ``xbar.mvm``'s chip, by node id: what the interpreter's run sets up per tile.
+
+    Args:
+        graph: the compiled (tiled and quantised) graph.
+        nodes: its nodes.
+        mode: ``"quantized"`` (quantised conductances, no noise) or ``"pcm"`` (the chip
+            ``seed`` names, ``t_inference_s`` after programming, with read noise).
+        target: the chip's parameters.
+        seed, t_inference_s, drift_compensation: the pcm options (checked by the caller).
+        binary_values: values guaranteed to hold only 0 and 1 (spikes).
+
+    Raises:
+        SnucError: an untiled ``xbar.dense`` or ``xbar.conv``, a tile without an ADC
+            range, or two tiles with the same number; one line naming the node.
+    """
+    binary = set(binary_values)
+    chips: dict[str, TileChip] = {}
+    numbers: dict[int, str] = {}
+    for node in nodes:
+        if node.op.NAME in ("xbar.dense", "xbar.conv"):
+            raise SnucError(
+                f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; mode {mode!r} "
+                "runs crossbar tiles only: compile with the lower-conv, tile, place and "
+                "quantize passes"
+            )
+        if node.op.NAME != "xbar.mvm":
+            continue
+        op = node.op
+        if op.adc_range <= 0:
+            raise SnucError(
+                f"{node.loc.prefix()}xbar.mvm %{node.id} (tile {op.tile}) has no ADC range; "
+                f"mode {mode!r} needs a quantised graph: compile with the quantize pass"
+            )
+        if op.tile in numbers:
+            raise SnucError(
+                f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[op.tile]} are both "
+                f"tile {op.tile}; tile numbers must be unique (the tile pass numbers them)"
+            )
+        numbers[op.tile] = node.id
+        g_plus, g_minus, scale = tile_conductances(
+            graph.constants[node.inputs[1]], op.rows, op.cols, target
+        )
+        lo, hi = op.dac
+        passes_spikes = all(
+            float(dac_quantize(v, lo, hi, target.dac_bits)) == v for v in (0.0, 1.0)
+        )
+        common = {
+            "node": node,
+            "tile": op.tile,
+            "rows": slice(*op.rows),
+            "dac": (lo, hi),
+            "dac_bits": target.dac_bits,
+            "adc_range": op.adc_range,
+            "adc_bits": target.adc_bits,
+            "dtype": graph.type_of(node.id).np_dtype,
+            "binary_input": node.inputs[0] in binary and passes_spikes,
+        }
+        if mode == "quantized":
+            conductance = g_plus.sum(axis=-1) - g_minus.sum(axis=-1)
+            chips[node.id] = TileChip(
+                conductance_us=conductance, gain=scale, variance_us2=None, **common
+            )
+            continue
+        chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.tile)
+        drifted = chip.at(t_inference_s)
+        if drift_compensation == "global":
+            alpha = pcm.drift_compensation_factor(chip, t_inference_s)
+        elif drift_compensation == "column":
+            alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
+        else:
+            alpha = 1.0
+        conductance, variance = drifted.weights_us, drifted.read_variance_us2
+        chips[node.id] = TileChip(
+            conductance_us=np.ascontiguousarray(conductance),
+            gain=scale * alpha,
+            variance_us2=np.ascontiguousarray(variance),
+            stacked_us=(
+                np.concatenate([conductance, variance], axis=1) if common["binary_input"] else None
+            ),
+            **common,
+        )
+    return chips
