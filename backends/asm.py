@@ -20,7 +20,7 @@ import typing
 from importlib import resources
 
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput
 
 from snuc.backends.isa import (
     DIGITAL_OPS,
@@ -43,6 +43,7 @@ from snuc.backends.isa import (
 from snuc.ir.errors import ParseError, SnucError, VerifyError
 from snuc.ir.ops import REGISTRY
 from snuc.ir.target import PARAMS, TargetSpec
+from snuc.ir.text import syntax_error
 from snuc.ir.types import BATCH, DTYPES, TensorType
 
 _TERMINAL_NOUNS = {
@@ -164,15 +165,17 @@ def _format_attrs(attrs: dict[str, object]) -> str:
     return "{" + ", ".join(f"{k} = {_format_value(v)}" for k, v in attrs.items()) + "}"
 
 
-def _format_value(value: object) -> str:
+def _format_value(value: object, *, in_list: bool = False) -> str:
+    """An attribute value; ``B`` is bare only as a dimension of a list (a shape), so a
+    string attribute that happens to read ``B`` (a layer's name) stays quoted."""
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+        return "[" + ", ".join(_format_value(v, in_list=True) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, str):
-        return "B" if value == BATCH else _quote(value)
+        return "B" if in_list and value == BATCH else _quote(value)
     return str(int(value))  # type: ignore[call-overload]
 
 
@@ -201,29 +204,8 @@ def parse_program(text: str, *, filename: str = "<asm>") -> Program:
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
-        raise _syntax_error(e, text, filename) from None
+        raise syntax_error(e, text, filename, _describe_terminal) from None
     return _Builder(filename).program(tree)
-
-
-def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> ParseError:
-    """Lark's exception as one line: where, what was found, what was expected."""
-    line, column = e.line, e.column
-    if isinstance(e, UnexpectedCharacters):
-        found, expected = f"character {text[e.pos_in_stream]!r}", e.allowed
-    elif isinstance(e, UnexpectedToken) and e.token.type != "$END":
-        found, expected = repr(e.token.value), e.expected
-    else:
-        found, expected = "end of input", getattr(e, "expected", ())
-        line = text.count("\n") + 1
-        column = len(text) - text.rfind("\n")
-    # LALR merges states, so Lark's own expected set can be too wide; ask the parser.
-    if getattr(e, "interactive_parser", None) is not None:
-        expected = e.interactive_parser.accepts()
-    wanted = sorted({_describe_terminal(t) for t in expected or ()})
-    return ParseError(
-        f"{filename}, line {line}, column {column}: unexpected {found}; "
-        f"expected {' or '.join(wanted) or 'nothing more'}"
-    )
 
 
 def _describe_terminal(name: str) -> str:

@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from importlib import resources
 
@@ -177,13 +177,19 @@ def parse_graph(
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
-        raise _syntax_error(e, text, filename) from None
+        raise syntax_error(e, text, filename, _describe_terminal) from None
     name, *items = tree.children
     return _Builder(name, arrays or {}, filename).build(items)
 
 
-def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> ParseError:
-    """Lark's exception as one line: where, what was found, what was expected."""
+def syntax_error(
+    e: UnexpectedInput, text: str, filename: str, describe: Callable[[str], str]
+) -> ParseError:
+    """Lark's exception as one line: where, what was found, what was expected.
+
+    Shared by every lark grammar of snuc (the IR here, the assembly in ``backends``);
+    ``describe`` names a terminal in words (``"a value name"``) or by its pattern.
+    """
     line, column = e.line, e.column
     if isinstance(e, UnexpectedCharacters):
         found, expected = f"character {text[e.pos_in_stream]!r}", e.allowed
@@ -196,7 +202,7 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> ParseError:
     # LALR merges states, so Lark's own expected set can be too wide; ask the parser.
     if getattr(e, "interactive_parser", None) is not None:
         expected = e.interactive_parser.accepts()
-    wanted = sorted({_describe_terminal(t) for t in expected or ()})
+    wanted = sorted({describe(t) for t in expected or ()})
     return ParseError(
         f"{filename}, line {line}, column {column}: unexpected {found}; "
         f"expected {' or '.join(wanted) or 'nothing more'}"

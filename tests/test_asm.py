@@ -618,3 +618,14 @@ def test_gdu_instructions_and_codes_transfers_round_trip():
     assert re.search(r"send \$r_t(_1)? -> core \d \{bytes = 100\}", text)
     assert parse_program(text) == program
     assert GDU == "gdu"
+
+
+def test_a_string_attribute_reading_b_stays_a_string(stack_text):
+    """Regression (found by the random round trip): a tile whose layer is named ``B`` was
+    printed bare, as the batch dimension, and did not parse back."""
+    program = parse_program(stack_text)
+    first = program.tiles[0]
+    renamed = replace(program, tiles=(replace(first, layer="B"), *program.tiles[1:]))
+    text = print_program(renamed)
+    assert 'layer = "B"' in text
+    assert parse_program(text) == renamed
