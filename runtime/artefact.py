@@ -105,15 +105,22 @@ def _value_spec(graph: Graph, name: str) -> IOSpec:
 # --------------------------------------------------------------------------- the artefact
 
 
-def _numpy_plan(graph: Graph, **options: Any) -> Any:
+def _numpy_plan(graph: Graph, program: str | None = None, **options: Any) -> Any:
     from snuc.runtime.numpy_backend import Plan
 
-    return Plan.build(graph, **options)
+    return Plan.build(graph, **options)  # it runs the graph, not the program
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"numpy": _numpy_plan}
-"""Plan builders by backend name: ``build(graph, mode=, target=, seed=, ...) -> plan``
-whose ``plan.run(inputs, batch_size=, progress=)`` returns outputs by name."""
+def _sim_plan(graph: Graph, program: str | None = None, **options: Any) -> Any:
+    from snuc.runtime.simulator import SimPlan
+
+    return SimPlan.build(graph, program=program, **options)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"numpy": _numpy_plan, "sim": _sim_plan}
+"""Plan builders by backend name: ``build(graph, program=, mode=, target=, seed=, ...) ->
+plan`` (``program``: the artefact's assembly, or None) whose ``plan.run(inputs,
+batch_size=, progress=)`` returns outputs by name."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,6 +224,7 @@ class Artefact:
             plans.clear()  # one chip at a time: a plan holds every tile's conductances
             plans[key] = BACKENDS[backend](
                 self.graph,
+                program=self.program,
                 mode=mode,
                 target=TargetSpec.from_dict(self.target),
                 seed=seed,
@@ -225,6 +233,12 @@ class Artefact:
             )
         outputs = plans[key].run(inputs, batch_size=batch_size, progress=progress)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    @property
+    def last_stats(self) -> Any:
+        """What the last run measured, when its backend measures anything (``sim``: a
+        :class:`~snuc.runtime.simulator.SimStats`); else None."""
+        return next((getattr(p, "last_stats", None) for p in self._plans.values()), None)
 
     def save(self, path: str | os.PathLike[str], *, zip: bool = False) -> Path:
         """Write the artefact to ``path``, atomically.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal, overload
 
 import numpy as np
@@ -542,11 +542,40 @@ class _Tile:
         return (read * self.gain).astype(self.dtype)
 
 
-def _unmapped(node: Node, mode: str) -> SnucError:
-    return SnucError(
-        f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; mode {mode!r} runs "
-        "crossbar tiles only: compile with the lower-conv, tile, place and quantize passes"
-    )
+def crossbar_tiles(nodes: Iterable[Node], mode: str) -> list[Node]:
+    """The ``xbar.mvm`` nodes a quantized or pcm run programs, checked.
+
+    Shared by every backend, so each refuses the same graphs with the same words.
+
+    Raises:
+        SnucError: an untiled ``xbar.dense`` or ``xbar.conv``, a tile without an ADC
+            range, or two tiles with the same number; one line naming the node.
+    """
+    tiles: list[Node] = []
+    numbers: dict[int, str] = {}
+    for node in nodes:
+        if node.op.NAME in ("xbar.dense", "xbar.conv"):
+            raise SnucError(
+                f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; mode {mode!r} "
+                "runs crossbar tiles only: compile with the lower-conv, tile, place and "
+                "quantize passes"
+            )
+        if node.op.NAME != "xbar.mvm":
+            continue
+        op = node.op
+        if op.adc_range <= 0:
+            raise SnucError(
+                f"{node.loc.prefix()}xbar.mvm %{node.id} (tile {op.tile}) has no ADC range; "
+                f"mode {mode!r} needs a quantised graph: compile with the quantize pass"
+            )
+        if op.tile in numbers:
+            raise SnucError(
+                f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[op.tile]} are both "
+                f"tile {op.tile}; tile numbers must be unique (the tile pass numbers them)"
+            )
+        numbers[op.tile] = node.id
+        tiles.append(node)
+    return tiles
 
 
 def _tiles(
@@ -562,24 +591,8 @@ def _tiles(
 ) -> dict[str, _Tile]:
     """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
     tiles: dict[str, _Tile] = {}
-    numbers: dict[int, str] = {}
-    for node in nodes:
-        if node.op.NAME in ("xbar.dense", "xbar.conv"):
-            raise _unmapped(node, mode)
-        if node.op.NAME != "xbar.mvm":
-            continue
+    for node in crossbar_tiles(nodes, mode):
         op = node.op
-        if op.adc_range <= 0:
-            raise SnucError(
-                f"{node.loc.prefix()}xbar.mvm %{node.id} (tile {op.tile}) has no ADC range; "
-                f"mode {mode!r} needs a quantised graph: compile with the quantize pass"
-            )
-        if op.tile in numbers:
-            raise SnucError(
-                f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[op.tile]} are both "
-                f"tile {op.tile}; tile numbers must be unique (the tile pass numbers them)"
-            )
-        numbers[op.tile] = node.id
         g_plus, g_minus, scale = tile_conductances(
             graph.constants[node.inputs[1]], op.rows, op.cols, target
         )
@@ -609,7 +622,7 @@ def _tiles(
     return tiles
 
 
-def _run_options(
+def check_run_options(
     mode: str,
     target: TargetSpec | str | None,
     seed: int,
@@ -732,7 +745,7 @@ def run(
             error of a node (see :func:`evaluate_node`). Each message is one line.
         VerifyError: the graph is malformed.
     """
-    spec = _run_options(mode, target, seed, t_inference_s, drift_compensation)
+    spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
     graph.verify()
     feeds = bind_inputs(graph, inputs)
     steps, batch = sequence_extent(graph, feeds)

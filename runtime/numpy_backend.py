@@ -30,17 +30,18 @@ shape (a product over ``[n * B, K]`` rows may round differently from one over ``
 so float32 products may differ in the last bits, and an ADC code can move only when a
 float64 column current lies within a few ulps of a decision boundary.
 
-A plan holds no per-run state: one plan serves any number of runs at any T and B (one at a
-time per thread).
+A plan holds no per-run state (only read-only data it caches per batch size): one plan
+serves any number of runs at any T and B, also from several threads at once.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,14 +52,22 @@ from snuc.ir.graph import Graph, Node, State
 from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import plan_kernels as kernels
-from snuc.runtime.interpreter import _run_options, bind_inputs, evaluate_node, sequence_extent
+from snuc.runtime.interpreter import bind_inputs, check_run_options, evaluate_node, sequence_extent
+from snuc.runtime.plan_fusion import fuse_float_tiles
 from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Schedule, Shift, schedule
 from snuc.runtime.plan_tiles import NoiseStream, TileChip, Workspace, block_rows, program_tiles
 
 __all__ = ["BLOCK_ELEMENTS", "Plan", "run_numpy"]
 
-BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = 1 << 16
 """A time block holds about this many elements of the largest value (at least two steps)."""
+
+_CACHED_BATCH_SIZES = 8
+"""Per-batch-size data a plan keeps (shapes, broadcast constants) for this many sizes."""
+
+BACKGROUND_NOISE_ELEMENTS = 1 << 17
+"""A pcm run draws its read noise on a background thread when it needs this many normals;
+below, starting the thread costs more than it saves."""
 
 
 def run_numpy(
@@ -113,7 +122,9 @@ class Plan:
         mode: ``"float"``, ``"quantized"`` or ``"pcm"``.
         target: the chip's parameters (None in float mode).
         seed, t_inference_s, drift_compensation: the pcm chip and its age.
-        schedule: the order of work (:func:`snuc.runtime.plan_schedule.schedule`).
+        schedule: the order of work (:func:`snuc.runtime.plan_schedule.schedule`) of
+            the graph as the plan runs it (in float mode with each tiled layer as one
+            product: :func:`snuc.runtime.plan_fusion.fuse_float_tiles`).
         invariants: every value that is the same at all steps (constants and nodes of
             constants only), computed once.
         chips: the crossbar tiles as programmed, by node id (quantized and pcm).
@@ -131,6 +142,19 @@ class Plan:
     _programs: tuple[_Program, ...]
     _shared: frozenset[str]
     _min_block: int
+    _noise_thread: bool
+    _types: Mapping[str, TensorType]
+    _shape_cache: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+
+    def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """Every value's shape at a batch size (cached: runs at one batch size repeat)."""
+        found = self._shape_cache.get(batch)
+        if found is None:
+            if len(self._shape_cache) >= _CACHED_BATCH_SIZES:
+                self._shape_cache.clear()
+            found = {v: t.concrete(batch) for v, t in self._types.items()}
+            self._shape_cache[batch] = found
+        return found
 
     @classmethod
     def build(
@@ -142,17 +166,20 @@ class Plan:
         seed: int = 0,
         t_inference_s: float = 3600.0,
         drift_compensation: str | None = "global",
+        noise_thread: bool = True,
     ) -> Plan:
         """Check the options, verify the graph, schedule it and program its chip.
 
-        Arguments are those of :func:`run_numpy`.
+        Arguments are those of :func:`run_numpy`, plus ``noise_thread``: in pcm mode, let
+        runs draw read noise ahead on one background thread (same numbers; False keeps a
+        run on the calling thread alone, for measurements with pinned threads).
 
         Raises:
             SnucError: an unknown mode or a bad option, a missing target, a graph not
                 compiled for the mode (one line each).
             VerifyError: the graph is malformed.
         """
-        spec = _run_options(mode, target, seed, t_inference_s, drift_compensation)
+        spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
         graph.verify()
         chips: dict[str, TileChip] = {}
         if spec is not None:
@@ -167,9 +194,11 @@ class Plan:
                 drift_compensation=drift_compensation,
                 binary_values=[v for v, r in ranges.items() if r.binary],
             )
-        order = schedule(graph, noisy_tiles=mode == "pcm")
-        invariants = _fold_invariants(graph, order, chips)
-        programs = tuple(_compile(graph, step, invariants, chips) for step in order.steps)
+        # Float tiles are exact window products: a tiled layer is its one product.
+        scheduled = fuse_float_tiles(graph) if spec is None else graph
+        order = schedule(scheduled, noisy_tiles=mode == "pcm")
+        invariants = _fold_invariants(scheduled, order, chips)
+        programs = tuple(_compile(scheduled, step, invariants, chips) for step in order.steps)
         shared = {v for p in programs for v in p.shared}
         chained = max((p.chained for p in programs), default=0)
         return cls(
@@ -185,6 +214,8 @@ class Plan:
             _programs=programs,
             _shared=frozenset(shared | set(graph.inputs)),
             _min_block=2 + chained,
+            _noise_thread=noise_thread,
+            _types=graph.values(),
         )
 
     def run(
@@ -202,8 +233,8 @@ class Plan:
         feeds = bind_inputs(self.graph, inputs)
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)
-        chunks = _chunks(batch, batch_size, batched)
-        with _progress_bar(progress, len(chunks) * steps) as bar:
+        chunks = batch_chunks(batch, batch_size, batched)
+        with progress_bar(progress, len(chunks) * steps) as bar:
             results = []
             for lo, hi in chunks:
                 chunk = {n: self._batch_slice(n, a, lo, hi) for n, a in feeds.items()}
@@ -227,7 +258,7 @@ class Plan:
         return np.concatenate(parts, axis=1 + type_.shape.index(BATCH))
 
 
-def _chunks(batch: int, batch_size: int | None, batched: bool) -> list[tuple[int, int]]:
+def batch_chunks(batch: int, batch_size: int | None, batched: bool) -> list[tuple[int, int]]:
     """``[lo, hi)`` ranges of the batch that run separately."""
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
@@ -239,7 +270,7 @@ def _chunks(batch: int, batch_size: int | None, batched: bool) -> list[tuple[int
 
 
 @contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
+def progress_bar(enabled: bool, total: int) -> Iterator[Any]:
     """A tqdm bar over steps on stderr; None when disabled or tqdm is not installed."""
     if not enabled:
         yield None
@@ -276,6 +307,13 @@ def _fold_invariants(
 # --------------------------------------------------------------------------- one run
 
 
+def block_steps(min_steps: int, step_elements: int, steps: int) -> int:
+    """Steps per time block: about :data:`BLOCK_ELEMENTS` elements of the largest value,
+    at least ``min_steps`` (a loop's states read slots up to that many steps back), at
+    most the run's ``steps``."""
+    return max(1, min(max(min_steps, BLOCK_ELEMENTS // step_elements), steps))
+
+
 class _Run:
     """One run of a plan over one chunk of the batch, block by block.
 
@@ -288,14 +326,15 @@ class _Run:
         self, plan: Plan, feeds: dict[str, np.ndarray], steps: int, batch: int, bar: Any
     ) -> None:
         self.plan = plan
-        self.types = plan.graph.values()
+        self.types = plan._types
         self.steps = steps
         self.batch = batch
         self.bar = bar
         self.feeds = feeds
-        per_block = BLOCK_ELEMENTS // self._step_elements()
-        self.block = max(1, min(max(plan._min_block, per_block), steps))
+        self.shapes = plan.shapes(batch)
+        self.block = block_steps(plan._min_block, self._step_elements(), steps)
         self._noise: dict[str, NoiseStream] = {}
+        self._pool: ThreadPoolExecutor | None = None
         outputs = {v for v in plan.graph.outputs if v in plan._shared and v not in feeds}
         self.out_arrays = {v: self.array(v, steps) for v in outputs}
         self.buffers = {
@@ -307,27 +346,32 @@ class _Run:
     def _step_elements(self) -> int:
         """Elements per step of the largest value held in a block array (inputs are views)."""
         shared = self.plan._shared - self.feeds.keys()
-        return max([1, *(math.prod(self.types[v].concrete(self.batch)) for v in shared)])
+        return max([1, *(math.prod(self.shapes[v]) for v in shared)])
 
     def array(self, value: str, steps: int) -> np.ndarray:
         """A new, uninitialised ``[steps, ...]`` array for ``value``."""
         type_ = self.types[value]
-        return np.empty((steps, *type_.concrete(self.batch)), type_.np_dtype)
+        return np.empty((steps, *self.shapes[value]), type_.np_dtype)
 
     def noise(self, chip: TileChip) -> NoiseStream:
         """The run's read-noise stream of a tile, created on first use."""
         stream = self._noise.get(chip.node.id)
         if stream is None:
-            per_step = math.prod(self.types[chip.node.id].concrete(self.batch))
-            stream = NoiseStream(self.plan.seed, chip.tile, self.steps * per_step)
+            total = self.steps * math.prod(self.shapes[chip.node.id])
+            stream = NoiseStream(self.plan.seed, chip.tile, total, self._pool)
             self._noise[chip.node.id] = stream
         return stream
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Run every block; the graph's outputs as fresh ``[T, ...]`` arrays."""
         if self.steps > 0:
-            with np.errstate(all="ignore"):
-                self._run_blocks()
+            self._pool = self._noise_pool()
+            try:
+                with np.errstate(all="ignore"):
+                    self._run_blocks()
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True, cancel_futures=True)
         result = {}
         for v in self.plan.graph.outputs:
             if v in self.out_arrays:
@@ -335,9 +379,19 @@ class _Run:
             elif v in self.feeds:
                 result[v] = self.feeds[v].copy()
             else:
-                shape = (self.steps, *self.types[v].concrete(self.batch))
+                shape = (self.steps, *self.shapes[v])
                 result[v] = np.broadcast_to(self.plan.invariants[v], shape).copy()
         return result
+
+    def _noise_pool(self) -> ThreadPoolExecutor | None:
+        """A one-thread executor drawing read noise ahead, when there is enough to draw."""
+        if not self.plan._noise_thread:
+            return None
+        noisy = [c for c in self.plan.chips.values() if c.noisy]
+        total = sum(self.steps * math.prod(self.shapes[c.node.id]) for c in noisy)
+        if total < BACKGROUND_NOISE_ELEMENTS:
+            return None
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="snuc-read-noise")
 
     def _run_blocks(self) -> None:
         runners = [program.start(self) for program in self.plan._programs]
@@ -395,6 +449,7 @@ class _Slots:
         self.count = 0
         self.temps: list[tuple[int, np.dtype, tuple[Dim, ...]]] = []
         self.fulls: list[tuple[int, np.ndarray, tuple[Dim, ...]]] = []
+        self._constants: dict[int, list[tuple[int, np.ndarray]]] = {}
         self.workspaces: list[tuple[int, TileChip, TensorType]] = []
         self.noises: list[tuple[int, TileChip]] = []
 
@@ -411,6 +466,26 @@ class _Slots:
         slot = self.new()
         self.fulls.append((slot, value, shape))
         return slot
+
+    def constants(
+        self, rows: int, shape_of: Callable[[tuple[Dim, ...]], tuple[int, ...]]
+    ) -> list[tuple[int, np.ndarray]]:
+        """The :meth:`full` arrays for a leading size ``rows``, shaped by ``shape_of``.
+
+        They are read-only, so runs share them: they are built once per size (a few sizes
+        are kept).
+        """
+        found = self._constants.get(rows)
+        if found is None:
+            if len(self._constants) >= _CACHED_BATCH_SIZES:
+                self._constants.clear()
+            found = []
+            for slot, value, shape in self.fulls:
+                array = np.broadcast_to(value, shape_of(shape)).copy()
+                array.setflags(write=False)
+                found.append((slot, array))
+            self._constants[rows] = found
+        return found
 
     def workspace(self, chip: TileChip, type_: TensorType) -> int:
         slot = self.new()
@@ -466,8 +541,7 @@ class _ParallelProgram(_Program):
         temps = []
         for slot, dtype, shape in self._slots.temps:
             temps.append((slot, np.empty((rows, *shape[1:]), dtype)))
-        for slot, value, shape in self._slots.fulls:
-            temps.append((slot, np.broadcast_to(value, (rows, *shape[1:])).copy()))
+        temps += self._slots.constants(rows, lambda shape: (rows, *shape[1:]))
         for slot, chip, type_ in self._slots.workspaces:
             per_row = math.prod(d for d in type_.shape[1:-1])
             slots[slot] = chip.workspace(block_rows(chip, rows * per_row))
@@ -514,10 +588,9 @@ class _PerStepProgram(_Program):
         chip, node = self._chip, self.node
         work = stream = None
         if chip is not None:
-            per_step = math.prod(run.types[node.id].concrete(run.batch)[:-1])
+            per_step = math.prod(run.shapes[node.id][:-1])
             work = chip.workspace(block_rows(chip, per_step))
             stream = run.noise(chip) if chip.noisy else None
-        checked = [False]
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             for t in range(n):
@@ -529,10 +602,9 @@ class _PerStepProgram(_Program):
                     continue
                 results = evaluate_node(node, args)
                 for name, type_, result in zip(node.outputs, self._types, results, strict=True):
-                    if not checked[0]:
+                    if t0 + t == 0:
                         _check(node, name, result, type_, run.batch)
                     values[name][t] = result
-                checked[0] = True
 
         return runner
 
@@ -559,7 +631,7 @@ class _ShiftProgram(_Program):
 
     def start(self, run: _Run) -> Runner:
         name, nxt, fixed = self.state.name, self.state.next, self._fixed
-        carry = np.zeros(run.types[name].concrete(run.batch), run.types[name].np_dtype)
+        carry = np.zeros(run.shapes[name], run.types[name].np_dtype)
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             out = values[name]
@@ -662,19 +734,19 @@ class _LoopProgram(_Program):
         for slot, array in self._fixed:
             slots[slot] = array
         for slot, value in self._buffers:
-            slots[slot] = np.empty(types[value].concrete(batch), types[value].np_dtype)
+            slots[slot] = np.empty(run.shapes[value], types[value].np_dtype)
         for slot, dtype, shape in self._slots.temps:
             slots[slot] = np.empty(_concrete(shape, batch), dtype)
-        for slot, value, shape in self._slots.fulls:
-            slots[slot] = np.broadcast_to(value, _concrete(shape, batch)).copy()
+        for slot, array in self._slots.constants(batch, lambda shape: _concrete(shape, batch)):
+            slots[slot] = array
         for slot, chip, type_ in self._slots.workspaces:
-            slots[slot] = chip.workspace(math.prod(type_.concrete(batch)[:-1]))
+            slots[slot] = chip.workspace(math.prod(_concrete(type_.shape, batch)[:-1]))
         for slot, chip in self._slots.noises:
             slots[slot] = run.noise(chip)
         for slot, value in self._states:
-            slots[slot] = np.zeros(types[value].concrete(batch), types[value].np_dtype)
+            slots[slot] = np.zeros(run.shapes[value], types[value].np_dtype)
         pairs = [
-            (slot, tuple(np.empty(types[v].concrete(batch), types[v].np_dtype) for _ in "ab"))
+            (slot, tuple(np.empty(run.shapes[v], types[v].np_dtype) for _ in "ab"))
             for slot, v in self._pingpong
         ]
         moving_names = self._moving_in + self._moving
@@ -682,13 +754,15 @@ class _LoopProgram(_Program):
         chained = self.chained > 0
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
-            moving = [(slot, values[v]) for slot, v in moving_names]
+            # Per step, each moving slot takes element k of a list: views [k] of the
+            # block's arrays (made by one C-level iteration), or the array of the pair
+            # whose turn step t0 + k is.
+            moving = [(slot, list(values[v])) for slot, v in moving_names]
+            moving += [(slot, [pair[(t0 + k) & 1] for k in range(n)]) for slot, pair in pairs]
             recorded = [(slot, values[v]) for slot, v in records]
             for k in range(n):
-                for slot, array in moving:
-                    slots[slot] = array[k]
-                for slot, pair in pairs:
-                    slots[slot] = pair[(t0 + k) & 1]
+                for slot, views in moving:
+                    slots[slot] = views[k]
                 for kernel in program:
                     kernel(slots)
                 for slot, array in recorded:

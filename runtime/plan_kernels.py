@@ -78,17 +78,14 @@ def binary(ufunc: np.ufunc, x: int, y: int, out: int) -> Kernel:
 
 
 def sigmoid(x: int, out: int, temps: Sequence[int]) -> Kernel:
-    """The interpreter's sigmoid (:func:`_sigmoid`); ``temps``: :data:`SIGMOID_TEMPS` slots."""
-    e, d, num, ones, zeros = temps
+    """The interpreter's sigmoid (:func:`_sigmoid`); ``temps``: three arrays of x's shape,
+    a bool array, an array of ones and one of zeros."""
+    e, d, num, nonnegative, ones, zeros = temps
 
     def kernel(s: list) -> None:
-        _sigmoid(s[x], s[out], s[e], s[d], s[num], s[ones], s[zeros])
+        _sigmoid(s[x], s[out], s[e], s[d], s[num], s[nonnegative], s[ones], s[zeros])
 
     return kernel
-
-
-SIGMOID_TEMPS = 5
-"""Scratch of a sigmoid: three arrays, then arrays of ones and of zeros."""
 
 
 def _sigmoid(
@@ -97,18 +94,22 @@ def _sigmoid(
     e: np.ndarray,
     d: np.ndarray,
     num: np.ndarray,
+    nonnegative: np.ndarray,
     ones: np.ndarray,
     zeros: np.ndarray,
 ) -> None:
     """The interpreter's ``where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``,
-    without a data-dependent select: the numerator ``exp(min(x, 0))`` is ``exp(0) = 1``
-    where ``x >= 0`` and ``exp(x) = exp(-|x|) = e`` where ``x < 0`` (NaN stays NaN)."""
+    without a select (``where``, ``copyto(where=)``, ``heaviside`` branch on every
+    element): the numerator ``max(e, x >= 0)`` is 1 where ``x >= 0`` (as ``e <= 1``) and
+    ``e`` where ``x < 0``, so each element takes the same one of the two divisions (NaN
+    stays NaN)."""
     np.abs(x, out=e)
     np.negative(e, out=e)
     np.exp(e, out=e)
     np.add(ones, e, out=d)
-    np.minimum(x, zeros, out=num)
-    np.exp(num, out=num)
+    np.greater_equal(x, zeros, out=nonnegative)
+    np.copyto(num, nonnegative)
+    np.maximum(e, num, out=num)
     np.divide(num, d, out=out)
 
 
@@ -139,7 +140,8 @@ def snu_layer(
             ``threshold``.
         s_out, y_out: slots of the results.
         temps: slots of scratch of the result's shape: two arrays, an array of ones and
-            one of zeros; then a bool array (step) or :data:`SIGMOID_TEMPS` more.
+            one of zeros; then a bool array (step), or three arrays and a bool array
+            (sigmoid).
         relu: g is relu (else identity).
         soft: h is sigmoid (else the step).
         threshold: the bias slot holds ``-bias`` (h = step only).
@@ -158,11 +160,11 @@ def snu_layer(
         return st
 
     if soft:
-        e, d, num, ones_, zeros_ = temps[4:]
+        e, d, num, nonnegative = temps[4:]
 
         def soft_kernel(s: list) -> None:
             z = np.add(update(s), s[bias], out=s[u])
-            _sigmoid(z, s[y_out], s[e], s[d], s[num], s[ones_], s[zeros_])
+            _sigmoid(z, s[y_out], s[e], s[d], s[num], s[nonnegative], s[ones], s[zeros])
 
         return soft_kernel
     spike = temps[4]
@@ -350,7 +352,8 @@ def node_kernel(
         operands = [ins[0], ins[1], ins[2], operand(3), operand(4, negate=threshold)]
         temps = [alloc.temp(dtype, shape), alloc.temp(dtype, shape), constant(1), constant(0)]
         if soft:
-            temps += _sigmoid_temps(alloc, dtype, shape)
+            temps += [alloc.temp(dtype, shape) for _ in range(3)]
+            temps.append(alloc.temp(np.bool_, shape))
         else:
             temps.append(alloc.temp(np.bool_, shape))
         return snu_layer(
@@ -399,11 +402,8 @@ def node_kernel(
 
 
 def _sigmoid_temps(alloc: Allocator, dtype: np.dtype, shape: tuple[Dim, ...]) -> list[int]:
-    temps = [alloc.temp(dtype, shape) for _ in range(3)]
-    return temps + [
-        alloc.full(np.asarray(1, dtype), shape),
-        alloc.full(np.asarray(0, dtype), shape),
-    ]
+    temps = [alloc.temp(dtype, shape) for _ in range(3)] + [alloc.temp(np.bool_, shape)]
+    return temps + [alloc.full(np.asarray(v, dtype), shape) for v in (1, 0)]
 
 
 def step(x: int, zeros: int, spike: int, out: int) -> Kernel:

@@ -31,7 +31,8 @@ differ.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from snuc.ir.graph import Graph, Node, State
@@ -105,14 +106,15 @@ def schedule(graph: Graph, *, noisy_tiles: bool = False) -> Schedule:
     invariant, varying = _split_invariant(graph, nodes, noisy_tiles)
     vertices, edges = _augmented_graph(graph, nodes, varying)
     components = _strongly_connected(vertices, edges)
+    by_id = {node.id: node for node in nodes}
     steps = [
-        _step_of(graph, component, edges, varying)
+        _step_of(graph, by_id, component, edges, varying)
         for component in _topological(vertices, edges, components)
     ]
     return Schedule(tuple(invariant), tuple(steps), frozenset(varying))
 
 
-def folds_time(graph: Graph, node: Node, varying: Iterable[str]) -> bool:
+def folds_time(graph: Graph, node: Node, varying: AbstractSet[str]) -> bool:
     """Whether ``node`` can be evaluated once over all steps with time folded into the batch.
 
     Every operand that varies over time and every result must carry the batch as its
@@ -120,7 +122,6 @@ def folds_time(graph: Graph, node: Node, varying: Iterable[str]) -> bool:
     of T * B independent rows, which every op of the IR treats row by row (none reduces,
     concatenates or normalises over the batch; ``infer`` forbids it).
     """
-    varying = set(varying)
     values = [v for v in node.inputs if v in varying] + list(node.outputs)
     return all(_batch_leads(graph.type_of(v)) for v in values)
 
@@ -261,18 +262,18 @@ def _topological(
 
 def _step_of(
     graph: Graph,
+    by_id: dict[str, Node],
     component: list[Vertex],
     edges: dict[Vertex, list[Vertex]],
     varying: set[str],
 ) -> Step:
-    """The step that runs one component (its vertices in rank order)."""
+    """The step that runs one component (its vertices in rank order: graph order)."""
     only = component[0]
     cyclic = len(component) > 1 or only in edges[only]
     if cyclic:
-        members = set(component)
         return Loop(
-            nodes=tuple(n for n in graph.nodes() if ("node", n.id) in members),
-            states=tuple(s for s in graph.states if ("state", s.name) in members),
+            nodes=tuple(by_id[name] for kind, name in component if kind == "node"),
+            states=tuple(graph.state(name) for kind, name in component if kind == "state"),
         )
     kind, name = only
     if kind == "state":

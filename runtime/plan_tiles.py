@@ -22,23 +22,28 @@ tile, (T, *out))``, however the backend walks through time.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
 
 from snuc.ir.crossbar import adc_max_code, dac_grid, dac_quantize, tile_conductances
-from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.target import TargetSpec
 from snuc.runtime import pcm
+from snuc.runtime.interpreter import crossbar_tiles
 
 ROW_BLOCK_ELEMENTS = 1 << 16
 """Rows of a tile's input are processed in blocks of about this many float64 elements of
 the widest intermediate, so the dozen element-wise passes of a read run in cache."""
 
-NOISE_BLOCK_ELEMENTS = 1 << 18
-"""A :class:`NoiseStream` draws this many normals (at least one step's) per call."""
+NOISE_BLOCK_ELEMENTS = 1 << 16
+"""A :class:`NoiseStream` draws this many normals per generator call."""
+
+NOISE_LOOKAHEAD = 3
+"""Pieces a :class:`NoiseStream` keeps drawing ahead on a background thread."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,8 +62,6 @@ class TileChip:
         dtype: the result's dtype.
         binary_input: the input is guaranteed to be exactly 0 or 1 and the DAC passes
             both unchanged, so ``x_q = x`` and ``x_q**2 = x_q`` (no DAC arithmetic).
-        stacked_us: ``[G | var]`` ``[r, 2c]`` for a noisy tile with binary input: one
-            product gives both the currents and the read-noise variances.
     """
 
     node: Node
@@ -73,7 +76,6 @@ class TileChip:
     variance_us2: np.ndarray | None
     dtype: np.dtype
     binary_input: bool
-    stacked_us: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -103,8 +105,8 @@ class TileChip:
         Args:
             x: inputs ``[M, K]`` (all the weight's rows; the tile takes its window).
             out: results ``[M, c]`` of the tile's dtype, written in place.
-            work: a workspace of at least ``min(M, work.rows)`` rows; larger M is read in
-                blocks of ``work.rows``.
+            work: the tile's workspace; more than ``work.rows`` rows are read in blocks of
+                that many.
             noise: the run's read-noise stream of this tile (pcm); its next ``M * c``
                 normals are used, in row order.
         """
@@ -117,24 +119,19 @@ class TileChip:
         self, x: np.ndarray, out: np.ndarray, work: Workspace, noise: NoiseStream | None
     ) -> None:
         m, c = x.shape[0], self.n_cols
-        x_q = work.x_q[:m]
+        x_q, current = work.x_q[:m], work.current[:m]
         np.copyto(x_q, x[:, self.rows])
         if not self.binary_input:
             _dac_in_place(x_q, self.dac, self.dac_bits)
-        if self.variance_us2 is None:
-            current = work.current[:m]
-            np.matmul(x_q, self.conductance_us, out=current)
-        else:
+        np.matmul(x_q, self.conductance_us, out=current)
+        if self.variance_us2 is not None:
+            spread = work.spread[:m]
             if self.binary_input:
-                # x_q**2 == x_q for x_q in {0, 1}: one product gives currents and variances.
-                both = work.both[:m]
-                np.matmul(x_q, self.stacked_us, out=both)
-                current, spread = both[:, :c], both[:, c:]
+                squared = x_q  # x_q**2 == x_q for x_q in {0, 1}
             else:
-                current, spread, squared = work.current[:m], work.spread[:m], work.squared[:m]
+                squared = work.squared[:m]
                 np.multiply(x_q, x_q, out=squared)
-                np.matmul(x_q, self.conductance_us, out=current)
-                np.matmul(squared, self.variance_us2, out=spread)
+            np.matmul(squared, self.variance_us2, out=spread)
             np.sqrt(spread, out=spread)
             np.multiply(spread, noise.take(m * c).reshape(m, c), out=spread)
             np.add(current, spread, out=current)
@@ -154,18 +151,16 @@ class Workspace:
         self.rows = max(1, rows)
         k, c = chip.n_rows, chip.n_cols
         self.x_q = np.empty((self.rows, k))
-        if chip.noisy and chip.binary_input:
-            self.both = np.empty((self.rows, 2 * c))
-        else:
-            self.current = np.empty((self.rows, c))
-            if chip.noisy:
-                self.spread = np.empty((self.rows, c))
+        self.current = np.empty((self.rows, c))
+        if chip.noisy:
+            self.spread = np.empty((self.rows, c))
+            if not chip.binary_input:
                 self.squared = np.empty((self.rows, k))
 
 
 def block_rows(chip: TileChip, total: int) -> int:
     """Rows per block for ``total`` rows: the whole input when it is small enough."""
-    widest = max(chip.n_rows, 2 * chip.n_cols)
+    widest = max(chip.n_rows, chip.n_cols)
     return max(1, min(total, ROW_BLOCK_ELEMENTS // widest))
 
 
@@ -197,38 +192,63 @@ class NoiseStream:
 
     The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out))`` read in C
     order: a NumPy ``Generator`` fills arrays in C order, so drawing the block piece by
-    piece yields the block itself. Normals are drawn in batches of up to
-    :data:`NOISE_BLOCK_ELEMENTS`, so a step-by-step loop makes few generator calls and a
-    long run never holds its whole block.
+    piece yields the block itself, and a run never holds its whole block. Pieces of
+    :data:`NOISE_BLOCK_ELEMENTS` are drawn ahead, on a background thread when the run
+    gives one (NumPy releases the GIL while it fills an array): drawing normals costs more
+    than all the rest of a noisy tile's read, and overlaps with it there.
     """
 
-    def __init__(self, seed: int, tile: int, total: int) -> None:
-        """``total``: the size of the run's block (``T * prod(out)``), an upper bound."""
+    def __init__(self, seed: int, tile: int, total: int, pool: Executor | None = None) -> None:
+        """``total``: the size of the run's block (``T * prod(out)``); ``pool``: a
+        one-thread executor that draws ahead (its jobs run in order), or None."""
         self._rng = pcm.chip_rng(seed, tile, "read")
-        self._buffer = np.empty(max(1, min(total, NOISE_BLOCK_ELEMENTS)))
-        self._next = self._buffer.size
+        self._left = total
+        self._pool = pool
+        self._ahead: deque[Future] = deque()
+        self._piece = np.empty(0)
+        self._used = 0
+        if pool is not None:
+            for _ in range(NOISE_LOOKAHEAD):
+                self._request()
 
     def take(self, n: int) -> np.ndarray:
         """The next ``n`` normals of the stream, as a 1-D float64 array.
 
-        The array may be a view of the stream's buffer: it is valid until the next call.
+        The array may be a view of a buffer of the stream: it is valid until the next call.
         """
-        buffer, start = self._buffer, self._next
-        left = buffer.size - start
-        if n <= left:
-            self._next = start + n
-            return buffer[start : start + n]
-        if n > buffer.size:
-            piece = np.empty(n)
-            piece[:left] = buffer[start:]
-            self._rng.standard_normal(out=piece[left:])
-            self._next = buffer.size
+        start = self._used
+        if start + n <= self._piece.size:
+            self._used = start + n
+            return self._piece[start : start + n]
+        parts = [self._piece[start:]]
+        need = n - parts[0].size
+        while need > 0:
+            self._piece = self._next_piece()
+            self._used = min(need, self._piece.size)
+            parts.append(self._piece[: self._used])
+            need -= self._used
+        return np.concatenate(parts)
+
+    def _draw(self, n: int) -> np.ndarray:
+        piece = np.empty(n)
+        self._rng.standard_normal(out=piece)
+        return piece
+
+    def _request(self) -> None:
+        n = min(NOISE_BLOCK_ELEMENTS, self._left)
+        if n > 0:
+            self._left -= n
+            self._ahead.append(self._pool.submit(self._draw, n))
+
+    def _next_piece(self) -> np.ndarray:
+        if self._ahead:
+            piece = self._ahead.popleft().result()
+            self._request()
             return piece
-        # Keep the unused tail: it comes first in the stream.
-        buffer[:left] = buffer[start:].copy()
-        self._rng.standard_normal(out=buffer[left:])
-        self._next = n
-        return buffer[:n]
+        # Nothing is being drawn ahead, so the generator is this thread's alone.
+        n = max(1, min(NOISE_BLOCK_ELEMENTS, self._left))
+        self._left -= n
+        return self._draw(n)
 
 
 def program_tiles(
@@ -259,28 +279,8 @@ def program_tiles(
     """
     binary = set(binary_values)
     chips: dict[str, TileChip] = {}
-    numbers: dict[int, str] = {}
-    for node in nodes:
-        if node.op.NAME in ("xbar.dense", "xbar.conv"):
-            raise SnucError(
-                f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; mode {mode!r} "
-                "runs crossbar tiles only: compile with the lower-conv, tile, place and "
-                "quantize passes"
-            )
-        if node.op.NAME != "xbar.mvm":
-            continue
+    for node in crossbar_tiles(nodes, mode):
         op = node.op
-        if op.adc_range <= 0:
-            raise SnucError(
-                f"{node.loc.prefix()}xbar.mvm %{node.id} (tile {op.tile}) has no ADC range; "
-                f"mode {mode!r} needs a quantised graph: compile with the quantize pass"
-            )
-        if op.tile in numbers:
-            raise SnucError(
-                f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[op.tile]} are both "
-                f"tile {op.tile}; tile numbers must be unique (the tile pass numbers them)"
-            )
-        numbers[op.tile] = node.id
         g_plus, g_minus, scale = tile_conductances(
             graph.constants[node.inputs[1]], op.rows, op.cols, target
         )
@@ -313,14 +313,10 @@ def program_tiles(
             alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
         else:
             alpha = 1.0
-        conductance, variance = drifted.weights_us, drifted.read_variance_us2
         chips[node.id] = TileChip(
-            conductance_us=np.ascontiguousarray(conductance),
+            conductance_us=np.ascontiguousarray(drifted.weights_us),
             gain=scale * alpha,
-            variance_us2=np.ascontiguousarray(variance),
-            stacked_us=(
-                np.concatenate([conductance, variance], axis=1) if common["binary_input"] else None
-            ),
+            variance_us2=np.ascontiguousarray(drifted.read_variance_us2),
             **common,
         )
     return chips

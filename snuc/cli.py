@@ -122,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", required=True, help="jsb, mnist or ptb")
     ev.add_argument("--split", default="test", help="test (default) or valid (jsb, ptb)")
     ev.add_argument("--data-dir", default=None, metavar="DIR", help="default: $SNUC_DATA")
-    ev.add_argument("--modes", default="float,quantized,pcm", metavar="LIST")
+    ev.add_argument("--modes", default="float,quantized,pcm", metavar="LIST", help="in run order")
     ev.add_argument(
         "--t-inference",
         default="1,3600,86400,31536000",
@@ -228,6 +228,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     written = write_outputs(out, y)
     print(f"wrote {written}", file=sys.stderr)
+    if args.backend == "sim":
+        from snuc.runtime.simulator import format_stats
+
+        sys.stderr.write(format_stats(art.last_stats))
     if args.diagnostics:
         from snuc.diagnostics import format_diagnostics, layer_diagnostics
         from snuc.ir.target import TargetSpec

@@ -1,0 +1,362 @@
+"""Runtime throughput: the NumPy backend against onnxruntime and PyTorch eager (SPEC §10).
+
+Two networks built with snuc's PyTorch frontend, as in the paper:
+
+* **JSB**: 88 -> SNU 150 -> sigmoid readout 88, T = 128 steps (music prediction);
+* **MNIST**: 784 -> 6 x SNU 256 -> SNU 10, T = 20 steps (rate-coded digits).
+
+Each is exported to the sequence-form ONNX model (a Scan over time) and compiled for
+``pcm-256x256``. Measured side by side in one process, in sequences per second on spike
+inputs (rate 0.2) at batch 1 and 64:
+
+* **ours**: ``Plan.run`` of the NumPy backend in ``float`` mode (the plan built once);
+* **ORT**: onnxruntime on the same sequence-form ONNX model;
+* **torch**: PyTorch eager on the frontend model (``torch.no_grad``);
+* **pcm**: the NumPy backend in ``pcm`` mode, with read noise drawn on a background thread
+  (the default) and without it (every run on one thread).
+
+Every configuration is timed ``--repeats`` times, round-robin so that all see the same
+machine load, each repeat long enough to last ``--min-time`` seconds; the table gives the
+best repeat. Threads are pinned for everyone to ``--threads``: ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set before NumPy loads (and
+threadpoolctl limits them too when it is installed), ``torch.set_num_threads``, and
+onnxruntime's ``intra_op_num_threads`` (``inter_op_num_threads = 1``, sequential).
+
+A second table measures the choice for products with spike inputs: a dense BLAS matrix
+product against the sum of the weight rows that spike (``W[idx].sum(0)`` per row).
+
+Usage::
+
+    python bench/runtime.py                      # 1 thread, 5 repeats
+    python bench/runtime.py --threads 2 --repeats 7
+    python bench/runtime.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="threads for every runtime")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (best is kept)")
+    parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser.parse_args(argv)
+
+
+ARGS = _arguments() if __name__ == "__main__" else None
+if ARGS is not None:
+    # BLAS reads these when NumPy loads: they must be set before the imports below.
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = str(ARGS.threads)
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+NETWORKS = {
+    # name: (input features, steps, description)
+    "JSB": (88, 128, "88-150-88 SNU, sigmoid readout"),
+    "MNIST": (784, 20, "784-256x6-10 SNU"),
+}
+BATCHES = (1, 64)
+RATE = 0.2
+TARGET = "pcm-256x256"
+GOALS = {
+    # (batch, versus): ours must be at least this many times as fast
+    (1, "ORT"): 1.5,
+    (1, "torch"): 5.0,
+    (64, "ORT"): 1.0,
+    (64, "torch"): 1.5,
+}
+PCM_GOAL = 4.0
+"""pcm may take at most this many times float's time."""
+
+
+def build_network(name: str):
+    """The frontend model of ``name`` (fixed seed), in eval mode."""
+    import torch
+
+    from snuc.frontend.layers import SNU, Readout, SNUNetwork
+
+    torch.manual_seed(0)
+    if name == "JSB":
+        return SNUNetwork(SNU(88, 150), Readout(150, 88, "sigmoid")).eval()
+    hidden = [SNU(256, 256, bias_init=-0.5) for _ in range(5)]
+    return SNUNetwork(SNU(784, 256, bias_init=-0.5), *hidden, SNU(256, 10, bias_init=-0.5)).eval()
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    model = platform.processor() or "unknown"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(
+            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
+        )
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    memory = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        memory = f"{kib / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    import onnxruntime
+    import torch
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def thread_limits(threads: int):
+    """threadpoolctl's limit on every BLAS/OpenMP pool, when it is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext(), "environment variables (threadpoolctl not installed)"
+    return threadpool_limits(threads), "environment variables and threadpoolctl"
+
+
+def best_time(runners: dict[str, Callable[[], object]], repeats: int, min_time: float) -> dict:
+    """Seconds per call of each runner: the best of ``repeats``, round-robin."""
+    calls = {}
+    for name, run in runners.items():
+        run()  # warm up; also sizes the repeat
+        start = time.perf_counter()
+        run()
+        once = max(time.perf_counter() - start, 1e-6)
+        calls[name] = max(1, round(min_time / once))
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
+    return best
+
+
+def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Rows of the throughput table for one network, both batch sizes."""
+    import onnxruntime as ort
+    import torch
+
+    from snuc import driver
+    from snuc.frontend.export import export
+    from snuc.runtime.numpy_backend import Plan
+
+    features, steps, _ = NETWORKS[name]
+    net = build_network(name)
+    path = export(
+        net,
+        workdir / f"{name}.onnx",
+        input_features=features,
+        check_lengths=(3,),
+        check_batches=(2,),
+    )
+    graph = driver.compile_model(path, TARGET).graph
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    plans = {
+        "float": Plan.build(graph, mode="float"),
+        "pcm": Plan.build(graph, mode="pcm", target=TARGET),
+        "pcm 1 thread": Plan.build(graph, mode="pcm", target=TARGET, noise_thread=False),
+    }
+    rows = []
+    for batch in BATCHES:
+        x = np.random.default_rng(batch).random((steps, batch, features)) < RATE
+        x = x.astype(np.float32)
+        xt = torch.from_numpy(x)
+
+        def eager(xt=xt):
+            with torch.no_grad():
+                return net(xt)
+
+        runners = {
+            "ours": lambda x=x: plans["float"].run(x),
+            "ORT": lambda x=x: session.run(None, {"X": x}),
+            "torch": eager,
+            "pcm": lambda x=x: plans["pcm"].run(x),
+            "pcm 1 thread": lambda x=x: plans["pcm 1 thread"].run(x),
+        }
+        (ours_y,) = plans["float"].run(x).values()
+        (ort_y,) = session.run(None, {"X": x})
+        seconds = best_time(runners, args.repeats, args.min_time)
+        rows.append(
+            {
+                "network": name,
+                "batch": batch,
+                "steps": steps,
+                "seq_per_s": {k: batch / v for k, v in seconds.items()},
+                "ours_vs_ORT": seconds["ORT"] / seconds["ours"],
+                "ours_vs_torch": seconds["torch"] / seconds["ours"],
+                "pcm_over_float": seconds["pcm"] / seconds["ours"],
+                "pcm_1_thread_over_float": seconds["pcm 1 thread"] / seconds["ours"],
+                "max_abs_diff_vs_ORT": float(np.max(np.abs(ours_y - ort_y))),
+            }
+        )
+    return rows
+
+
+def spike_products(repeats: int, min_time: float) -> list[dict]:
+    """Dense product against sums of the weight rows that spike, at several rates and sizes.
+
+    ``rows``: per input row, ``W[idx].sum(0)`` of its spiking indices (a Python loop over
+    rows); ``gather``: one gather of every spike's weight row and ``np.add.reduceat``.
+    """
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch, k, n in ((1, 150, 150), (1, 256, 256), (64, 256, 256), (1280, 256, 256)):
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        for rate in (0.01, 0.05, 0.2):
+            x = (rng.random((batch, k)) < rate).astype(np.float32)
+            x[:, 0] = 1.0  # every row spikes at least once: reduceat needs non-empty segments
+            out = np.empty((batch, n), np.float32)
+
+            def dense(x=x, w=w, out=out):
+                np.matmul(x, w, out=out)
+
+            def row_sums(x=x, w=w, out=out):
+                for i, row in enumerate(x):
+                    np.sum(w[np.flatnonzero(row)], axis=0, out=out[i])
+
+            def gather(x=x, w=w, out=out):
+                spiking_rows, spiking_inputs = np.nonzero(x)
+                starts = np.flatnonzero(np.diff(spiking_rows, prepend=-1))
+                np.add.reduceat(w[spiking_inputs], starts, axis=0, out=out)
+
+            times = best_time(
+                {"dense": dense, "rows": row_sums, "gather": gather}, repeats, min_time / 4
+            )
+            rows.append(
+                {
+                    "shape": f"[{batch},{k}] @ [{k},{n}]",
+                    "rate": rate,
+                    "dense_us": times["dense"] * 1e6,
+                    "row_sums_us": times["rows"] * 1e6,
+                    "gather_us": times["gather"] * 1e6,
+                }
+            )
+    return rows
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join([line, rule, *body])
+
+
+def report(result: dict) -> str:
+    """The Markdown tables of one benchmark run."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM; Python {m['python']}, "
+        f"NumPy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}.",
+        f"Threads: {result['threads']} for every runtime, pinned by {result['pinning']}; "
+        f"best of {result['repeats']} repeats of at least {result['min_time']} s each.",
+        "",
+    ]
+    rows = []
+    for r in result["throughput"]:
+        s = r["seq_per_s"]
+        goal_ort, goal_torch = GOALS[(r["batch"], "ORT")], GOALS[(r["batch"], "torch")]
+        rows.append(
+            [
+                f"{r['network']} (T={r['steps']})",
+                str(r["batch"]),
+                f"{s['ours']:,.0f}",
+                f"{s['ORT']:,.0f}",
+                f"{s['torch']:,.0f}",
+                f"{r['ours_vs_ORT']:.2f}x (goal {goal_ort:g}x)",
+                f"{r['ours_vs_torch']:.2f}x (goal {goal_torch:g}x)",
+                f"{r['pcm_over_float']:.2f}x / {r['pcm_1_thread_over_float']:.2f}x",
+                f"{r['max_abs_diff_vs_ORT']:.1e}",
+            ]
+        )
+    headers = [
+        "network",
+        "batch",
+        "ours seq/s",
+        "ORT seq/s",
+        "torch seq/s",
+        "ours/ORT",
+        "ours/torch",
+        f"pcm/float time (goal <= {PCM_GOAL:g}x; noise thread / 1 thread)",
+        "max |ours - ORT|",
+    ]
+    lines.append(_table(headers, rows))
+    lines += [
+        "",
+        "Spike inputs: dense product against summing the weight rows that spike (us):",
+        "",
+    ]
+    spike_rows = [
+        [
+            r["shape"],
+            f"{r['rate']:g}",
+            f"{r['dense_us']:.1f}",
+            f"{r['row_sums_us']:.1f}",
+            f"{r['gather_us']:.1f}",
+        ]
+        for r in result["spike_products"]
+    ]
+    headers = ["product", "spike rate", "dense", "row sums", "gather + reduceat"]
+    lines.append(_table(headers, spike_rows))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    limits, pinning = thread_limits(args.threads)
+    result = {
+        "machine": machine(),
+        "threads": args.threads,
+        "pinning": pinning + ", torch.set_num_threads, ORT intra_op_num_threads",
+        "repeats": args.repeats,
+        "min_time": args.min_time,
+        "command": "python " + " ".join(sys.argv),
+        "throughput": [],
+    }
+    with limits, tempfile.TemporaryDirectory() as tmp:
+        for name in NETWORKS:
+            result["throughput"] += measure_network(name, args, Path(tmp))
+        result["spike_products"] = spike_products(args.repeats, args.min_time)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))

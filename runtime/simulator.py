@@ -1,0 +1,869 @@
+"""The cycle-level simulator backend: runs a compiled program instruction by instruction.
+
+``snuc run --backend sim`` (SPEC §6, §7) executes the artefact's program (docs/isa.md:
+one timestep per unit, modulo scheduled) on a simulated chip. Every instruction of
+timestep t starts at absolute cycle ``t * ii + start`` and holds its resource (crossbar,
+LDU, GDU, network links) for its cost; :func:`~snuc.runtime.sim_timing.simulate_timing`
+lays the timesteps out on that time line and checks that no two instructions share a
+resource at once, that every operand is ready when read, that data arrives where the
+``recv`` says, and that no buffer copy is overwritten while still read. The instructions
+then run in the order of their absolute cycles, timesteps overlapping as on the chip:
+layer k of step t beside layer k + 1 of step t - 1, each buffer in ``copies`` copies
+(timestep t uses copy ``t mod copies``), states reading the previous timestep's copy.
+
+Numbers: the simulator computes the same function as the NumPy backend (SPEC §6,
+``|Δ| <= 1e-5``) in every mode: it shares the chip (the programmed tiles of
+:func:`~snuc.runtime.plan_tiles.program_tiles`: conductances, programming noise, drift,
+compensation), the read-noise streams (each tile's ``(seed, tile)`` stream, drawn in the
+order of ``read_noise_block(seed, tile, (T, *out))``), the converters and the digital
+kernels (:mod:`snuc.runtime.sim_ops`). A batch of sequences runs together: every
+instruction works on ``[B, ...]`` buffers.
+
+Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
+the timing simulation: a batch is B sequences streamed through the pipeline back to back
+(each starting from zero states), ``(B * T - 1) * cycles_per_timestep + latency`` cycles
+in all. Energy follows activity: an ``mvm`` costs ``phases * energy_mvm_pj / rows`` for
+every row it drives with a non-zero input (a row without a spike costs nothing), while
+read-outs, vector operations and transfers cost what the target says per element or
+byte. Spikes are counted per spiking layer.
+
+Speed: the program is compiled once into a list of kernels with precomputed slots; the
+time loop walks windows of ``ii`` cycles, each running the kernels whose timestep is in
+flight, with their buffers bound once per pattern of copies (the steady state repeats).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+# The runtime reads the chip's instruction set and assembly: plain data and parsing
+# (backends/isa.py, backends/asm.py); it emits a program only for a graph that comes
+# without one (backends/program.py), and takes transfer routes from the cost model.
+from snuc.backends.asm import parse_program
+from snuc.backends.isa import GDU, Adc, Block, Mvm, Program, Recv, Send, Sync, Unit, VectorOp
+from snuc.backends.program import compile_program
+from snuc.ir.crossbar import guaranteed_ranges
+from snuc.ir.errors import SnucError
+from snuc.ir.graph import Graph
+from snuc.ir.ops import CrossbarMVM
+from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
+from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.passes.schedule import route
+from snuc.runtime import sim_ops as ops
+from snuc.runtime.interpreter import bind_inputs, check_run_options, sequence_extent
+from snuc.runtime.plan_tiles import NoiseStream, TileChip, program_tiles
+from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
+from snuc.runtime.sim_stats import COMPONENTS, EnergyRow, LayerSpikes, SimStats, format_stats
+from snuc.runtime.sim_timing import Timing, resolve, simulate_timing
+
+__all__ = ["SimPlan", "SimStats", "format_stats", "run_sim"]
+
+_PROGRESS_EVERY = 32
+"""Windows between updates of the progress bar."""
+
+# --------------------------------------------------------------------------- the plan
+
+
+def run_sim(
+    graph: Graph,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    mode: str = "float",
+    target: TargetSpec | str | None = None,
+    seed: int = 0,
+    t_inference_s: float = 3600.0,
+    drift_compensation: str | None = "global",
+    program: Program | str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], SimStats]:
+    """Simulate a compiled graph's program over whole sequences.
+
+    Arguments are :meth:`SimPlan.build`'s and :meth:`SimPlan.run`'s.
+
+    Returns:
+        The outputs ``[T, B, ...]`` by name (the NumPy backend's, to ``1e-5``) and the
+        run's statistics.
+    """
+    plan = SimPlan.build(
+        graph,
+        mode=mode,
+        target=target,
+        seed=seed,
+        t_inference_s=t_inference_s,
+        drift_compensation=drift_compensation,
+        program=program,
+    )
+    return plan.run_with_stats(inputs, batch_size=batch_size, progress=progress)
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    """How a send's data reaches its recv.
+
+    Attributes:
+        source: what the recv copies from at its timestep: the send's operand itself
+            (read straight from the source when it stays intact until the recv) or the
+            message of a ring.
+        ring: the name of the ring of messages in flight (None when read straight).
+        window: the part of the last axis that moves.
+    """
+
+    source: Slot
+    ring: str | None
+    window: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class _Output:
+    """A graph output: what holds it (:func:`resolve`) and the history that records it."""
+
+    name: str
+    kind: str
+    source: str
+    distance: int
+    type: TensorType
+
+
+class SimPlan:
+    """A program compiled for the simulator in one mode on one chip: build once, run often.
+
+    Attributes:
+        graph: the compiled graph (its constants, tiles and types).
+        program: the program the simulator executes.
+        mode, target, seed, t_inference_s, drift_compensation: as the NumPy backend's
+            :class:`~snuc.runtime.numpy_backend.Plan`.
+        timing: the measured and checked timing of the program.
+        chips: the programmed tiles by tile number (quantized and pcm).
+        last_stats: the statistics of the most recent run (None before the first).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        program: Program,
+        mode: str,
+        target: TargetSpec,
+        seed: int,
+        t_inference_s: float,
+        drift_compensation: str | None,
+        timing: Timing,
+        chips: Mapping[int, TileChip],
+    ) -> None:
+        self.graph = graph
+        self.program = program
+        self.mode = mode
+        self.target = target
+        self.seed = seed
+        self.t_inference_s = t_inference_s
+        self.drift_compensation = drift_compensation
+        self.timing = timing
+        self.chips = chips
+        self.last_stats: SimStats | None = None
+        self._layout = _Compiler(graph, program, mode, chips).compile()
+
+    @classmethod
+    def build(
+        cls,
+        graph: Graph,
+        *,
+        mode: str = "float",
+        target: TargetSpec | str | None = None,
+        seed: int = 0,
+        t_inference_s: float = 3600.0,
+        drift_compensation: str | None = "global",
+        program: Program | str | None = None,
+    ) -> SimPlan:
+        """Check the options, read (or emit) the program, check its timing, program the chip.
+
+        Args:
+            graph: the compiled graph (after ``tile``, ``place`` and ``quantize``).
+            mode: ``"float"``, ``"quantized"`` or ``"pcm"`` (SPEC §6).
+            target: the chip the graph was compiled for (a TargetSpec or a name); None:
+                the program's.
+            seed, t_inference_s, drift_compensation: the pcm chip and its age, as for
+                :func:`snuc.runtime.interpreter.run`.
+            program: the program: a :class:`Program`, its assembly text (an artefact's
+                ``program.s``), or None to schedule the graph and emit it here.
+
+        Raises:
+            SnucError: a bad mode or option; malformed assembly (a ParseError naming line
+                and column) or a program that breaks the rules of docs/isa.md (a tile,
+                core or buffer that does not exist); a program that does not fit the
+                graph or the target. One line each.
+            SimulationError: the program breaks its own timing (an internal error).
+        """
+        if isinstance(program, str):
+            program = parse_program(program, filename="program.s")
+        if target is None and isinstance(program, Program):
+            target = program.target
+        spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
+        graph.verify()
+        program = _the_program(graph, program, spec)
+        spec = program.target
+        timing = simulate_timing(program)
+        chips: dict[int, TileChip] = {}
+        _check_tiles(graph, program)
+        if mode != "float":
+            binary = [v for v, r in guaranteed_ranges(graph).items() if r.binary]
+            by_node = program_tiles(
+                graph,
+                graph.nodes(),
+                mode=mode,
+                target=spec,
+                seed=seed,
+                t_inference_s=t_inference_s,
+                drift_compensation=drift_compensation,
+                binary_values=binary,
+            )
+            chips = {chip.tile: chip for chip in by_node.values()}
+        return cls(
+            graph,
+            program,
+            mode,
+            spec,
+            seed,
+            float(t_inference_s),
+            drift_compensation,
+            timing,
+            chips,
+        )
+
+    def run(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Run sequences ``[T, B, ...]``; their statistics go to :attr:`last_stats`.
+
+        Arguments and results are those of the NumPy backend's ``Plan.run``: ``batch_size``
+        runs the batch in chunks (pcm's read noise is drawn per chunk), ``progress`` shows
+        a bar on stderr.
+
+        Raises:
+            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size``.
+        """
+        return self.run_with_stats(inputs, batch_size=batch_size, progress=progress)[0]
+
+    def run_with_stats(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> tuple[dict[str, np.ndarray], SimStats]:
+        """:meth:`run`, returning the statistics beside the outputs."""
+        from snuc.runtime.numpy_backend import batch_chunks, progress_bar
+
+        feeds = bind_inputs(self.graph, inputs)
+        steps, batch = sequence_extent(self.graph, feeds)
+        batched = any(self.graph.type_of(n).has_batch for n in feeds)
+        chunks = batch_chunks(batch, batch_size, batched)
+        tally = [0] * len(self._layout.tallies)
+        results = []
+        with progress_bar(progress, len(chunks) * steps) as bar:
+            for lo, hi in chunks:
+                chunk = {n: _batch_slice(self.graph, n, a, lo, hi) for n, a in feeds.items()}
+                run = _Run(self, chunk, steps, hi - lo if batched else 1, bar)
+                results.append(run.outputs())
+                tally = [a + b for a, b in zip(tally, run.tally, strict=True)]
+        outputs = results[0]
+        if len(results) > 1:
+            outputs = {v: _join(self.graph, v, [r[v] for r in results]) for v in outputs}
+        stats = self._stats(steps, batch if batched else 1, tally)
+        self.last_stats = stats
+        return outputs, stats
+
+    def _stats(self, steps: int, sequences: int, tally: list[int]) -> SimStats:
+        """The run's statistics from its tally (driven rows and spikes)."""
+        layout = self._layout
+        runs = steps * sequences
+        energy = {c: [a * runs, e * runs] for c, (a, e) in layout.static.items()}
+        energy["crossbar"][0] = layout.mvm_phases * runs
+        spikes = []
+        rows = 0
+        for (kind, what), counted in zip(layout.tallies, tally, strict=True):
+            count = int(counted)
+            if kind == "rows":
+                energy["crossbar"][1] += count * what
+                rows += count
+            else:
+                value, neurons = what
+                spikes.append(LayerSpikes(value, neurons, count, neurons * runs))
+        return SimStats(
+            program=self.program.name,
+            target=self.target.name,
+            clock_ghz=self.target.clock_ghz,
+            timesteps=steps,
+            sequences=sequences,
+            cycles_per_timestep=self.timing.cycles_per_timestep,
+            latency_cycles=self.timing.latency_cycles,
+            total_cycles=self.timing.total_cycles(runs),
+            rows_driven=rows,
+            rows_available=layout.mvm_rows * runs,
+            energy=tuple(EnergyRow(c, int(a), float(e)) for c, (a, e) in energy.items()),
+            spikes=tuple(spikes),
+        )
+
+
+def _the_program(graph: Graph, program: Program | None, spec: TargetSpec | None) -> Program:
+    """The program to run, checked against the target the run asks for."""
+    if program is None:
+        return compile_program(graph, spec if spec is not None else parse_target(DEFAULT_TARGET))
+    if not isinstance(program, Program):
+        raise SnucError(f"program must be a Program or assembly text, got {type(program).__name__}")
+    if spec is not None and spec.to_dict() != program.target.to_dict():
+        raise SnucError(
+            f"program @{program.name} was compiled for target {program.target.name}, which "
+            f"differs from the run's target {spec.name}; recompile the model for it"
+        )
+    return program
+
+
+def _check_tiles(graph: Graph, program: Program) -> None:
+    """Every tile of the program is an ``xbar.mvm`` of the graph with the same window."""
+    nodes = {n.op.tile: n for n in graph.nodes() if isinstance(n.op, CrossbarMVM)}
+    for tile in program.tiles:
+        node = nodes.get(tile.number)
+        if node is None:
+            known = ", ".join(str(t) for t in sorted(nodes)) or "none"
+            raise SnucError(
+                f"program @{program.name} declares tile {tile.number}, which graph "
+                f"@{graph.name} does not have (its tiles: {known}); use the artefact's own "
+                "program"
+            )
+        op = node.op
+        same = (
+            tile.weight == node.inputs[1]
+            and tile.rows == tuple(op.rows)
+            and tile.cols == tuple(op.cols)
+            and tile.dac == tuple(op.dac)
+            and tile.adc_range == op.adc_range
+        )
+        if not same:
+            raise SnucError(
+                f"program @{program.name}: tile {tile.number} differs from the graph's "
+                f"xbar.mvm %{node.id} (weight, rows, cols, dac or adc_range); use the "
+                "artefact's own program"
+            )
+
+
+def _batch_slice(graph: Graph, name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    type_ = graph.type_of(name)
+    if not type_.has_batch:
+        return array
+    index = [slice(None)] * array.ndim
+    index[1 + type_.shape.index(BATCH)] = slice(lo, hi)
+    return array[tuple(index)]
+
+
+def _join(graph: Graph, name: str, parts: list[np.ndarray]) -> np.ndarray:
+    type_ = graph.type_of(name)
+    if not type_.has_batch:
+        return parts[0]
+    return np.concatenate(parts, axis=1 + type_.shape.index(BATCH))
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+@dataclass(frozen=True, eq=False)
+class _Layout:
+    """A program compiled for runs: what :class:`_Run` executes and allocates.
+
+    Attributes:
+        ops: the instructions' kernels, in their order within a window of ``ii`` cycles.
+        slot_count: slots handed out (slot 0 is the tally).
+        buffers: the copies, type and dtype of each buffer, by ``(unit, name)``.
+        rings: the messages and type of each transfer held in flight, by name.
+        outputs: the graph's outputs.
+        tallies: what each tally index counts: ``("rows", pJ per driven row)`` of an MVM
+            or ``("spikes", (value, neurons))`` of a spiking layer.
+        static: accesses and energy per sequence and timestep that do not depend on the
+            data, by component.
+        mvm_phases: MVM phases per sequence and timestep.
+        mvm_rows: rows the MVMs could drive per sequence and timestep.
+    """
+
+    ops: tuple[SimOp, ...]
+    slot_count: int
+    buffers: Mapping[tuple[Unit, str], tuple[int, TensorType, np.dtype]]
+    rings: Mapping[str, tuple[int, tuple[Dim, ...], np.dtype]]
+    outputs: tuple[_Output, ...]
+    tallies: tuple[tuple[str, Any], ...]
+    static: Mapping[str, tuple[int, float]]
+    mvm_phases: int
+    mvm_rows: int
+
+
+class _Compiler:
+    """Turns a program into the :class:`_Layout` of its runs."""
+
+    def __init__(
+        self, graph: Graph, program: Program, mode: str, chips: Mapping[int, TileChip]
+    ) -> None:
+        self.graph = graph
+        self.program = program
+        self.target = program.target
+        self.mode = mode
+        self.chips = chips
+        self.table = SlotTable()
+        self.ops: list[SimOp] = []
+        self.buffers: dict[tuple[Unit, str], tuple[int, TensorType, np.dtype]] = {}
+        self.rings: dict[str, tuple[int, tuple[Dim, ...], np.dtype]] = {}
+        self.tallies: list[tuple[str, Any]] = []
+        self.static = {c: [0, 0.0] for c in COMPONENTS}
+        self.mvm_phases = 0
+        self.mvm_rows = 0
+        self.conversions: dict[tuple, int] = {}
+
+    def compile(self) -> _Layout:
+        for block in self.program.blocks:
+            self.declare(block)
+        transfers = self.transfers()
+        for b, block in enumerate(self.program.blocks):
+            for i, instr in enumerate(block.instructions):
+                if not isinstance(instr, Sync):
+                    self.instruction(b, block, i, instr, transfers)
+        return _Layout(
+            ops=tuple(sorted(self.ops, key=lambda op: op.order)),
+            slot_count=self.table.count,
+            buffers=self.buffers,
+            rings=self.rings,
+            outputs=tuple(self.outputs()),
+            tallies=tuple(self.tallies),
+            static={c: (a, e) for c, (a, e) in self.static.items()},
+            mvm_phases=self.mvm_phases,
+            mvm_rows=self.mvm_rows,
+        )
+
+    def declare(self, block: Block) -> None:
+        for decl in block.decls:
+            if decl.kind == "buf":
+                dtype = self.buffer_dtype(decl.name, decl.type)
+                self.buffers[(block.unit, decl.name)] = (decl.copies, decl.type, dtype)
+            elif decl.kind == "const" and decl.name[1:] not in self.graph.constants:
+                raise SnucError(
+                    f"program @{self.program.name}: {block.unit} reads constant {decl.name}, "
+                    f"which graph @{self.graph.name} does not have; use the artefact's own "
+                    "program"
+                )
+            elif decl.kind == "input" and decl.name[1:] not in self.graph.inputs:
+                raise SnucError(
+                    f"program @{self.program.name} takes input {decl.name}, which graph "
+                    f"@{self.graph.name} does not; use the artefact's own program"
+                )
+
+    def buffer_dtype(self, name: str, type_: TensorType) -> np.dtype:
+        """A buffer's dtype: its type's, except for ADC codes (``$v``): the exact products
+        in float mode, else float64 holding the integer codes (so a NaN input stays NaN,
+        as in the NumPy backend, where an int32 code could not hold it)."""
+        if not name.startswith("$"):
+            return type_.np_dtype
+        if self.mode == "float":
+            return self.graph.type_of(name[1:]).np_dtype
+        return np.dtype(np.float64)
+
+    # ---------------------------------------------------------------- operands
+
+    def operand(self, block: Block, name: str) -> Slot:
+        """What ``name`` holds in ``block`` at timestep t."""
+        found = resolve(block, name)
+        if found.kind == "buf":
+            return Slot("copy", block.unit, found.name, found.distance)
+        if found.kind == "input":
+            return Slot("feed", name=found.name[1:], distance=found.distance)
+        if found.kind == "const":
+            value = self.graph.constants[found.name[1:]]
+            if found.distance == 0:
+                return ops.constant(value)
+            return Slot("const", name=found.name[1:], distance=found.distance)
+        type_ = next(d.type for d in block.decls if d.name == found.name)
+        return ops.fixed(lambda run: np.zeros(type_.concrete(run.batch), type_.np_dtype))
+
+    def result(self, block: Block, name: str) -> Slot:
+        return Slot("copy", block.unit, name, 0)
+
+    def transfers(self) -> dict[tuple[Unit, Unit, str], _Transfer]:
+        """How each send reaches its recv: straight from the source buffer when no later
+        timestep writes that copy before the recv, else through a ring of messages."""
+        ii = self.program.ii
+        found = {}
+        for block in self.program.blocks:
+            writers = {r: i for i in block.instructions for r in i.results}
+            for instr in block.instructions:
+                if not isinstance(instr, Send):
+                    continue
+                latency = instr.cost(self.target, block.unit).latency
+                source = self.operand(block, instr.value)
+                direct = True
+                if source.kind == "copy":
+                    copies = self.buffers[(block.unit, source.name)][0]
+                    writer = writers[source.name]
+                    direct = (copies - source.distance) * ii + writer.start > (
+                        instr.start + latency
+                    )
+                ring = None
+                if not direct:
+                    # A message lives ``latency`` cycles; two more leave room for the
+                    # next timesteps' messages of this send.
+                    ring = f"{block.unit}>{instr.dst}:{instr.value}"
+                    self.rings[ring] = (latency // ii + 2, *self.message_type(block, instr))
+                    source = Slot("ring", name=ring)
+                found[(block.unit, instr.dst, instr.value)] = _Transfer(source, ring, instr.window)
+        return found
+
+    def message_type(self, block: Block, send: Send) -> tuple[tuple[Dim, ...], np.dtype]:
+        """The shape and dtype of the messages of ``send`` (its window of the buffer)."""
+        decl = next(d for d in block.decls if d.name == send.value)
+        shape = decl.type.shape
+        if send.window is not None:
+            lo, hi = send.window
+            shape = (*shape[:-1], hi - lo)
+        return shape, self.buffer_dtype(send.value, decl.type)
+
+    # ---------------------------------------------------------------- instructions
+
+    def instruction(
+        self,
+        b: int,
+        block: Block,
+        i: int,
+        instr: Any,
+        transfers: dict[tuple[Unit, Unit, str], _Transfer],
+    ) -> None:
+        stage, offset = divmod(instr.start, self.program.ii)
+        order = (offset, 1 if isinstance(instr, Recv) else 2, -stage, b, i, 0)
+        cost = instr.cost(self.target, block.unit)
+        table = self.table
+        kernel = None
+        if isinstance(instr, Mvm):
+            kernel = self.mvm(block, instr)
+        elif isinstance(instr, Adc):
+            kernel = self.adc(block, instr)
+            self.add_static("adc", instr.n, cost.total_energy_pj)
+        elif isinstance(instr, VectorOp):
+            kernel = self.vector(block, instr)
+            component = "gdu" if block.unit.kind == GDU else "ldu"
+            self.add_static(component, instr.n * instr.ops, cost.total_energy_pj)
+        elif isinstance(instr, Send):
+            transfer = transfers[(block.unit, instr.dst, instr.value)]
+            if transfer.ring is not None:
+                src = table.new(self.operand(block, instr.value))
+                dst = table.new(transfer.source)
+                kernel = ops.copy_kernel(src, dst, transfer.window, None)
+            path = route(block.unit, instr.dst, self.target)
+            for component, energy in cost.energy_pj:
+                crossed = path.hops if component == "noc" else path.chip_crossings
+                self.add_static(component, instr.nbytes * crossed, energy)
+        elif isinstance(instr, Recv):
+            transfer = transfers[(instr.src, block.unit, instr.value)]
+            src = table.new(transfer.source)
+            dst = table.new(self.result(block, instr.value))
+            direct = transfer.ring is None
+            kernel = ops.copy_kernel(src, dst, transfer.window if direct else None, transfer.window)
+        if kernel is not None:
+            self.ops.append(SimOp(order, stage, table.take(), kernel))
+        for name in instr.results:
+            if block.unit == Unit(GDU, 0) and self.is_output(block, name):
+                row = table.new(Slot("history", name=name))
+                value = table.new(self.result(block, name))
+                kernel = ops.record_kernel(value, row)
+                self.ops.append(SimOp((*order[:-1], 1), stage, table.take(), kernel))
+
+    def add_static(self, component: str, accesses: int, energy_pj: float) -> None:
+        self.static[component][0] += accesses
+        self.static[component][1] += energy_pj
+
+    def mvm(self, block: Block, instr: Mvm) -> ops.Kernel:
+        tile = self.program.tile_map[instr.tile]
+        x_type = ops.operand_type(block, instr.operand)
+        chip = self.chips.get(instr.tile)
+        table = self.table
+        x = table.new(replace(self.operand(block, instr.operand), matrix=True))
+        codes = table.new(replace(self.result(block, instr.result), matrix=True))
+        work = noise = converted = None
+        converts = True
+        weight = None
+        if chip is None:
+            (r0, r1), (c0, c1) = tile.rows, tile.cols
+            weight = np.ascontiguousarray(self.graph.constants[tile.weight][r0:r1, c0:c1])
+        else:
+            rows_of = _rows_per_step(x_type)
+            # Tiles of one stage reading the same rows of one operand through one DAC
+            # range convert it once (the first, in program order, runs first).
+            same_input = (
+                block.unit,
+                self.operand(block, instr.operand),
+                tile.rows,
+                chip.dac,
+                chip.binary_input,
+                chip.noisy,
+                instr.start // self.program.ii,
+            )
+            converted = self.conversions.get(same_input)
+            converts = converted is None
+            if converts:
+                converted = self.conversions[same_input] = table.new(
+                    ops.fixed(lambda run: ops.Converted(chip, rows_of(run.batch)))
+                )
+            work = table.new(ops.fixed(lambda run: ops.Workspace(chip, rows_of(run.batch))))
+            if chip.noisy:
+                noise = table.new(
+                    ops.fixed(lambda run: run.noise(chip, rows_of(run.batch) * chip.n_cols))
+                )
+        driven = len(self.tallies)
+        per_row = instr.phases * self.target.energy_mvm_pj / self.target.rows
+        self.tallies.append(("rows", per_row))
+        self.mvm_phases += instr.vectors * instr.phases
+        self.mvm_rows += instr.vectors * instr.rows
+        return ops.mvm_kernel(
+            x,
+            codes,
+            driven,
+            tile=tile,
+            chip=chip,
+            weight=weight,
+            converted=converted,
+            converts=converts,
+            work=work,
+            noise=noise,
+        )
+
+    def adc(self, block: Block, instr: Adc) -> ops.Kernel:
+        chip = self.chips.get(instr.tile)
+        codes = self.table.new(self.operand(block, instr.operand))
+        out = self.table.new(self.result(block, instr.result))
+        type_ = ops.operand_type(block, instr.result)
+        scratch = self.table.new(
+            ops.fixed(lambda run: np.empty(type_.concrete(run.batch), np.float64))
+        )
+        return ops.adc_kernel(codes, out, scratch, chip)
+
+    def vector(self, block: Block, instr: VectorOp) -> ops.Kernel:
+        table = self.table
+        ins = [table.new(self.operand(block, name)) for name in instr.srcs]
+        outs = [table.new(self.result(block, name)) for name in instr.dsts]
+        types = {d.name[1:]: d.type for d in block.decls if d.type is not None and d.name[0] != "$"}
+        constants = {d.name[1:]: self.graph.constants[d.name[1:]] for d in block.declared("const")}
+        spikes = None
+        if ops.spiking(instr):
+            spikes = len(self.tallies)
+            value = instr.dsts[-1][1:]
+            self.tallies.append(("spikes", (value, types[value].static_size())))
+        return ops.vector_kernel(
+            instr,
+            ins,
+            outs,
+            types=types,
+            constants=constants,
+            alloc=ops.Allocator(table),
+            spikes=spikes,
+        )
+
+    # ---------------------------------------------------------------- outputs
+
+    def is_output(self, block: Block, name: str) -> bool:
+        """Whether an output of the block is ``name``'s value (now or through states)."""
+        held = [resolve(block, d.name) for d in block.declared("output")]
+        return any(h.kind == "buf" and h.name == name for h in held)
+
+    def outputs(self) -> list[_Output]:
+        """Every graph output: what holds it on GDU 0."""
+        block = self.program.block(Unit(GDU, 0))
+        declared = [d.name for d in block.declared("output")]
+        names = [n[1:] for n in declared]
+        if sorted(set(names)) != sorted(set(self.graph.outputs)):
+            raise SnucError(
+                f"program @{self.program.name} outputs {', '.join(declared) or 'nothing'}, but "
+                f"graph @{self.graph.name} outputs "
+                f"{', '.join('%' + v for v in self.graph.outputs)}; use the artefact's own "
+                "program"
+            )
+        result = []
+        for name in dict.fromkeys(self.graph.outputs):
+            ref = next(d for d in declared if d[1:] == name)
+            found = resolve(block, ref)
+            result.append(
+                _Output(name, found.kind, found.name, found.distance, self.graph.type_of(name))
+            )
+        return result
+
+
+def _rows_per_step(x_type: TensorType) -> Any:
+    """Rows an MVM reads per timestep at batch b: every vector of its operand."""
+    return lambda batch: math.prod(x_type.concrete(batch)[:-1])
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class _Run:
+    """One run of a plan over one chunk of the batch.
+
+    The time loop walks windows of ``ii`` cycles: in window k an instruction of stage s
+    runs for timestep ``k - s``. Slots are bound per window: in the steady state (every
+    instruction's timestep in the run, every state past its zeros) the binding depends
+    only on ``k`` modulo the copies' and rings' periods, so those windows reuse bindings
+    made once; inputs and recorded outputs, which move with k, are rebound each window.
+    """
+
+    def __init__(
+        self, plan: SimPlan, feeds: dict[str, np.ndarray], steps: int, batch: int, bar: Any
+    ) -> None:
+        self.plan = plan
+        self.layout = layout = plan._layout
+        self.feeds = feeds
+        self.steps = steps
+        self.batch = batch
+        self.bar = bar
+        self.tally = [0] * len(layout.tallies)
+        self._noise: dict[int, NoiseStream] = {}
+        self.buffers = {
+            key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
+            for key, (copies, type_, dtype) in layout.buffers.items()
+        }
+        self.zeros = {
+            key: np.zeros(type_.concrete(batch), dtype)
+            for key, (_, type_, dtype) in layout.buffers.items()
+        }
+        self.rings = {
+            name: [np.zeros(ops.concrete(shape, batch), dtype) for _ in range(size)]
+            for name, (size, shape, dtype) in layout.rings.items()
+        }
+        self.history = {
+            out.source: np.zeros((steps, *out.type.concrete(batch)), out.type.np_dtype)
+            for out in layout.outputs
+            if out.kind == "buf"
+        }
+        self.base: list[Any] = [None] * layout.slot_count
+        self.base[ops.TALLY] = self.tally
+        for op in layout.ops:
+            for number, slot in op.slots:
+                if slot.kind == "fixed":
+                    self.base[number] = slot.make(self)
+
+    def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
+        """The run's read-noise stream of a tile (created on first use)."""
+        stream = self._noise.get(chip.tile)
+        if stream is None:
+            stream = self._noise[chip.tile] = NoiseStream(
+                self.plan.seed, chip.tile, max(1, self.steps * per_step)
+            )
+        return stream
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        if self.steps > 0:
+            with np.errstate(all="ignore"):
+                self._loop()
+        return {out.name: self._output(out) for out in self.layout.outputs}
+
+    def _output(self, out: _Output) -> np.ndarray:
+        shape = (self.steps, *out.type.concrete(self.batch))
+        if out.kind == "buf":
+            values = self.history[out.source]
+        elif out.kind == "input":
+            values = self.feeds[out.source[1:]]
+        elif out.kind == "const":
+            values = np.broadcast_to(self.plan.graph.constants[out.source[1:]], shape)
+        else:
+            values = np.zeros(shape, out.type.np_dtype)
+        d = out.distance
+        if d == 0:
+            return values if out.kind == "buf" else values.copy()
+        shifted = np.zeros(shape, out.type.np_dtype)
+        shifted[d:] = values[: max(0, self.steps - d)]
+        return shifted
+
+    def _loop(self) -> None:
+        steps, layout = self.steps, self.layout
+        stages = [op.stage for op in layout.ops]
+        last = max(stages, default=0)
+        # From here on every state reads a timestep of the run (no zeros before it).
+        steady_from = max(
+            (op.stage + max((s.distance for _, s in op.slots), default=0) for op in layout.ops),
+            default=0,
+        )
+        steady_to = steps - 1 + min(stages, default=0)
+        period = self._period()
+        cache: dict[int, tuple[list, list, list]] = {}
+        bar, done = self.bar, 0
+        for k in range(steps + last):
+            if steady_from <= k <= steady_to:
+                window = cache.get(k % period)
+                if window is None:
+                    window = cache[k % period] = self._window(k, steady=True)
+            else:
+                window = self._window(k, steady=False)
+            slots, kernels, moving = window
+            for number, sequence, back in moving:
+                slots[number] = sequence[k - back]
+            for kernel in kernels:
+                kernel(slots)
+            if bar is not None and (k % _PROGRESS_EVERY == _PROGRESS_EVERY - 1 or k == steps - 1):
+                finished = min(k + 1, steps)
+                bar.update(finished - done)
+                done = finished
+
+    def _period(self) -> int:
+        """Windows after which the bindings of the steady state repeat."""
+        sizes = [copies for copies, _, _ in self.layout.buffers.values()]
+        sizes += [size for size, _, _ in self.layout.rings.values()]
+        return math.lcm(1, *sizes)
+
+    def _window(self, k: int, *, steady: bool) -> tuple[list, list, list]:
+        """The slots, kernels and moving bindings of window k."""
+        slots = list(self.base)
+        kernels = []
+        moving = []
+        for op in self.layout.ops:
+            t = k - op.stage
+            if not 0 <= t < self.steps:
+                continue
+            kernels.append(op.kernel)
+            for number, slot in op.slots:
+                if slot.kind == "fixed":
+                    continue
+                if steady and slot.kind in ("feed", "history"):
+                    moving.append((number, self._sequence(slot), op.stage + slot.distance))
+                else:
+                    slots[number] = self._bind(slot, t)
+        return slots, kernels, moving
+
+    def _sequence(self, slot: Slot) -> np.ndarray:
+        if slot.kind == "history":
+            return self.history[slot.name]
+        sequence = self.feeds[slot.name]
+        if slot.matrix:
+            return sequence.reshape(sequence.shape[0], -1, sequence.shape[-1])
+        return sequence
+
+    def _bind(self, slot: Slot, t: int) -> Any:
+        """What ``slot`` holds at timestep t."""
+        value = self._value(slot, t)
+        return value.reshape(-1, value.shape[-1]) if slot.matrix else value
+
+    def _value(self, slot: Slot, t: int) -> Any:
+        u = t - slot.distance
+        if slot.kind == "copy":
+            if u < 0:
+                return self.zeros[(slot.unit, slot.name)]
+            copies = self.buffers[(slot.unit, slot.name)]
+            return copies[u % len(copies)]
+        if slot.kind == "ring":
+            ring = self.rings[slot.name]
+            return ring[t % len(ring)]
+        if slot.kind == "history":
+            return self.history[slot.name][t]
+        if slot.kind == "feed":
+            sequence = self.feeds[slot.name]
+            return sequence[u] if u >= 0 else np.zeros_like(sequence[0])
+        value = self.plan.graph.constants[slot.name]  # a constant through a state
+        return value if u >= 0 else np.zeros_like(value)
