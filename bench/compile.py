@@ -4,7 +4,8 @@ Each size is a synthetic SNU network built directly with the IR ``Graph`` API (n
 ONNX, so the numbers measure the compiler's passes, not the importer): ``LAYERS`` square
 ``xbar.dense`` layers of ``d x d`` float32 weights, each feeding an ``snu.layer`` whose
 spikes feed the next. The default pipeline (``--until PASS``: up to that pass) and the
-mapping report run for ``pcm-256x256`` with as many chips as the model needs; a second
+mapping report run for ``pcm-256x256`` (then, as ``snuc compile`` does, the schedule and
+the simulator program) with as many chips as the model needs; a second
 table gives each pass's time.
 
 Every size runs in a fresh Python process, so its peak resident memory (``ru_maxrss``) is
@@ -75,10 +76,13 @@ def build_model(weights: int, seed: int = 0):
 
 def measure(weights: int, target_name: str, until: str) -> dict:
     """Build one model and compile it; the row of the table (run in a fresh process)."""
+    from snuc.backends.asm import print_program
+    from snuc.backends.program import emit_program
     from snuc.ir.target import parse_target, with_overrides
     from snuc.passes import DEFAULT_PIPELINE, get_pass, run_pipeline
     from snuc.passes.placement import crossbars_bound
     from snuc.passes.report import mapping_report
+    from snuc.passes.schedule import schedule_graph
 
     baseline = _rss_bytes()
     start = time.perf_counter()
@@ -98,6 +102,12 @@ def measure(weights: int, target_name: str, until: str) -> dict:
     )
     report = mapping_report(mapped, target)
     marks.append(("report", time.perf_counter()))
+    if not until:
+        # What snuc compile does after the passes: schedule, emit and print the program.
+        schedule = schedule_graph(mapped, target)
+        marks.append(("schedule", time.perf_counter()))
+        print_program(emit_program(mapped, schedule))
+        marks.append(("program", time.perf_counter()))
     seconds = marks[-1][1] - marks[0][1]
     # Each pass's time includes the verification run_pipeline does after it.
     pass_seconds = [(name, t - marks[i][1]) for i, (name, t) in enumerate(marks[1:])]

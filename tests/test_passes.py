@@ -296,7 +296,6 @@ def test_default_pipeline_order():
         "tile",
         "place",
         "quantize",
-        "schedule",
         "verify",
     ]
     assert [p.name for p in default_pipeline()] == list(DEFAULT_PIPELINE)
