@@ -281,6 +281,12 @@ def report(result: dict) -> str:
         f"NumPy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}.",
         f"Threads: {result['threads']} for every runtime, pinned by {result['pinning']}; "
         f"best of {result['repeats']} repeats of at least {result['min_time']} s each.",
+        "Load average (1, 5, 15 min) before / after: "
+        + " / ".join(
+            ", ".join(f"{x:.2f}" for x in result[k])
+            for k in ("load_average_before", "load_average_after")
+        )
+        + f" on {m['cores']} cores.",
         "",
     ]
     rows = []
@@ -345,11 +351,14 @@ def main(args: argparse.Namespace) -> int:
         "min_time": args.min_time,
         "command": "python " + " ".join(sys.argv),
         "throughput": [],
+        # Other jobs on the machine move every number: the load is part of the result.
+        "load_average_before": list(os.getloadavg()),
     }
     with limits, tempfile.TemporaryDirectory() as tmp:
         for name in NETWORKS:
             result["throughput"] += measure_network(name, args, Path(tmp))
         result["spike_products"] = spike_products(args.repeats, args.min_time)
+    result["load_average_after"] = list(os.getloadavg())
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

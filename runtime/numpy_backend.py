@@ -30,8 +30,11 @@ shape (a product over ``[n * B, K]`` rows may round differently from one over ``
 so float32 products may differ in the last bits, and an ADC code can move only when a
 float64 column current lies within a few ulps of a decision boundary.
 
-A plan holds no per-run state (only read-only data it caches per batch size): one plan
-serves any number of runs at any T and B, also from several threads at once.
+A plan holds no per-run state, only data it caches per batch size: read-only constants,
+and the runners, block arrays and read-noise streams of finished runs, which the next run
+at the same batch and block size takes instead of allocating its own (a run takes a kit
+no other run holds; states and streams start over). One plan serves any number of runs
+at any T and B, also from several threads at once.
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class Plan:
     _noise_thread: bool
     _types: Mapping[str, TensorType]
     _shape_cache: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    _idle: dict[tuple[int, int], list[_Kit]] = field(default_factory=dict)
 
     def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         """Every value's shape at a batch size (cached: runs at one batch size repeat)."""
@@ -337,11 +341,7 @@ class _Run:
         self._pool: ThreadPoolExecutor | None = None
         outputs = {v for v in plan.graph.outputs if v in plan._shared and v not in feeds}
         self.out_arrays = {v: self.array(v, steps) for v in outputs}
-        self.buffers = {
-            v: self.array(v, self.block)
-            for v in plan._shared
-            if v not in feeds and v not in outputs
-        }
+        self._buffer_names = [v for v in plan._shared if v not in feeds and v not in outputs]
 
     def _step_elements(self) -> int:
         """Elements per step of the largest value held in a block array (inputs are views)."""
@@ -357,10 +357,14 @@ class _Run:
         """The run's read-noise stream of a tile, created on first use."""
         stream = self._noise.get(chip.node.id)
         if stream is None:
-            total = self.steps * math.prod(self.shapes[chip.node.id])
+            total = self._noise_total(chip.node.id)
             stream = NoiseStream(self.plan.seed, chip.tile, total, self._pool)
             self._noise[chip.node.id] = stream
         return stream
+
+    def _noise_total(self, node_id: str) -> int:
+        """Normals a noisy tile draws in this run: its block ``[T, *out]``."""
+        return self.steps * math.prod(self.shapes[node_id])
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Run every block; the graph's outputs as fresh ``[T, ...]`` arrays."""
@@ -394,21 +398,51 @@ class _Run:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="snuc-read-noise")
 
     def _run_blocks(self) -> None:
-        runners = [program.start(self) for program in self.plan._programs]
+        """Run every block with a kit of the plan's idle ones (its read-noise streams
+        started over for this run), or a new one; the plan keeps the kit for its next run
+        at this batch and block size."""
+        key = (self.batch, self.block)
+        idle = self.plan._idle.get(key)
+        try:
+            kit = idle.pop() if idle else None
+        except IndexError:  # another thread took the last one
+            kit = None
+        if kit is None:
+            kit = self._kit()
+        else:
+            for node_id, stream in kit[2].items():
+                stream.restart(self._noise_total(node_id), self._pool)
+        runners, buffers, _ = kit
         for t0 in range(0, self.steps, self.block):
             n = min(self.block, self.steps - t0)
             values = {v: a[t0 : t0 + n] for v, a in self.feeds.items()}
             values.update((v, a[t0 : t0 + n]) for v, a in self.out_arrays.items())
-            values.update((v, a[:n]) for v, a in self.buffers.items())
+            values.update((v, a[:n]) for v, a in buffers.items())
             for runner in runners:
                 runner(values, t0, n)
             if self.bar is not None:
                 self.bar.update(n)
+        if len(self.plan._idle) >= _CACHED_BATCH_SIZES and key not in self.plan._idle:
+            self.plan._idle.clear()
+        self.plan._idle.setdefault(key, []).append(kit)
+
+    def _kit(self) -> _Kit:
+        """The runners of the plan's steps, the block arrays they share and the read-noise
+        streams they draw from (by node id)."""
+        buffers = {v: self.array(v, self.block) for v in self._buffer_names}
+        runners = [program.start(self) for program in self.plan._programs]
+        return runners, buffers, self._noise
 
 
 Runner = Any
 """``runner(values, t0, n)``: one step of the schedule on the block of steps
-``[t0, t0 + n)``; ``values`` maps each shared value to its ``[n, ...]`` array."""
+``[t0, t0 + n)``; ``values`` maps each shared value to its ``[n, ...]`` array. A block
+with ``t0 == 0`` starts a run: the runner resets what it carries from block to block, so
+a plan reuses its runners (and their arrays) run after run."""
+
+_Kit = tuple[list[Runner], dict[str, np.ndarray], dict[str, NoiseStream]]
+"""A run's runners, its block arrays of shared values and its read-noise streams,
+reusable by a later run."""
 
 
 class _Program:
@@ -634,6 +668,8 @@ class _ShiftProgram(_Program):
         carry = np.zeros(run.shapes[name], run.types[name].np_dtype)
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            if t0 == 0:
+                carry.fill(0)
             out = values[name]
             out[0] = carry
             source = fixed if fixed is not None else values[nxt]
@@ -717,6 +753,32 @@ class _LoopProgram(_Program):
         published = _states_needed_after(graph, loop, inside)
         self._records = [(self._index[name], name) for name in published]
         self.shared = frozenset([v for _, v in self._moving_in + self._moving] + published)
+        self._snu = self._snu_recurrence(loop, published)
+
+    def _snu_recurrence(
+        self, loop: Loop, published: list[str]
+    ) -> tuple[kernels.SnuSteps, str, str, str, int, int] | None:
+        """For a loop that is one ``snu.layer`` whose states are its own previous results
+        (a neuron layer without recurrent weights) and whose states no one else reads:
+        ``(steps, a, s_next, y_next, s, y)``, the slots the whole-block update
+        (``kernel.steps``) uses; else None (the loop runs kernel by kernel)."""
+        if len(loop.nodes) != 1 or published or self.chained:
+            return None
+        (node,) = loop.nodes
+        steps = getattr(self._kernels[0], "steps", None)
+        if steps is None or node.op.NAME != "snu.layer":
+            return None
+        a, s_prev, y_prev = node.inputs[:3]
+        s_next, y_next = node.outputs
+        nexts = {st.name: st.next for st in loop.states}
+        if (
+            nexts != {s_prev: s_next, y_prev: y_next}
+            or a in nexts
+            or a not in {v for _, v in self._moving_in}
+        ):
+            return None
+        index = self._index
+        return (steps, a, s_next, y_next, index[s_prev], index[y_prev])
 
     def _operand(self, value: str, invariants: Mapping[str, np.ndarray]) -> int:
         if value in self._index:
@@ -743,8 +805,10 @@ class _LoopProgram(_Program):
             slots[slot] = chip.workspace(math.prod(_concrete(type_.shape, batch)[:-1]))
         for slot, chip in self._slots.noises:
             slots[slot] = run.noise(chip)
-        for slot, value in self._states:
-            slots[slot] = np.zeros(run.shapes[value], types[value].np_dtype)
+        initial = [
+            (slot, np.zeros(run.shapes[value], types[value].np_dtype))
+            for slot, value in self._states
+        ]
         pairs = [
             (slot, tuple(np.empty(run.shapes[v], types[v].np_dtype) for _ in "ab"))
             for slot, v in self._pingpong
@@ -752,8 +816,14 @@ class _LoopProgram(_Program):
         moving_names = self._moving_in + self._moving
         program, carry, records = self._kernels, self._carry, self._records
         chained = self.chained > 0
+        if self._snu is not None:
+            by_name = {v: pair for (_, v), (_, pair) in zip(self._pingpong, pairs, strict=True)}
+            return self._snu_runner(slots, by_name, initial)
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            if t0 == 0:
+                for slot, zeros in initial:
+                    slots[slot] = zeros
             # Per step, each moving slot takes element k of a list: views [k] of the
             # block's arrays (made by one C-level iteration), or the array of the pair
             # whose turn step t0 + k is.
@@ -774,6 +844,33 @@ class _LoopProgram(_Program):
                 else:
                     for state, nxt in carry:
                         slots[state] = slots[nxt]
+
+        return runner
+
+    def _snu_runner(
+        self,
+        slots: list,
+        pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+        initial: list[tuple[int, np.ndarray]],
+    ) -> Runner:
+        """The runner of a one-layer SNU loop: one ``steps`` call per block, writing each
+        step's results straight into the block's arrays (or the pair whose turn it is)."""
+        steps, a, s_next, y_next, s_slot, y_slot = self._snu
+
+        def history(values: dict[str, np.ndarray], v: str, t0: int, n: int):
+            pair = pairs.get(v)
+            if pair is None:
+                return values[v]
+            return [pair[(t0 + k) & 1] for k in range(n)]
+
+        def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
+            if t0 == 0:
+                for slot, zeros in initial:
+                    slots[slot] = zeros
+            s_seq, y_seq = history(values, s_next, t0, n), history(values, y_next, t0, n)
+            slots[s_slot], slots[y_slot] = steps(
+                slots, values[a], s_seq, y_seq, slots[s_slot], slots[y_slot]
+            )
 
         return runner
 

@@ -145,6 +145,10 @@ def snu_layer(
         relu: g is relu (else identity).
         soft: h is sigmoid (else the step).
         threshold: the bias slot holds ``-bias`` (h = step only).
+
+    Returns:
+        The kernel of one step; its attribute ``steps`` runs the same update over many
+        steps in one call (:func:`_snu_steps`).
     """
     a, s_prev, y_prev, decay, bias = operands
     u, v, ones, zeros = temps[:4]
@@ -166,22 +170,75 @@ def snu_layer(
             z = np.add(update(s), s[bias], out=s[u])
             _sigmoid(z, s[y_out], s[e], s[d], s[num], s[nonnegative], s[ones], s[zeros])
 
-        return soft_kernel
-    spike = temps[4]
-    if threshold:
+        kernel = soft_kernel
+    else:
+        spike = temps[4]
+        if threshold:
 
-        def spiking(s: list) -> None:
-            np.greater(update(s), s[bias], out=s[spike])
-            np.copyto(s[y_out], s[spike])
+            def spiking(s: list) -> None:
+                np.greater(update(s), s[bias], out=s[spike])
+                np.copyto(s[y_out], s[spike])
 
-        return spiking
+            kernel = spiking
+        else:
 
-    def spiking_by_sum(s: list) -> None:
-        z = np.add(update(s), s[bias], out=s[u])
-        np.greater(z, s[zeros], out=s[spike])
-        np.copyto(s[y_out], s[spike])
+            def spiking_by_sum(s: list) -> None:
+                z = np.add(update(s), s[bias], out=s[u])
+                np.greater(z, s[zeros], out=s[spike])
+                np.copyto(s[y_out], s[spike])
 
-    return spiking_by_sum
+            kernel = spiking_by_sum
+    kernel.steps = _snu_steps(decay, bias, temps, relu=relu, soft=soft, threshold=threshold)
+    return kernel
+
+
+SnuSteps = Callable[..., tuple[np.ndarray, np.ndarray]]
+"""``steps(slots, a, s, y, s_prev, y_prev) -> (s_last, y_last)``: see :func:`_snu_steps`."""
+
+
+def _snu_steps(
+    decay: int, bias: int, temps: Sequence[int], *, relu: bool, soft: bool, threshold: bool
+) -> SnuSteps:
+    """The SNU update of :func:`snu_layer` over many steps in one call, for a loop that is
+    one ``snu.layer`` whose states are its own results.
+
+    ``steps(slots, a, s, y, s_prev, y_prev)`` reads the constants and scratch from
+    ``slots`` once, then for each step k writes ``s[k]`` and ``y[k]`` from ``a[k]`` and the
+    previous step's results (``s_prev``, ``y_prev`` before step 0): the history arrays
+    are the results themselves, nothing is copied and no slot is looked up per step. The
+    same ufuncs as :func:`snu_layer` in the same order (bit-identical results), called
+    positionally (NumPy parses no keywords); the float result of the step is assigned from
+    the bool spikes (the same 0/1 conversion as ``copyto``, cheaper per call). Returns the
+    last step's ``(s, y)``, the states of the step after.
+    """
+    u, v, ones, zeros = temps[:4]
+    sub, mul, add, maximum, greater = np.subtract, np.multiply, np.add, np.maximum, np.greater
+
+    def steps(slots: list, a, s, y, s_prev: np.ndarray, y_prev: np.ndarray):
+        tu, tv, one, zero, dec, b = (slots[i] for i in (u, v, ones, zeros, decay, bias))
+        if soft:
+            e, d, num, nonnegative = (slots[i] for i in temps[4:])
+        else:
+            spike = slots[temps[4]]
+        for a_k, s_k, y_k in zip(a, s, y, strict=True):
+            sub(one, y_prev, tu)
+            mul(dec, s_prev, tv)
+            mul(tv, tu, tv)
+            add(a_k, tv, s_k)
+            if relu:
+                maximum(s_k, zero, out=s_k)
+            if soft:
+                _sigmoid(add(s_k, b, tu), y_k, e, d, num, nonnegative, one, zero)
+            elif threshold:
+                greater(s_k, b, spike)
+                y_k[...] = spike
+            else:
+                greater(add(s_k, b, tu), zero, spike)
+                y_k[...] = spike
+            s_prev, y_prev = s_k, y_k
+        return s_prev, y_prev
+
+    return steps
 
 
 def cast(x: int, out: int) -> Kernel:

@@ -202,9 +202,18 @@ class NoiseStream:
         """``total``: the size of the run's block (``T * prod(out)``); ``pool``: a
         one-thread executor that draws ahead (its jobs run in order), or None."""
         self._rng = pcm.chip_rng(seed, tile, "read")
+        self._start = self._rng.bit_generator.state
+        self._ahead: deque[Future] = deque()
+        self.restart(total, pool)
+
+    def restart(self, total: int, pool: Executor | None = None) -> None:
+        """Start the stream over, for a new run with a block of ``total`` normals: the
+        same numbers again, without seeding a new generator (which costs more than a
+        short run's draws). The previous run's pool must have finished its jobs."""
+        self._rng.bit_generator.state = self._start
         self._left = total
         self._pool = pool
-        self._ahead: deque[Future] = deque()
+        self._ahead.clear()
         self._piece = np.empty(0)
         self._used = 0
         if pool is not None:

@@ -609,3 +609,79 @@ def test_an_untiled_graph_cannot_run_quantized():
     with pytest.raises(SnucError) as ours:
         run_numpy(g, np.zeros((2, 1, 4), np.float32), mode="quantized", target=TARGET)
     assert one_line(ours) == one_line(theirs)
+
+
+def _snu_fast_paths(plan: Plan) -> int:
+    """How many of the plan's loops run as one whole-block SNU update."""
+    return sum(getattr(p, "_snu", None) is not None for p in plan._programs)
+
+
+def test_one_layer_snu_loops_update_whole_blocks_with_the_interpreters_bits():
+    """Each SNU layer of special_values is a loop of its own: both take the whole-block
+    update, and every result, signed zeros and NaN payload included, has the
+    interpreter's bits."""
+    graph = special_values()
+    plan = Plan.build(graph)
+    assert _snu_fast_paths(plan) == 2
+    values = np.array(
+        [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 88.7, -88.7, 1e30, -1e30],
+        np.float32,
+    )
+    rng = np.random.default_rng(23)
+    x = np.stack([rng.permutation(values) for _ in range(18)]).reshape(9, 2, 11)
+    want, got = run(graph, x), plan.run(x)
+    for name in want:
+        np.testing.assert_array_equal(
+            got[name].view(np.uint32), want[name].view(np.uint32), err_msg=name
+        )
+
+
+@pytest.mark.parametrize("block", [2, 3])
+def test_whole_block_snu_updates_carry_states_across_blocks(block, monkeypatch):
+    """Feed-forward layers of a stack (relu, step by threshold and by sum, sigmoid) take
+    the whole-block update; across blocks they equal the interpreter."""
+    monkeypatch.setattr(numpy_backend, "block_steps", lambda least, size, steps: block)
+    graph = snu_stack(sizes=(5, 9, 7, 4), recurrent=(False, True, False), h=["sigmoid"] * 3)
+    assert _snu_fast_paths(Plan.build(graph)) == 2
+    check_modes(graph, spikes((11, 3, 5), seed=24), modes=("float",))
+    stepped = snu_stack(sizes=(5, 9, 4), recurrent=(False, False), seed=3)
+    assert _snu_fast_paths(Plan.build(stepped)) == 2
+    check_modes(stepped, spikes((11, 3, 5), seed=25))
+
+
+def test_runs_reuse_their_arrays_without_carrying_state():
+    """A plan without read noise keeps a run's runners for the next run at the same batch
+    and block size: every run, in any order of sizes and inputs, equals a fresh plan's,
+    and returns arrays of its own."""
+    graph = snu_stack()
+    plan = Plan.build(graph)
+    inputs = [
+        spikes((13, 2, 6), seed=26),
+        spikes((13, 2, 6), seed=27),
+        spikes((5, 2, 6), seed=28),
+        spikes((13, 1, 6), seed=29),
+        spikes((13, 2, 6), seed=26),
+    ]
+    results = []
+    for x in inputs:
+        got = plan.run(x)
+        assert_same(run_numpy(graph, x), got)
+        results.append(got)
+    assert plan._idle
+    for name in results[0]:
+        np.testing.assert_array_equal(results[0][name], results[-1][name])
+        assert not np.shares_memory(results[0][name], results[-1][name])
+
+
+@pytest.mark.parametrize("noise_thread", [False, True])
+def test_noisy_runs_reuse_their_streams_from_the_start(noise_thread, monkeypatch):
+    """pcm runs reuse a finished run's read-noise streams, started over: each run draws
+    the interpreter's numbers, at any T, with the noise drawn on a thread or not."""
+    monkeypatch.setattr(numpy_backend, "BACKGROUND_NOISE_ELEMENTS", 1)
+    monkeypatch.setattr(plan_tiles, "NOISE_BLOCK_ELEMENTS", 7)
+    monkeypatch.setattr(numpy_backend, "block_steps", lambda least, size, steps: 3)
+    graph = snu_stack()
+    plan = Plan.build(graph, mode="pcm", target=TARGET, noise_thread=noise_thread)
+    for x in (spikes((9, 2, 6), seed=30), spikes((4, 2, 6), seed=31), spikes((9, 2, 6), seed=30)):
+        assert_same(run(graph, x, mode="pcm", target=TARGET), plan.run(x))
+    assert plan._idle
