@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from snuc.ir.target import TargetSpec
 
 
+PLACEMENTS = ("pack", "spread")
+"""Placement strategies of the ``place`` pass (see :class:`Place`)."""
+
+
 @dataclass(frozen=True)
 class Slot:
     """Where one tile sits: its crossbar and its first device row and column on it."""
@@ -143,12 +147,24 @@ class Place(Pass):
     Every tile is placed afresh, in tile-number order. ``None`` as the target means the
     default target.
 
+    Attributes:
+        strategy: ``"pack"`` (default) shares crossbars between small tiles, fewest
+            crossbars; ``"spread"`` gives every tile a crossbar of its own, so no two MVMs
+            queue for one crossbar: more crossbars for a shorter timestep.
+
     Raises:
         SnucError: a tile does not fit the target's crossbar (it was tiled for another
             target), or the model needs more crossbars than ``cores * chips``.
     """
 
     name: ClassVar[str] = "place"
+    strategy: str = "pack"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in PLACEMENTS:
+            raise SnucError(
+                f"unknown placement {self.strategy!r}; expected one of {', '.join(PLACEMENTS)}"
+            )
 
     def run(self, graph: Graph, target: TargetSpec | None) -> Graph:
         target = target_or_default(target)
@@ -164,7 +180,10 @@ class Place(Pass):
                     f"target {target.name}'s {target.rows} x {target.cols} crossbar; run the "
                     "tile pass for this target"
                 )
-        slots = pack_tiles(sizes, target.rows, target.cols)
+        if self.strategy == "spread":
+            slots = [Slot(i, 0, 0) for i in range(len(sizes))]
+        else:
+            slots = pack_tiles(sizes, target.rows, target.cols)
         check_capacity(max((s.crossbar for s in slots), default=-1) + 1, target)
         for node, slot in zip(tiles, slots, strict=True):
             op = replace(node.op, crossbar=slot.crossbar, xbar_row=slot.row, xbar_col=slot.col)

@@ -78,6 +78,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sample inputs [T, B, ...] that set the DAC and ADC ranges",
     )
+    comp.add_argument(
+        "--placement",
+        choices=["pack", "spread"],
+        default="pack",
+        help="pack small tiles onto shared crossbars (fewest crossbars, the default) or "
+        "give each tile its own (more crossbars, shorter timestep)",
+    )
     comp.set_defaults(handler=_cmd_compile)
 
     run = sub.add_parser("run", help="run sequences on a simulated chip")
@@ -183,11 +190,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             target=target,
             print_after=args.print_after,
             calibrate=args.calibrate,
+            placement=args.placement,
         )
         sys.stdout.write(text)
         return EXIT_OK
     art = driver.compile_model(
-        args.model, target, state_pairs=state_pairs, calibrate=args.calibrate
+        args.model,
+        target,
+        state_pairs=state_pairs,
+        calibrate=args.calibrate,
+        placement=args.placement,
     )
     if args.emit == "report":
         json.dump(art.report, sys.stdout, indent=2)

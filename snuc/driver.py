@@ -19,6 +19,7 @@ from snuc.ir.graph import Graph
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target, with_overrides
 from snuc.ir.text import print_graph
 from snuc.passes import Pass, default_pipeline, pass_names, run_pipeline
+from snuc.passes.placement import Place
 from snuc.passes.quantize import Quantize
 from snuc.passes.report import mapping_report
 from snuc.passes.schedule import Schedule, schedule_graph
@@ -66,16 +67,20 @@ def lower(
     target: TargetSpec | None = None,
     *,
     calibration: np.ndarray | None = None,
+    placement: str = "pack",
     after: After | None = None,
 ) -> Graph:
     """Run the default pipeline over ``graph``; ``after(stage, graph)`` sees every stage.
 
     With ``calibration`` samples, the quantize pass takes its DAC and ADC ranges from a
     float run of the mapped graph on them (SPEC §6) instead of the guaranteed ranges.
+    ``placement`` is the place pass's strategy (``pack`` or ``spread``).
     """
     if after is not None:
         after(IMPORT_STAGE, graph)
-    passes: list[Pass] = default_pipeline()
+    passes: list[Pass] = [
+        Place(strategy=placement) if p.name == Place.name else p for p in default_pipeline()
+    ]
     if calibration is None:
         return run_pipeline(graph, target, passes, after=after)
     split = next(i for i, p in enumerate(passes) if p.name == Quantize.name)
@@ -97,12 +102,23 @@ def compile_model(
     chips: int | None = None,
     state_pairs: Mapping[str, str] | None = None,
     calibrate: str | os.PathLike | np.ndarray | None = None,
+    placement: str = "pack",
     after: After | None = None,
 ) -> Artefact:
-    """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``)."""
+    """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``).
+
+    ``placement="spread"`` gives every tile a crossbar of its own (more crossbars, no MVMs
+    queueing for a shared one); the default ``"pack"`` uses the fewest crossbars.
+    """
     spec = resolve_target(target, chips)
     samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
-    graph = lower(import_model(model, state_pairs), spec, calibration=samples, after=after)
+    graph = lower(
+        import_model(model, state_pairs),
+        spec,
+        calibration=samples,
+        placement=placement,
+        after=after,
+    )
     schedule = schedule_graph(graph, spec)
     return Artefact(
         graph=graph,
@@ -125,6 +141,7 @@ def emit_ir(
     target: TargetSpec | None = None,
     print_after: str | None = None,
     calibrate: str | os.PathLike | None = None,
+    placement: str = "pack",
 ) -> str:
     """The text IR of ``model`` after the whole pipeline, or after the stage ``print_after``."""
     if print_after is not None and print_after not in stage_names():
@@ -138,7 +155,14 @@ def emit_ir(
         if stage == print_after and stage not in dumps:
             dumps[stage] = print_graph(g)
 
-    art = compile_model(model, target, state_pairs=state_pairs, calibrate=calibrate, after=keep)
+    art = compile_model(
+        model,
+        target,
+        state_pairs=state_pairs,
+        calibrate=calibrate,
+        placement=placement,
+        after=keep,
+    )
     if print_after is not None:
         return dumps[print_after]
     return print_graph(art.graph)

@@ -272,3 +272,28 @@ def test_report_plot_draws_the_crossbars(tmp_path: Path, capsys) -> None:
 
 def test_report_of_a_missing_artefact(tmp_path: Path, capsys) -> None:
     _assert_usage_error(*_cli(capsys, "report", tmp_path / "none.snuc"), "none.snuc")
+
+
+def test_spread_placement_trades_crossbars_for_a_shorter_timestep(capsys) -> None:
+    reports = {}
+    for placement in ("pack", "spread"):
+        status, out, err = _cli(
+            capsys, "compile", EXAMPLE, "--emit", "report", "--placement", placement
+        )
+        assert status == 0, err
+        reports[placement] = json.loads(out)
+    packed, spread = reports["pack"], reports["spread"]
+    assert spread["crossbars_used"] == len(spread["tiles"]) > packed["crossbars_used"]
+    assert all(t["row0"] == 0 and t["col0"] == 0 for t in spread["tiles"])
+    assert spread["cycles_per_timestep"] < packed["cycles_per_timestep"]
+
+
+def test_spread_placement_that_does_not_fit_names_the_chips_it_needs(
+    tmp_path: Path, capsys
+) -> None:
+    toml = tmp_path / "two_cores.toml"
+    toml.write_text('base = "pcm-256x256"\ncores = 2\n')
+    common = ("compile", EXAMPLE, "--emit", "report", "--target", toml)
+    assert _cli(capsys, *common)[0] == 0  # packed, the four tiles share one crossbar
+    status, out, err = _cli(capsys, *common, "--placement", "spread")
+    _assert_usage_error(status, out, err, "needs 4 crossbars", "--chips 2")

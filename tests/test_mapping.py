@@ -493,3 +493,10 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
     with pytest.raises(SnucError, match=re.escape("pip install snuc[plot]")):
         plot_crossbars(small_report(), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_placement_strategy_is_an_error():
+    from snuc.passes.placement import Place
+
+    with pytest.raises(SnucError, match="'scatter'"):
+        Place(strategy="scatter")
