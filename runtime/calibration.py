@@ -127,9 +127,13 @@ def calibrate(
     """
     try:
         feeds = bind_inputs(graph, samples)
-        _, traced = run(graph, feeds, mode="float", trace=True)
     except SnucError as exc:
         raise SnucError(f"calibration samples: {exc}") from None
+    for name, array in feeds.items():
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            # Ranges observed through NaN or Inf would be meaningless; say so, not fall back.
+            raise SnucError(f"calibration samples: input %{name} holds NaN or Inf")
+    _, traced = run(graph, feeds, mode="float", trace=True)
     steps, batch = sequence_extent(graph, feeds)
     if steps * batch == 0:
         raise SnucError(

@@ -15,15 +15,24 @@ import numpy as np
 from snuc.ir.errors import SnucError
 
 
-def read_input(path: str | os.PathLike) -> np.ndarray:
-    """The array in a ``.npy`` file; a one-line SnucError if it is missing or not one."""
+def read_array(path: str | os.PathLike, what: str = "input file") -> np.ndarray:
+    """The array in a ``.npy`` file, never unpickled; a one-line SnucError naming ``what``
+    and the path if it is missing, not an array file, or an array of Python objects."""
     path = Path(path)
     if not path.is_file():
-        raise SnucError(f"input file {path} does not exist")
+        raise SnucError(f"{what} {path} does not exist")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SnucError(f"input file {path} is not a .npy array ({exc})") from None
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        array = None
+    if not isinstance(array, np.ndarray):
+        raise SnucError(f"{what} {path} is not a .npy array of numbers")
+    return array
+
+
+def read_input(path: str | os.PathLike) -> np.ndarray:
+    """``snuc run``'s ``--input``: see :func:`read_array`."""
+    return read_array(path, "input file")
 
 
 def default_output_path(input_path: str | os.PathLike, n_outputs: int) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from snuc import __version__
 from snuc.ir.errors import SnucError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +38,12 @@ def _state_pair(text: str) -> tuple[str, str]:
     return out, inp
 
 
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="snuc", description="Compile SNU networks for simulated PCM chips.")
     parser.add_argument("--version", action="version", version=f"snuc {__version__}")
@@ -46,7 +54,11 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", help="ONNX model (sequence form with a Scan, or step form)")
     comp.add_argument("--target", default=None, help="pcm-RxC, a preset, or a TOML file")
     comp.add_argument(
-        "-o", "--output", default=None, help="artefact path (default: beside the model)"
+        "-o",
+        "--output",
+        type=_path,
+        default=None,
+        help="artefact path (default: beside the model)",
     )
     comp.add_argument(
         "--chips", type=int, default=None, help="chips available (overrides the target)"
@@ -93,7 +105,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--input", required=True, metavar="X.npy", help="[T, B, F] float32 or [T, B] ids"
     )
     run.add_argument(
-        "-o", "--output", default=None, help="default: <input>.out.npy beside the input"
+        "-o",
+        "--output",
+        type=_path,
+        default=None,
+        help="default: <input>.out.npy beside the input",
     )
     run.add_argument("--backend", choices=["numpy", "sim"], default="numpy")
     run.add_argument("--mode", choices=["float", "quantized", "pcm"], default="pcm")
@@ -127,7 +143,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("model", help="an ONNX model (compiled per target) or a .snuc artefact")
     ev.add_argument("--task", required=True, help="jsb, mnist or ptb")
-    ev.add_argument("--split", default="test", help="test (default) or valid (jsb, ptb)")
+    ev.add_argument("--split", default="test", help="test (default), valid (jsb, ptb) or train")
     ev.add_argument("--data-dir", default=None, metavar="DIR", help="default: $SNUC_DATA")
     ev.add_argument("--modes", default="float,quantized,pcm", metavar="LIST", help="in run order")
     ev.add_argument(
@@ -154,15 +170,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _target_from_args(args: argparse.Namespace):  # noqa: ANN202 -- TargetSpec, imported lazily
-    from snuc.ir.target import DEFAULT_TARGET, parse_target, with_overrides
-
-    target = parse_target(args.target or DEFAULT_TARGET)
-    if args.chips is not None:
-        target = with_overrides(target, chips=args.chips)
-    return target
-
-
 def _cmd_targets(args: argparse.Namespace) -> int:
     from snuc.ir.target import describe_targets, format_targets
 
@@ -182,7 +189,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise SnucError("--print-after needs --emit ir")
     if args.emit is not None and args.output is not None:
         raise SnucError("--emit prints to stdout and writes no artefact; drop -o or --emit")
-    target = _target_from_args(args)
+    target = driver.resolve_target(args.target, args.chips)
     if args.emit == "ir":
         text = driver.emit_ir(
             args.model,
@@ -284,6 +291,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     writers = [(p, w) for p, w in ((args.csv, ev.to_csv), (args.markdown, ev.to_markdown)) if p]
     for path, _ in writers:
         ev.check_output_path(path)  # before the sweep, which may take hours, not after it
+    if len(writers) == 2 and Path(args.csv).resolve() == Path(args.markdown).resolve():
+        raise SnucError(
+            f"--csv and --markdown both name {args.csv}; the table would replace the CSV, "
+            "so give them different files"
+        )
     rows = ev.evaluate(
         args.model,
         args.task,
@@ -324,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snuc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`snuc targets | head`): not an internal error.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 -- the CLI's last line of defence
         if debug:
             traceback.print_exc()
@@ -334,6 +351,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing will flush to a closed pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _one_line(message: str) -> str:

@@ -18,13 +18,14 @@ from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target, with_overrides
 from snuc.ir.text import print_graph
-from snuc.passes import Pass, default_pipeline, pass_names, run_pipeline
+from snuc.passes import DEFAULT_PIPELINE, Pass, default_pipeline, run_pipeline
 from snuc.passes.placement import Place
 from snuc.passes.quantize import Quantize
 from snuc.passes.report import mapping_report
 from snuc.passes.schedule import Schedule, schedule_graph
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.calibration import calibrate
+from snuc.runtime.io import read_array
 
 IMPORT_STAGE = "import"
 
@@ -32,8 +33,12 @@ After = Callable[[str, Graph], None]
 
 
 def stage_names() -> list[str]:
-    """Names accepted by ``--print-after``: ``import`` then every pass of the pipeline."""
-    return [IMPORT_STAGE, *pass_names()]
+    """Names accepted by ``--print-after``: ``import`` then every pass of the pipeline.
+
+    Only the passes :func:`lower` runs: a registered pass outside the default pipeline
+    (``schedule``: the driver schedules with :func:`schedule_graph`) never reaches ``after``.
+    """
+    return [IMPORT_STAGE, *dict.fromkeys(DEFAULT_PIPELINE)]
 
 
 def resolve_target(
@@ -54,12 +59,7 @@ def import_model(path: str | os.PathLike, state_pairs: Mapping[str, str] | None 
 
 def load_calibration(path: str | os.PathLike) -> np.ndarray:
     """The ``--calibrate`` samples: a ``.npy`` array ``[T, B, ...]`` (never unpickled)."""
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SnucError(f"calibration file {os.fspath(path)} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise SnucError(f"calibration file {os.fspath(path)} is not a .npy array: {exc}") from None
+    return read_array(path, "calibration file")
 
 
 def lower(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from onnx import helper
 
 from snuc.cli import main
+from snuc.driver import stage_names
 from snuc.runtime.artefact import load
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "snu_small.onnx"
@@ -66,6 +68,14 @@ def test_print_after_import_shows_the_unlifted_graph(capsys) -> None:
     assert "snu.layer" in out and "xbar.mvm" not in out
 
 
+def test_print_after_accepts_every_stage_it_lists(capsys) -> None:
+    """Every name --print-after's error lists prints that stage's IR (not a KeyError)."""
+    for stage in stage_names():
+        status, out, err = _cli(capsys, "compile", EXAMPLE, "--emit", "ir", "--print-after", stage)
+        assert status == 0, f"{stage}: {err}"
+        assert out.startswith("graph @"), stage
+
+
 def test_unknown_print_after_stage(capsys) -> None:
     _assert_usage_error(
         *_cli(capsys, "compile", EXAMPLE, "--emit", "ir", "--print-after", "lift"),
@@ -94,6 +104,24 @@ def test_step_form_with_state_flags(tmp_path: Path, capsys) -> None:
     )  # fmt: skip
     assert status == 0, err
     assert "state %l0.s" in out and "snu.layer" in out
+
+
+def test_closed_stdout_is_not_an_internal_error() -> None:
+    """`snuc targets | head -1`: the reader closing the pipe is no internal error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before snuc writes, so every write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "snuc", "targets"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode != 0
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_console_script_exit_status() -> None:
@@ -297,3 +325,21 @@ def test_spread_placement_that_does_not_fit_names_the_chips_it_needs(
     assert _cli(capsys, *common)[0] == 0  # packed, the four tiles share one crossbar
     status, out, err = _cli(capsys, *common, "--placement", "spread")
     _assert_usage_error(status, out, err, "needs 4 crossbars", "--chips 2")
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda p: np.save(p, np.full((3, 2, 32), np.nan, np.float32)), "NaN or Inf"),
+        (lambda p: p.write_bytes(EXAMPLE.read_bytes()), "not a .npy array"),
+    ],
+)
+def test_calibration_file_that_cannot_calibrate(tmp_path: Path, capsys, make, needle) -> None:
+    path = tmp_path / "cal.npy"
+    make(path)
+    status, out, err = _cli(capsys, "compile", EXAMPLE, "--calibrate", path, "--emit", "ir")
+    _assert_usage_error(status, out, err, needle)
+
+
+def test_empty_output_path_is_refused(tmp_path: Path, capsys) -> None:
+    _assert_usage_error(*_cli(capsys, "compile", EXAMPLE, "-o", ""), "empty")

@@ -469,6 +469,17 @@ def test_cli_eval_rejects_bad_arguments(models, tmp_path, capsys, argv, needles)
     assert out == "" and not out_csv.exists()
 
 
+def test_cli_eval_csv_and_markdown_to_one_file_is_refused(models, tmp_path, capsys) -> None:
+    """One path for both would silently keep only the markdown table: refused up front."""
+    out = tmp_path / "res.txt"
+    status, _, err = _cli(
+        capsys, "eval", models["jsb"], "--task", "jsb", "--modes", "float",
+        "--csv", out, "--markdown", tmp_path / "." / "res.txt",
+    )  # fmt: skip
+    _one_line_error(status, err, "--csv and --markdown", "res.txt")
+    assert not out.exists()
+
+
 def test_cli_eval_data_dir_without_the_files(models, tmp_path, capsys) -> None:
     empty = tmp_path / "data"
     empty.mkdir()
