@@ -27,11 +27,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from snuc.frontend.export import export
-from snuc.frontend.layers import Readout, SNUNetwork
+from snuc.frontend.layers import SNU, Readout, SNUNetwork
 from snuc.ir.errors import SnucError
 
 HERE = Path(__file__).resolve().parent
@@ -221,6 +221,55 @@ def clip_gradients(model: nn.Module, max_norm: float) -> None:
     """Clip the global gradient norm to ``max_norm`` (0 or less: no clipping)."""
     if max_norm > 0:
         nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
+# ------------------------------------------------------------------------ initialisation
+
+
+def threshold_rate(layer: SNU, x: Tensor) -> float:
+    """How often the layer's ``s_t + b`` is above zero over the sequence ``x``: its spike
+    rate when it spikes; for a soft layer, how often its output is above 1/2."""
+    state, above = None, []
+    for x_t in x.unbind(0):
+        _, state = layer.step(x_t, state)
+        above.append((state[0] + layer.bias > 0).float().mean())
+    return float(torch.stack(above).mean())
+
+
+def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[float]:
+    """Scale each SNU layer's weights so it crosses its threshold at ``target_rate`` on ``x``.
+
+    A data-driven initialisation in the spirit of LSUV (Mishkin & Matas 2016). Layer by
+    layer from the input, a bisection on the log of a gain finds the gain at which
+    :func:`threshold_rate` over ``x`` (a batch of training inputs) is ``target_rate``; the
+    weights are multiplied by it. A spiking layer left at the default initialisation is
+    nearly silent, and passes no gradient to the layers before it; a soft one sits at
+    ``sigmoid(b)`` whatever its input; both learn slowly, or not at all in a deep stack.
+    The model runs in eval mode (no dropout) and is left in it.
+
+    Returns:
+        The gain applied to each SNU layer.
+    """
+    gains = []
+    model.eval()
+    with torch.no_grad():
+        h = x
+        for layer in model.layers:
+            if isinstance(layer, SNU):
+                base = layer.weight.clone()
+                low, high = math.log(0.01), math.log(100.0)
+                for _ in range(30):
+                    mid = 0.5 * (low + high)
+                    layer.weight.copy_(base * math.exp(mid))
+                    if threshold_rate(layer, h) < target_rate:
+                        low = mid
+                    else:
+                        high = mid
+                gain = math.exp(0.5 * (low + high))
+                layer.weight.copy_(base * gain)
+                gains.append(gain)
+            h = layer(h)
+    return gains
 
 
 # ------------------------------------------------------------ best weights, early stopping

@@ -102,20 +102,30 @@ RECIPES = {
 EVAL_BATCH = 500
 
 
-def build_model(kind: str, hidden: int) -> SNUNetwork:
-    """784-``hidden``×n-10: n SNU or sSNU layers (g = ReLU) and an affine readout."""
+def build_model(kind: str, hidden: int, dropout: float = 0.0) -> SNUNetwork:
+    """784-``hidden``×n-10: n SNU or sSNU layers (g = ReLU) and an affine readout.
+
+    Args:
+        kind: a key of :data:`RECIPES`.
+        hidden: units per hidden layer.
+        dropout: dropout after each hidden layer while training (0: none); a fresh mask
+            at every step.
+    """
     recipe = RECIPES[kind]
     sizes = [PIXELS] + [hidden] * recipe.depth
-    layers: list[nn.Module] = [
-        recipe.cell(
-            n_in,
-            n_out,
-            decay=torch.full((n_out,), 0.8) if recipe.decay_trainable else 0.8,
-            decay_trainable=recipe.decay_trainable,
-            bias_init=recipe.bias_init,
+    layers: list[nn.Module] = []
+    for n_in, n_out in pairwise(sizes):
+        layers.append(
+            recipe.cell(
+                n_in,
+                n_out,
+                decay=torch.full((n_out,), 0.8) if recipe.decay_trainable else 0.8,
+                decay_trainable=recipe.decay_trainable,
+                bias_init=recipe.bias_init,
+            )
         )
-        for n_in, n_out in pairwise(sizes)
-    ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
     layers.append(Readout(hidden, CLASSES, activation="identity"))
     return SNUNetwork(*layers)
 
@@ -155,8 +165,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--init-rate", type=float, default=0.15,
         help="how often each SNU layer is to cross its threshold after the initial scaling",
     )  # fmt: skip
+    parser.add_argument(
+        "--dropout", type=float, default=0.2, help="dropout after each hidden layer (training)"
+    )
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: none)")
-    add_common_arguments(parser, out=None, epochs=20, lr=3e-3, batch_size=128, patience=5)
+    add_common_arguments(parser, out=None, epochs=25, lr=3e-3, batch_size=128, patience=25)
     # The model's recipe sets the default --lr, so read --model first (-h shows it too).
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--model", choices=tuple(RECIPES), default="snu7")
@@ -170,6 +183,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--hidden must be at least 1")
     if not 0.0 < args.init_rate < 1.0:
         parser.error("--init-rate must be in (0, 1)")
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error("--dropout must be in [0, 1)")
     return args
 
 
@@ -187,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         valid_x, valid_y = valid_x[: args.limit], valid_y[: args.limit]
         test_x, test_y = test_x[: args.limit], test_y[: args.limit]
 
-    model = build_model(args.model, args.hidden)
+    model = build_model(args.model, args.hidden, args.dropout)
     sample = rate_code(train_x[:512], MNIST_STEPS, np.random.default_rng([args.seed, 2**32]))
     gains = scale_to_rate(model, torch.from_numpy(sample), args.init_rate)
     model.to(device)
@@ -198,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def train_epoch(epoch: int) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
         rng = epoch_generator(args.seed, epoch)
+        torch.manual_seed(args.seed * 100_003 + epoch)  # dropout masks
         order = rng.permutation(len(train_x))
         starts = range(0, len(order), args.batch_size)
         loss_sum, hits, seen = 0.0, 0, 0

@@ -40,6 +40,7 @@ from _training import (
     make_summary,
     parameter_count,
     progress,
+    scale_to_rate,
     set_lr,
     setup,
 )
@@ -116,6 +117,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated sizes of the SNU layers; with tied weights the last is --embed",
     )  # fmt: skip
     parser.add_argument("--dropout", type=float, default=0.2, help="dropout while training")
+    parser.add_argument(
+        "--init-rate", type=float, default=0.15,
+        help="spike rate each SNU layer is scaled to before training",
+    )  # fmt: skip
     parser.add_argument("--no-tie", action="store_true", help="separate readout weights")
     parser.add_argument("--bptt", type=int, default=35, help="tokens per training window")
     parser.add_argument("--eval-batch", type=int, default=10, help="columns when scoring")
@@ -138,6 +143,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     if not 0.0 <= args.dropout < 1.0:
         parser.error("--dropout must be in [0, 1)")
+    if not 0.0 < args.init_rate < 1.0:
+        parser.error("--init-rate must be in (0, 1)")
     return args
 
 
@@ -150,9 +157,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.limit is not None:
         train, valid, test = train[: args.limit], valid[: args.limit], test[: args.limit]
     train_cols = torch.from_numpy(batchify(train, args.batch_size)).to(device)
-    model = build_model(args.embed, args.hidden, args.dropout, not args.no_tie).to(device)
+    model = build_model(args.embed, args.hidden, args.dropout, not args.no_tie)
+    gains = scale_to_rate(model, train_cols[:100].cpu(), args.init_rate)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     log(f"ptb: {describe(model)} ({parameter_count(model)} parameters, {device})")
+    log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
 
     def train_epoch(epoch: int) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))

@@ -123,18 +123,21 @@ def test_mnist_script_exports_a_classifier(examples, data_dir, tmp_path, kind):
     assert _run_onnx(out, spikes).shape == (20, 3, 10)
 
 
-def test_mnist_initial_scaling_makes_every_layer_fire(examples):
-    mnist = examples["mnist"]
+@pytest.mark.parametrize("kind", ["snu7", "ssnu4"])
+def test_initial_scaling_sets_every_layers_threshold_rate(examples, kind):
+    training = examples["training"]
     torch.manual_seed(0)
-    model = mnist.build_model("snu7", 32)
+    model = examples["mnist"].build_model(kind, 32)
     x = (torch.rand(20, 16, 784) < 0.05).float()
-    gains = mnist.scale_to_rate(model, x, 0.2)
-    assert len(gains) == 6
+    gains = training.scale_to_rate(model, x, 0.2)
+    assert len(gains) == len(model.layers) - 1
     h = x
     with torch.no_grad():
         for layer in model.layers[:-1]:
+            assert training.threshold_rate(layer, h) == pytest.approx(0.2, abs=0.02)
             h = layer(h)
-            assert float(h.mean()) == pytest.approx(0.2, abs=0.05)
+            if not layer.soft:
+                assert float(h.mean()) == pytest.approx(0.2, abs=0.02)
 
 
 def test_ptb_script_exports_a_language_model_that_scores_what_it_reported(examples, data_dir,
