@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnx_models as om  # tests/ is on sys.path under pytest (no __init__.py)
 import pytest
+from equivalence import assert_same  # tests/ is on sys.path under pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,21 +36,6 @@ TARGET = parse_target(SMALL)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def assert_same(want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
-    """Backend outputs equal the interpreter's: |Δ| <= 1e-5, spikes (0/1 values) exact."""
-    assert got.keys() == want.keys()
-    for name, expected in want.items():
-        actual = got[name]
-        assert actual.shape == expected.shape, name
-        assert actual.dtype == expected.dtype, name
-        if expected.size == 0:
-            continue
-        if expected.dtype.kind == "f" and np.isin(expected, (0.0, 1.0)).all():
-            np.testing.assert_array_equal(actual, expected, err_msg=name)
-        else:
-            np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5, err_msg=name)
 
 
 def check_modes(graph: Graph, x, modes=MODES, target=TARGET, **options) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_models as om
 import pytest
+from equivalence import assert_same  # tests/ is on sys.path under pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,21 +43,6 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "snu_small.onnx"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def assert_same(want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
-    """Simulator outputs equal the NumPy backend's: |Δ| <= 1e-5, spikes (0/1) exact."""
-    assert got.keys() == want.keys()
-    for name, expected in want.items():
-        actual = got[name]
-        assert actual.shape == expected.shape, name
-        assert actual.dtype == expected.dtype, name
-        if expected.size == 0:
-            continue
-        if expected.dtype.kind == "f" and np.isin(expected, (0.0, 1.0)).all():
-            np.testing.assert_array_equal(actual, expected, err_msg=name)
-        else:
-            np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5, err_msg=name)
 
 
 def check_modes(graph: Graph, x, target=TARGET, modes=MODES, **options) -> SimStats:
