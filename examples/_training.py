@@ -75,8 +75,8 @@ def add_common_arguments(
             other), and these networks' matrices are too small to gain from more.
     """
     parser.add_argument(
-        "--data-dir", default=None, help="data folder holding jsb/, mnist/, ptb/ "
-        "(default: $SNUC_DATA or ../shared/data)"
+        "--data-dir", default=None,
+        help="data folder holding jsb/, mnist/, ptb/ (None: $SNUC_DATA or ../shared/data)",
     )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (fixes the run)")
@@ -106,6 +106,15 @@ def add_common_arguments(
         help="save the training state here after every epoch, and resume from it if it exists",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any]) -> None:
+    """Run a script's ``main``; a :class:`SnucError` becomes one line on stderr and exit 2."""
+    try:
+        main(None)
+    except SnucError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

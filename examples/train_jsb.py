@@ -42,6 +42,7 @@ from _training import (
     make_summary,
     parameter_count,
     progress,
+    run_cli,
     set_lr,
     setup,
 )
@@ -210,4 +211,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -10,7 +10,8 @@ the SNU authors' toolkit; every epoch draws fresh spikes. ``snu7`` is a 7-layer 
 784-256×3-10: three layers of soft SNUs and an affine readout. The readout gives ten scores
 at every step; the class is the argmax of their sum over time
 (:func:`snuc.datasets.accuracy_from_counts`), and training minimises the cross-entropy of
-their mean over time. An affine readout rather than ten spiking output units: a count of
+their mean over time, with dropout after each hidden layer (``--dropout``) and a cosine
+learning-rate decay. An affine readout rather than ten spiking output units: a count of
 spikes out of 20 often ties between two classes, which costs accuracy for nothing.
 
 Before training, the weights of each SNU layer are scaled so that it crosses its threshold
@@ -49,6 +50,7 @@ from _training import (
     make_summary,
     parameter_count,
     progress,
+    run_cli,
     scale_to_rate,
     set_lr,
     setup,
@@ -262,4 +264,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

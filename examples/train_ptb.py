@@ -6,7 +6,9 @@ The network reads a token id per step and gives the log-probabilities of the nex
 over the 10,000-word vocabulary: an embedding, layers of spiking SNUs without recurrent
 weights (the membrane potential, with a trainable decay per neuron, is the only memory),
 and a log-softmax readout. The readout's weight matrix is the embedding's (tied weights,
-Press & Wolf 2017), which halves the model's size.
+Press & Wolf 2017), which halves the model's size. Before training, each SNU layer's
+weights are scaled so that it spikes at ``--init-rate`` on a stretch of the train stream
+(:func:`_training.scale_to_rate`); at the default initialisation it would be silent.
 
 Training is truncated backpropagation through time over windows of ``--bptt`` (35) tokens
 on ``--batch-size`` contiguous columns of the train stream (:func:`snuc.datasets.batchify`),
@@ -40,6 +42,7 @@ from _training import (
     make_summary,
     parameter_count,
     progress,
+    run_cli,
     scale_to_rate,
     set_lr,
     setup,
@@ -113,10 +116,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--embed", type=int, default=200, help="embedding size")
     parser.add_argument(
-        "--hidden", default="1000,200",
+        "--hidden", default="1500,200",
         help="comma-separated sizes of the SNU layers; with tied weights the last is --embed",
     )  # fmt: skip
-    parser.add_argument("--dropout", type=float, default=0.2, help="dropout while training")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout while training")
     parser.add_argument(
         "--init-rate", type=float, default=0.15,
         help="spike rate each SNU layer is scaled to before training",
@@ -126,7 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-batch", type=int, default=10, help="columns when scoring")
     parser.add_argument("--clip", type=float, default=0.25, help="gradient-norm clip (0: none)")
     add_common_arguments(
-        parser, out=MODELS_DIR / "ptb_snu.onnx", epochs=10, lr=2e-3, batch_size=32, patience=3
+        parser, out=MODELS_DIR / "ptb_snu.onnx", epochs=8, lr=2e-3, batch_size=32, patience=3
     )
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
@@ -214,4 +217,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

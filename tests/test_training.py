@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,8 +36,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.fixture(scope="module")
 def examples(request: pytest.FixtureRequest):
     """The examples folder on sys.path, so the scripts and ``_training`` import."""
+    threads = torch.get_num_threads()  # the scripts set it; give it back afterwards
+
+    def restore() -> None:
+        sys.path.remove(str(EXAMPLES))
+        torch.set_num_threads(threads)
+
     sys.path.insert(0, str(EXAMPLES))
-    request.addfinalizer(lambda: sys.path.remove(str(EXAMPLES)))
+    request.addfinalizer(restore)
     import _training
     import train_jsb
     import train_mnist
@@ -161,6 +168,15 @@ def test_ptb_rejects_untieable_sizes(examples):
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "models").glob("*.onnx")), ids=lambda p: p.name)
+def test_shipped_models_import_fit_in_20_mb_and_carry_their_summary(path):
+    assert path.stat().st_size <= 20 * 2**20
+    summary = json.loads(path.with_suffix(".json").read_text())
+    assert summary["onnx"] == path.name and summary["onnx_bytes"] == path.stat().st_size
+    assert math.isfinite(summary["test"]) and math.isfinite(summary["valid"])
+    assert import_onnx(path) is not None
+
+
 # ------------------------------------------------------------------------- the helpers
 
 
@@ -198,6 +214,27 @@ def test_cuda_without_a_gpu_is_a_clear_error(examples):
         pytest.skip("a CUDA device is present")
     with pytest.raises(SnucError, match="--device cuda"):
         examples["training"].select_device("cuda")
+
+
+def test_a_missing_data_folder_is_one_line_on_stderr_and_status_2(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    script = EXAMPLES / "train_jsb.py"
+    args = [
+        sys.executable,
+        str(script),
+        "--data-dir",
+        str(missing),
+        "--out",
+        str(tmp_path / "m.onnx"),
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert (
+        done.stderr.startswith("train_jsb.py: error: data directory")
+        and str(missing) in done.stderr
+    )
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_bad_options_exit_with_status_2(examples):
