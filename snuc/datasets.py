@@ -451,6 +451,7 @@ def rate_code(
     rng: np.random.Generator,
     *,
     max_rate: float = MNIST_MAX_RATE,
+    image_major: bool = False,
 ) -> np.ndarray:
     """Bernoulli rate coding: a pixel spikes at each step with probability intensity × rate.
 
@@ -462,6 +463,8 @@ def rate_code(
         max_rate: spike probability per step of a white (255) pixel; the default
             :data:`MNIST_MAX_RATE` gives about 6 spikes over 20 steps. Black pixels never
             spike.
+        image_major: draw in ``[N, steps, pixels]`` order instead, so that the spikes of
+            the first n images do not depend on how many images follow them.
 
     Returns:
         ``float32 [steps, N, pixels]`` of 0/1 spikes, time-major.
@@ -482,6 +485,9 @@ def rate_code(
     flat = images.reshape(len(images), -1)
     p_spike = flat.astype(np.float32) * np.float32(max_rate / 255.0)
     # random() is in [0, 1): a zero probability never fires, a probability of 1 always does.
+    if image_major:
+        draws = rng.random((len(flat), int(steps), flat.shape[1]), dtype=np.float32)
+        return (draws < p_spike[:, None]).transpose(1, 0, 2).astype(np.float32)
     draws = rng.random((int(steps), *flat.shape), dtype=np.float32)
     return (draws < p_spike[None]).astype(np.float32)
 
@@ -527,6 +533,45 @@ def iter_rate_coded(
     for start in range(0, len(images), int(batch_size)):
         stop = start + int(batch_size)
         yield rate_code(images[start:stop], steps, rng, max_rate=max_rate), labels[start:stop]
+
+
+MNIST_CODING_BLOCK = 1000
+"""Images rate-coded per generator call when a split is scored (:func:`iter_scoring_spikes`):
+a bound on memory, not on the spikes, which do not depend on it."""
+
+
+def iter_scoring_spikes(
+    images: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    coding_seed: int = 0,
+    *,
+    max_rate: float = MNIST_MAX_RATE,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The fixed rate coding a split is scored with, by ``snuc eval`` and by the training
+    script alike, so that both report the same accuracy for the same weights.
+
+    One generator, ``numpy.random.default_rng(coding_seed)``, draws image after image
+    (:func:`rate_code` with ``image_major``), in blocks of :data:`MNIST_CODING_BLOCK`
+    images: image i's spikes depend on the seed and on i alone, so a prefix of a split
+    (``--limit``) gets the spikes the whole split gets.
+
+    Yields:
+        ``(spikes, labels)``: ``float32 [steps, b, pixels]`` and the block's labels.
+
+    Raises:
+        SnucError: as :func:`rate_code`, or images and labels of different lengths.
+    """
+    if len(images) != len(labels):
+        raise SnucError(
+            f"iter_scoring_spikes: {len(images)} images but {len(labels)} labels; pass one "
+            "per image"
+        )
+    rng = np.random.default_rng(coding_seed)
+    for start in range(0, len(images), MNIST_CODING_BLOCK):
+        stop = start + MNIST_CODING_BLOCK
+        block = rate_code(images[start:stop], steps, rng, max_rate=max_rate, image_major=True)
+        yield block, labels[start:stop]
 
 
 def predictions_from_counts(outputs: np.ndarray) -> np.ndarray:

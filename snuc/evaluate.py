@@ -22,10 +22,10 @@ Tasks and metrics (the data come from :mod:`snuc.datasets`):
   changes nothing inside a chorale's length), the output at step t predicts frame t + 1,
   and :func:`~snuc.datasets.jsb_nll_sum` is pooled over the split. Lower is better.
 * **mnist** -- accuracy in %: every image is Bernoulli rate-coded over ``steps`` steps
-  (:func:`~snuc.datasets.iter_rate_coded`) with a generator seeded by ``coding_seed``
-  alone, in blocks of :data:`MNIST_CODING_BLOCK` images, so the spikes are the same for
-  every chip, mode and batch size, and ``limit`` keeps a prefix of them; the class is the
-  argmax of the outputs summed over time.
+  (:func:`~snuc.datasets.iter_scoring_spikes`, the coding the training script scores
+  with) with a generator seeded by ``coding_seed`` alone, image after image, so the
+  spikes are the same for every chip, mode and batch size, and ``limit`` keeps a prefix
+  of them; the class is the argmax of the outputs summed over time.
 * **ptb** -- perplexity, ``exp`` of the mean NLL over every predicted token. The split's
   token stream is cut into ``columns`` contiguous columns (:func:`~snuc.datasets.batchify`)
   and **each column runs whole, as one sequence from the zero state**: a compiled model's
@@ -39,10 +39,11 @@ Tasks and metrics (the data come from :mod:`snuc.datasets`):
 Chunks: each configuration runs the data in chunks of ``batch_size`` sequences (chorales,
 images or columns), each chunk one ``Artefact.run``, scored as it comes back, so memory
 stays bounded. In ``pcm`` mode the read noise of a run is drawn from streams keyed by
-(seed, tile) (SPEC §6), so every chunk of a configuration starts the same streams and
-results depend on ``batch_size``: keep it fixed across a study. The default
-(:data:`CHUNK_BYTES`) runs each of the paper's test splits whole; a smaller ``batch_size``
-uses less memory.
+(seed, tile) (SPEC §6) and, for every chunk but the first, by the chunk's first sequence
+(``batch_offset``), so chunks do not repeat each other's noise; results still depend on
+``batch_size`` (it decides which numbers each sequence draws): keep it fixed across a
+study. The default (:data:`CHUNK_BYTES`) runs each of the paper's test splits whole; a
+smaller ``batch_size`` uses less memory.
 
 Results: :func:`evaluate` returns one row per run; :func:`aggregate` gives mean ± sample
 standard deviation over seeds; :func:`format_results`, :func:`to_csv` and
@@ -68,8 +69,9 @@ from typing import Any
 import numpy as np
 
 from snuc.datasets import (
+    MNIST_CODING_BLOCK,
     MNIST_STEPS,
-    iter_rate_coded,
+    iter_scoring_spikes,
     jsb_nll_sum,
     lm_nll_sum,
     load_jsb,
@@ -119,9 +121,6 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 PTB_COLUMNS = 10
 """Columns of the PTB stream; the training script (``examples/train_ptb.py``) scores
 validation and test with the same number."""
-MNIST_CODING_BLOCK = 1000
-"""Images rate-coded per generator call; fixed so the spikes do not depend on anything
-but ``coding_seed`` and the image's position."""
 CHUNK_BYTES = 4 << 30
 """Default chunk size: as many sequences as keep a chunk's inputs and outputs (as float32)
 under this many bytes, at least one. Large enough to run each of the paper's test splits
@@ -369,18 +368,11 @@ def _prepare_mnist(
     count = _limited(len(images), options)
     if count == 0:
         raise SnucError("the mnist split has no image to score")
-    # Code whole blocks, then keep the first `count` images: a limit keeps a prefix of the
-    # spikes the full split gets.
-    covered = min(len(images), -(-count // MNIST_CODING_BLOCK) * MNIST_CODING_BLOCK)
-    rng = np.random.default_rng(options.coding_seed)
-    blocks = iter_rate_coded(
-        images[:covered], labels[:covered], options.steps, MNIST_CODING_BLOCK, rng
-    )
     # Kept as booleans (a quarter of float32) and fed as float32 one chunk at a time.
-    spikes = np.empty((options.steps, covered, _MNIST_PIXELS), dtype=bool)
-    for lo, (block, _) in zip(range(0, covered, MNIST_CODING_BLOCK), blocks, strict=True):
+    spikes = np.empty((options.steps, count, _MNIST_PIXELS), dtype=bool)
+    blocks = iter_scoring_spikes(images[:count], labels[:count], options.steps, options.coding_seed)
+    for lo, (block, _) in zip(range(0, count, MNIST_CODING_BLOCK), blocks, strict=True):
         spikes[:, lo : lo + block.shape[1]] = block.reshape(options.steps, block.shape[1], -1)
-    spikes = spikes[:, :count]
     labels = np.asarray(labels[:count])
     chunk = _auto_batch(options, options.steps, _MNIST_PIXELS + _MNIST_CLASSES, count)
     return [
@@ -676,8 +668,10 @@ def _score(art: Artefact, task: Task, pieces: list[_Piece], config: _Config) -> 
     """One configuration's metric: every chunk run on the same plan, the scores pooled."""
     total, count = 0.0, 0
     options = config.run_options()
+    first = 0  # the piece's first sequence: keys its read noise apart from the others'
     for piece in pieces:
-        outputs = art.run(task.feed(piece, art), **options)
+        outputs = art.run(task.feed(piece, art), batch_offset=first, **options)
+        first += piece.x.shape[1]
         part, n = task.score(outputs, piece)
         total, count = total + part, count + n
     return task.finish(total, count), count

@@ -14,10 +14,13 @@ import pytest
 
 from snuc import datasets
 from snuc.datasets import (
+    MNIST_CODING_BLOCK,
+    MNIST_MAX_RATE,
     accuracy_from_counts,
     batchify,
     chorale_to_roll,
     iter_rate_coded,
+    iter_scoring_spikes,
     jsb_nll,
     jsb_nll_sum,
     lm_nll_sum,
@@ -254,6 +257,26 @@ def test_rate_code_statistics():
     assert not per_pixel[:, 20:].any()  # black never spikes
     again = rate_code(images, 20, np.random.default_rng(1))
     np.testing.assert_array_equal(spikes, again)
+
+
+def test_scoring_spikes_of_a_prefix_are_the_whole_splits_first_spikes():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(2 * MNIST_CODING_BLOCK + 5, 4, 4), dtype=np.uint8)
+    labels = np.arange(len(images)) % 10
+    whole = list(iter_scoring_spikes(images, labels, 6, coding_seed=7))
+    assert [b.shape for b, _ in whole] == [(6, MNIST_CODING_BLOCK, 16)] * 2 + [(6, 5, 16)]
+    spikes = np.concatenate([b for b, _ in whole], axis=1)
+    assert np.array_equal(np.concatenate([y for _, y in whole]), labels)
+    for n in (1, 37, MNIST_CODING_BLOCK + 3):
+        blocks = list(iter_scoring_spikes(images[:n], labels[:n], 6, coding_seed=7))
+        prefix = np.concatenate([b for b, _ in blocks], axis=1)
+        assert np.array_equal(prefix, spikes[:, :n])
+    other, _ = next(iter_scoring_spikes(images, labels, 6, coding_seed=8))
+    assert not np.array_equal(other, spikes[:, :MNIST_CODING_BLOCK])
+    expected = spikes.shape[0] * images.astype(np.float64).sum() * MNIST_MAX_RATE / 255.0
+    assert spikes.sum() == pytest.approx(expected, rel=0.02)
+    with pytest.raises(SnucError, match="images but"):
+        next(iter_scoring_spikes(images, labels[:3], 6))
 
 
 def test_rate_code_max_rate_and_errors():

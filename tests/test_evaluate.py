@@ -28,7 +28,7 @@ from snuc import driver  # noqa: E402
 from snuc import evaluate as ev  # noqa: E402
 from snuc.cli import main  # noqa: E402
 from snuc.datasets import (  # noqa: E402
-    iter_rate_coded,
+    iter_scoring_spikes,
     jsb_nll_sum,
     load_jsb,
     load_mnist,
@@ -143,11 +143,9 @@ def test_jsb_float_nll_equals_onnxruntime(models, data_dir) -> None:
 
 def test_mnist_float_accuracy_equals_onnxruntime(models, data_dir) -> None:
     images, labels = load_mnist("test", data_dir)
-    # The documented coding: generator seeded by coding_seed, blocks of 1000 images; a
-    # limit keeps the first images of the first block.
-    rng = np.random.default_rng(0)
-    spikes, _ = next(iter_rate_coded(images, labels, 8, ev.MNIST_CODING_BLOCK, rng))
-    spikes, truth = spikes[:, :70], labels[:70]
+    # The documented coding: one generator seeded by coding_seed, image after image; a
+    # limit keeps the first images' spikes.
+    spikes, truth = next(iter_scoring_spikes(images[:70], labels[:70], 8, coding_seed=0))
     want = 100.0 * np.mean(predictions_from_counts(_onnxruntime(models["mnist"], spikes)) == truth)
 
     for batch_size in (None, 32):

@@ -27,6 +27,7 @@ from snuc.datasets import (  # noqa: E402
     perplexity,
     resolve_data_dir,
 )
+from snuc.evaluate import evaluate  # noqa: E402
 from snuc.frontend.onnx_import import import_onnx  # noqa: E402
 from snuc.ir.errors import SnucError  # noqa: E402
 
@@ -128,6 +129,10 @@ def test_mnist_script_exports_a_classifier(examples, data_dir, tmp_path, kind):
     assert summary["architecture"].startswith(f"784-16x{depth}-10")
     spikes = (np.random.default_rng(0).random((20, 3, 784)) < 0.1).astype(np.float32)
     assert _run_onnx(out, spikes).shape == (20, 3, 10)
+    # The script and `snuc eval` code the test digits alike: the compiled model's float
+    # accuracy is the one the script reported from PyTorch.
+    (row,) = evaluate(out, "mnist", modes=["float"], limit=8, data_dir=data_dir)
+    assert row["count"] == 8 and row["value"] == pytest.approx(summary["test"], abs=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["snu7", "ssnu4"])
