@@ -120,7 +120,7 @@ def _sim_plan(graph: Graph, program: str | None = None, **options: Any) -> Any:
 BACKENDS: dict[str, Callable[..., Any]] = {"numpy": _numpy_plan, "sim": _sim_plan}
 """Plan builders by backend name: ``build(graph, program=, mode=, target=, seed=, ...) ->
 plan`` (``program``: the artefact's assembly, or None) whose ``plan.run(inputs,
-batch_size=, progress=)`` returns outputs by name."""
+batch_size=, progress=, batch_offset=)`` returns outputs by name."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,6 +197,7 @@ class Artefact:
         drift_compensation: bool | str = True,
         batch_size: int | None = None,
         progress: bool = False,
+        batch_offset: int = 0,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Run sequences ``[T, B, ...]`` on the simulated chip (SPEC §6, §8).
 
@@ -207,8 +208,13 @@ class Artefact:
             seed: names one simulated chip (programming noise, drift exponents, read noise).
             t_inference: seconds after programming.
             drift_compensation: True (global), False/None (off), or ``"global"``/``"column"``.
-            batch_size: run the batch in chunks of this many sequences.
+            batch_size: run the batch in chunks of this many sequences; pcm read noise is
+                drawn per chunk, keyed also by the chunk's first sequence, so chunks do
+                not repeat each other's noise.
             progress: show a progress bar on stderr.
+            batch_offset: pcm: the index of ``inputs``' first sequence when they are a
+                chunk of a larger batch that the caller runs chunk by chunk (0: a whole
+                batch); it keys the read noise as ``batch_size``'s chunks are keyed.
 
         Returns:
             The output ``[T, B, ...]``, or a dict by output name when there are several.
@@ -231,7 +237,9 @@ class Artefact:
                 t_inference_s=t_inference,
                 drift_compensation=compensation,
             )
-        outputs = plans[key].run(inputs, batch_size=batch_size, progress=progress)
+        outputs = plans[key].run(
+            inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset
+        )
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
     @property

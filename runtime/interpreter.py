@@ -477,15 +477,16 @@ def evaluate_node(node: Node, args: Sequence[np.ndarray]) -> tuple[np.ndarray, .
 class _ReadNoise:
     """One tile's read-noise block ``[T, *out]`` of standard normals, handed out step by step.
 
-    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out))``: a NumPy
+    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out), offset=offset)``
+    (``offset``: the run's first sequence within the batch it is a chunk of): a NumPy
     ``Generator`` fills an array in C order, so drawing ``block[0]``, ``block[1]``, ... in
     turn from the tile's ``read`` stream yields the block itself, without holding all T
     steps in memory (a convolution tile's block has a value per pixel, batch entry and
     step).
     """
 
-    def __init__(self, seed: int, tile: int, shape: tuple[int, ...]) -> None:
-        self._rng = pcm.chip_rng(seed, tile, "read")
+    def __init__(self, seed: int, tile: int, shape: tuple[int, ...], offset: int = 0) -> None:
+        self._rng = pcm.chip_rng(seed, tile, "read", offset=offset)
         self._shape = shape
         self._next_step = 0
 
@@ -588,6 +589,7 @@ def _tiles(
     t_inference_s: float,
     drift_compensation: str | None,
     batch: int,
+    batch_offset: int = 0,
 ) -> dict[str, _Tile]:
     """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
     tiles: dict[str, _Tile] = {}
@@ -610,7 +612,7 @@ def _tiles(
         else:
             alpha = 1.0
         out_shape = graph.type_of(node.id).concrete(batch)
-        noise = _ReadNoise(seed, op.tile, out_shape)
+        noise = _ReadNoise(seed, op.tile, out_shape, batch_offset)
         tiles[node.id] = _Tile(
             node,
             drifted.weights_us,
@@ -660,6 +662,19 @@ def check_run_options(
     return target
 
 
+def check_batch_offset(batch_offset: int) -> None:
+    """Check a run's ``batch_offset``: the index of its first sequence within the batch
+    it is a chunk of, a non-negative integer (it keys pcm's read noise, SPEC §6)."""
+    if (
+        isinstance(batch_offset, bool)
+        or not isinstance(batch_offset, numbers.Integral)
+        or batch_offset < 0
+    ):
+        raise SnucError(
+            f"batch_offset {batch_offset!r} is not valid; expected a non-negative integer"
+        )
+
+
 # --------------------------------------------------------------------------- the time loop
 
 
@@ -674,6 +689,7 @@ def run(
     t_inference_s: float = ...,
     drift_compensation: str | None = ...,
     trace: Literal[False] = ...,
+    batch_offset: int = ...,
 ) -> dict[str, np.ndarray]: ...
 
 
@@ -688,6 +704,7 @@ def run(
     t_inference_s: float = ...,
     drift_compensation: str | None = ...,
     trace: Literal[True],
+    batch_offset: int = ...,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
 
 
@@ -701,6 +718,7 @@ def run(
     t_inference_s: float = 3600.0,
     drift_compensation: str | None = "global",
     trace: bool = False,
+    batch_offset: int = 0,
 ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run a step graph over whole sequences (SPEC §1): the reference time loop.
 
@@ -733,6 +751,11 @@ def run(
         drift_compensation: ``pcm``: ``"global"`` (one factor per tile), ``"column"``
             (one per output column) or None (off).
         trace: also return every node result stacked over time.
+        batch_offset: ``pcm``: the index of the batch's first sequence when it is a chunk
+            of a larger batch run chunk by chunk (as the backends' ``batch_size`` does);
+            with the seed and the tile it keys the read-noise stream, so that chunks do
+            not repeat each other's noise. 0 (a whole batch) keeps the ``(seed, tile)``
+            stream.
 
     Returns:
         Every graph output stacked over time, ``[T, B, ...]``, by output name; with
@@ -741,11 +764,13 @@ def run(
 
     Raises:
         SnucError: an unknown mode or a bad option of it, a missing target, a graph not
-            compiled for the mode, a missing, unknown or badly typed input, or a run-time
-            error of a node (see :func:`evaluate_node`). Each message is one line.
+            compiled for the mode, a missing, unknown or badly typed input, a bad
+            ``batch_offset``, or a run-time error of a node (see :func:`evaluate_node`).
+            Each message is one line.
         VerifyError: the graph is malformed.
     """
     spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
+    check_batch_offset(batch_offset)
     graph.verify()
     feeds = bind_inputs(graph, inputs)
     steps, batch = sequence_extent(graph, feeds)
@@ -763,6 +788,7 @@ def run(
             t_inference_s=t_inference_s,
             drift_compensation=drift_compensation,
             batch=batch,
+            batch_offset=batch_offset,
         )
     )
 

@@ -55,7 +55,13 @@ from snuc.ir.graph import Graph, Node, State
 from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import plan_kernels as kernels
-from snuc.runtime.interpreter import bind_inputs, check_run_options, evaluate_node, sequence_extent
+from snuc.runtime.interpreter import (
+    bind_inputs,
+    check_batch_offset,
+    check_run_options,
+    evaluate_node,
+    sequence_extent,
+)
 from snuc.runtime.plan_fusion import fuse_float_tiles
 from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Schedule, Shift, schedule
 from snuc.runtime.plan_tiles import NoiseStream, TileChip, Workspace, block_rows, program_tiles
@@ -84,6 +90,7 @@ def run_numpy(
     drift_compensation: str | None = "global",
     batch_size: int | None = None,
     progress: bool = False,
+    batch_offset: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run a step graph over whole sequences: ``interpreter.run``'s results, faster.
 
@@ -93,7 +100,10 @@ def run_numpy(
     Args:
         batch_size: run the batch in chunks of at most this many sequences, each chunk a
             run of its own (SPEC §6: pcm's read noise is drawn per run as
-            ``[T, chunk, ...]``, so results depend on the chunk size). None: one run.
+            ``[T, chunk, ...]``, so results depend on the chunk size), keyed also by the
+            chunk's first sequence (``batch_offset + lo``), so that chunks do not repeat
+            each other's noise: the first chunk is the run of its sequences alone.
+            None: one run.
         progress: show a progress bar over the steps on stderr (needs tqdm; silently
             none without it). The caller decides whether stderr is a terminal.
 
@@ -113,7 +123,7 @@ def run_numpy(
         t_inference_s=t_inference_s,
         drift_compensation=drift_compensation,
     )
-    return plan.run(inputs, batch_size=batch_size, progress=progress)
+    return plan.run(inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset)
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,12 +238,15 @@ class Plan:
         *,
         batch_size: int | None = None,
         progress: bool = False,
+        batch_offset: int = 0,
     ) -> dict[str, np.ndarray]:
         """Run the plan over whole sequences; see :func:`run_numpy`.
 
         Raises:
-            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size``.
+            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size`` or
+                ``batch_offset``.
         """
+        check_batch_offset(batch_offset)
         feeds = bind_inputs(self.graph, inputs)
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)
@@ -242,7 +255,8 @@ class Plan:
             results = []
             for lo, hi in chunks:
                 chunk = {n: self._batch_slice(n, a, lo, hi) for n, a in feeds.items()}
-                results.append(_Run(self, chunk, steps, hi - lo if batched else 1, bar).outputs())
+                run = _Run(self, chunk, steps, hi - lo if batched else 1, bar, batch_offset + lo)
+                results.append(run.outputs())
         if len(results) == 1:
             return results[0]
         return {v: self._join(v, [r[v] for r in results]) for v in results[0]}
@@ -327,9 +341,17 @@ class _Run:
     """
 
     def __init__(
-        self, plan: Plan, feeds: dict[str, np.ndarray], steps: int, batch: int, bar: Any
+        self,
+        plan: Plan,
+        feeds: dict[str, np.ndarray],
+        steps: int,
+        batch: int,
+        bar: Any,
+        offset: int = 0,
     ) -> None:
+        """``offset``: the chunk's first sequence within the whole batch (keys read noise)."""
         self.plan = plan
+        self.offset = offset
         self.types = plan._types
         self.steps = steps
         self.batch = batch
@@ -358,7 +380,7 @@ class _Run:
         stream = self._noise.get(chip.node.id)
         if stream is None:
             total = self._noise_total(chip.node.id)
-            stream = NoiseStream(self.plan.seed, chip.tile, total, self._pool)
+            stream = NoiseStream(self.plan.seed, chip.tile, total, self._pool, offset=self.offset)
             self._noise[chip.node.id] = stream
         return stream
 
@@ -399,8 +421,8 @@ class _Run:
 
     def _run_blocks(self) -> None:
         """Run every block with a kit of the plan's idle ones (its read-noise streams
-        started over for this run), or a new one; the plan keeps the kit for its next run
-        at this batch and block size."""
+        started over for this run and its offset), or a new one; the plan keeps the kit for
+        its next run at this batch and block size."""
         key = (self.batch, self.block)
         idle = self.plan._idle.get(key)
         try:
@@ -411,7 +433,7 @@ class _Run:
             kit = self._kit()
         else:
             for node_id, stream in kit[2].items():
-                stream.restart(self._noise_total(node_id), self._pool)
+                stream.restart(self._noise_total(node_id), self._pool, offset=self.offset)
         runners, buffers, _ = kit
         for t0 in range(0, self.steps, self.block):
             n = min(self.block, self.steps - t0)

@@ -36,7 +36,9 @@ STREAMS: Mapping[str, int] = MappingProxyType({"program": 0, "drift": 1, "read":
 
 * ``program``: programming noise, G+ devices then G- devices (:func:`program_array`).
 * ``drift``: drift exponents, G+ devices then G- devices (:func:`program_array`).
-* ``read``: read noise on MVM outputs, one block ``[T, B, cols]`` (:func:`read_noise_block`).
+* ``read``: read noise on MVM outputs, one block ``[T, B, cols]`` (:func:`read_noise_block`);
+  a run of a chunk of a larger batch that does not start at its first sequence also keys
+  it by the chunk's first sequence index (:func:`chip_rng`'s ``offset``).
 
 ``program`` and ``drift`` together are the simulated chip: they do not depend on the time of
 inference, so a sweep over ``t_inference_s`` with one seed ages one chip.
@@ -53,28 +55,41 @@ _G_REL_FLOOR = 1e-7
 value immaterial (aihwkit clamps at the same value)."""
 
 
-def chip_rng(seed: int, tile: int, stream: str) -> np.random.Generator:
+def chip_rng(seed: int, tile: int, stream: str, *, offset: int = 0) -> np.random.Generator:
     """The generator of one random stream of one tile of the chip ``seed`` names.
 
     Args:
         seed: the chip (``snuc run --seed``), a non-negative integer.
         tile: the tile's index, a non-negative integer.
         stream: one of :data:`STREAMS` (``"program"``, ``"drift"``, ``"read"``).
+        offset: ``read`` only: the index of the run's first sequence within the batch it is
+            a chunk of (``--batch-size``); 0 for a whole batch or its first chunk. Without
+            it every chunk would draw the same read noise as the first.
 
     Returns:
-        ``numpy.random.default_rng([seed, tile, STREAMS[stream]])``: streams of different
-        seeds, tiles and names are independent.
+        ``numpy.random.default_rng([seed, tile, STREAMS[stream]])``, and for ``offset > 0``
+        ``default_rng([seed, tile, STREAMS["read"], offset])``. ``SeedSequence`` pads a
+        key with zeros to four 32-bit words and mixes them bijectively, so with every
+        value below 2**32 (one word each) a chunk's key, whose fourth word is not zero,
+        differs from every three-value key: streams of different seeds, tiles, names and
+        offsets are independent.
 
     Raises:
-        SnucError: ``seed`` or ``tile`` is not a non-negative integer.
-        ValueError: ``stream`` is not a known stream name (a bug in the caller).
+        SnucError: ``seed``, ``tile`` or ``offset`` is not a non-negative integer.
+        ValueError: ``stream`` is not a known stream name, or an ``offset`` for a stream
+            other than ``read`` (a bug in the caller).
     """
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; expected one of {', '.join(STREAMS)}")
-    for what, value in (("seed", seed), ("tile", tile)):
+    for what, value in (("seed", seed), ("tile", tile), ("offset", offset)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise SnucError(f"{what} {value!r} is not valid; expected a non-negative integer")
-    return np.random.default_rng([int(seed), int(tile), STREAMS[stream]])
+    key = [int(seed), int(tile), STREAMS[stream]]
+    if offset == 0:
+        return np.random.default_rng(key)
+    if stream != "read":
+        raise ValueError(f"stream {stream!r} takes no offset; only read noise depends on chunks")
+    return np.random.default_rng([*key, int(offset)])
 
 
 def _time_s(t_inference_s: float) -> float:
@@ -336,14 +351,18 @@ def program_array(
     return ProgrammedArray(g_plus, g_minus, nu_plus, nu_minus, target)
 
 
-def read_noise_block(seed: int, tile: int, shape: tuple[int, ...]) -> NDArray[np.float64]:
+def read_noise_block(
+    seed: int, tile: int, shape: tuple[int, ...], *, offset: int = 0
+) -> NDArray[np.float64]:
     """The standard normals of one tile's read noise, drawn as one block (SPEC §6).
 
     ``shape`` is ``(T, B, cols)`` for a run of T steps at batch B; step t's noisy outputs
     are ``drifted.mvm(x_t, noise=block[t])``. Drawing the whole block at once makes the
-    realisation independent of how a backend walks through time.
+    realisation independent of how a backend walks through time. ``offset``: for a run of
+    a chunk of a larger batch, the index of the chunk's first sequence (see
+    :func:`chip_rng`); 0 for a whole batch.
     """
-    return chip_rng(seed, tile, "read").standard_normal(shape)
+    return chip_rng(seed, tile, "read", offset=offset).standard_normal(shape)
 
 
 def _calibration_input(x_cal: ArrayLike | None, rows: int, default: str) -> NDArray[np.float64]:

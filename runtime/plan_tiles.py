@@ -17,7 +17,8 @@ What the chip holds (``G``, ``var``, ``s * alpha``) is computed once per plan
 (:func:`program_tiles`): conductances, programming noise and drift depend on the chip
 (``seed``) and ``t_inference_s``, never on the input. Read noise is drawn per run from the
 tile's own stream (:class:`NoiseStream`), in the order of ``pcm.read_noise_block(seed,
-tile, (T, *out))``, however the backend walks through time.
+tile, (T, *out), offset=offset)``, however the backend walks through time (``offset``: a
+chunk's first sequence within its batch, so chunks do not repeat each other's noise).
 """
 
 from __future__ import annotations
@@ -190,26 +191,44 @@ def _adc_in_place(current: np.ndarray, full_scale: float, bits: int) -> None:
 class NoiseStream:
     """One tile's read-noise normals for one run, handed out in stream order.
 
-    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out))`` read in C
-    order: a NumPy ``Generator`` fills arrays in C order, so drawing the block piece by
-    piece yields the block itself, and a run never holds its whole block. Pieces of
+    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out), offset=offset)``
+    read in C order: a NumPy ``Generator`` fills arrays in C order, so drawing the block
+    piece by piece yields the block itself, and a run never holds its whole block. Pieces of
     :data:`NOISE_BLOCK_ELEMENTS` are drawn ahead, on a background thread when the run
     gives one (NumPy releases the GIL while it fills an array): drawing normals costs more
     than all the rest of a noisy tile's read, and overlaps with it there.
     """
 
-    def __init__(self, seed: int, tile: int, total: int, pool: Executor | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        tile: int,
+        total: int,
+        pool: Executor | None = None,
+        *,
+        offset: int = 0,
+    ) -> None:
         """``total``: the size of the run's block (``T * prod(out)``); ``pool``: a
-        one-thread executor that draws ahead (its jobs run in order), or None."""
-        self._rng = pcm.chip_rng(seed, tile, "read")
-        self._start = self._rng.bit_generator.state
+        one-thread executor that draws ahead (its jobs run in order), or None;
+        ``offset``: the run's first sequence within the batch it is a chunk of."""
+        self._seed = seed
+        self._tile = tile
+        self._seed_stream(offset)
         self._ahead: deque[Future] = deque()
-        self.restart(total, pool)
+        self.restart(total, pool, offset=offset)
 
-    def restart(self, total: int, pool: Executor | None = None) -> None:
-        """Start the stream over, for a new run with a block of ``total`` normals: the
+    def _seed_stream(self, offset: int) -> None:
+        self._offset = offset
+        self._rng = pcm.chip_rng(self._seed, self._tile, "read", offset=offset)
+        self._start = self._rng.bit_generator.state
+
+    def restart(self, total: int, pool: Executor | None = None, *, offset: int = 0) -> None:
+        """Start the stream over, for a new run with a block of ``total`` normals whose
+        first sequence is ``offset`` within its batch: at the previous run's offset the
         same numbers again, without seeding a new generator (which costs more than a
         short run's draws). The previous run's pool must have finished its jobs."""
+        if offset != self._offset:
+            self._seed_stream(offset)
         self._rng.bit_generator.state = self._start
         self._left = total
         self._pool = pool

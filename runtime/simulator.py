@@ -14,9 +14,10 @@ layer k of step t beside layer k + 1 of step t - 1, each buffer in ``copies`` co
 Numbers: the simulator computes the same function as the NumPy backend (SPEC §6,
 ``|Δ| <= 1e-5``) in every mode: it shares the chip (the programmed tiles of
 :func:`~snuc.runtime.plan_tiles.program_tiles`: conductances, programming noise, drift,
-compensation), the read-noise streams (each tile's ``(seed, tile)`` stream, drawn in the
-order of ``read_noise_block(seed, tile, (T, *out))``), the converters and the digital
-kernels (:mod:`snuc.runtime.sim_ops`). A batch of sequences runs together: every
+compensation), the read-noise streams (each tile's ``(seed, tile)`` stream, or for a chunk
+of a batch that does not start at its first sequence ``(seed, tile, offset)``, drawn in the
+order of ``read_noise_block(seed, tile, (T, *out), offset=offset)``), the converters and
+the digital kernels (:mod:`snuc.runtime.sim_ops`). A batch of sequences runs together: every
 instruction works on ``[B, ...]`` buffers.
 
 Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
@@ -55,7 +56,12 @@ from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.passes.schedule import route
 from snuc.runtime import sim_ops as ops
-from snuc.runtime.interpreter import bind_inputs, check_run_options, sequence_extent
+from snuc.runtime.interpreter import (
+    bind_inputs,
+    check_batch_offset,
+    check_run_options,
+    sequence_extent,
+)
 from snuc.runtime.plan_tiles import NoiseStream, TileChip, program_tiles
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
 from snuc.runtime.sim_stats import COMPONENTS, EnergyRow, LayerSpikes, SimStats, format_stats
@@ -81,6 +87,7 @@ def run_sim(
     program: Program | str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    batch_offset: int = 0,
 ) -> tuple[dict[str, np.ndarray], SimStats]:
     """Simulate a compiled graph's program over whole sequences.
 
@@ -99,7 +106,9 @@ def run_sim(
         drift_compensation=drift_compensation,
         program=program,
     )
-    return plan.run_with_stats(inputs, batch_size=batch_size, progress=progress)
+    return plan.run_with_stats(
+        inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset
+    )
 
 
 @dataclass(frozen=True)
@@ -240,17 +249,21 @@ class SimPlan:
         *,
         batch_size: int | None = None,
         progress: bool = False,
+        batch_offset: int = 0,
     ) -> dict[str, np.ndarray]:
         """Run sequences ``[T, B, ...]``; their statistics go to :attr:`last_stats`.
 
         Arguments and results are those of the NumPy backend's ``Plan.run``: ``batch_size``
-        runs the batch in chunks (pcm's read noise is drawn per chunk), ``progress`` shows
-        a bar on stderr.
+        runs the batch in chunks (pcm's read noise is drawn per chunk, keyed also by the
+        chunk's first sequence ``batch_offset + lo``), ``progress`` shows a bar on stderr.
 
         Raises:
-            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size``.
+            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size`` or
+                ``batch_offset``.
         """
-        return self.run_with_stats(inputs, batch_size=batch_size, progress=progress)[0]
+        return self.run_with_stats(
+            inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset
+        )[0]
 
     def run_with_stats(
         self,
@@ -258,10 +271,12 @@ class SimPlan:
         *,
         batch_size: int | None = None,
         progress: bool = False,
+        batch_offset: int = 0,
     ) -> tuple[dict[str, np.ndarray], SimStats]:
         """:meth:`run`, returning the statistics beside the outputs."""
         from snuc.runtime.numpy_backend import batch_chunks, progress_bar
 
+        check_batch_offset(batch_offset)
         feeds = bind_inputs(self.graph, inputs)
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)
@@ -271,7 +286,7 @@ class SimPlan:
         with progress_bar(progress, len(chunks) * steps) as bar:
             for lo, hi in chunks:
                 chunk = {n: _batch_slice(self.graph, n, a, lo, hi) for n, a in feeds.items()}
-                run = _Run(self, chunk, steps, hi - lo if batched else 1, bar)
+                run = _Run(self, chunk, steps, hi - lo if batched else 1, bar, batch_offset + lo)
                 results.append(run.outputs())
                 tally = [a + b for a, b in zip(tally, run.tally, strict=True)]
         outputs = results[0]
@@ -716,9 +731,17 @@ class _Run:
     """
 
     def __init__(
-        self, plan: SimPlan, feeds: dict[str, np.ndarray], steps: int, batch: int, bar: Any
+        self,
+        plan: SimPlan,
+        feeds: dict[str, np.ndarray],
+        steps: int,
+        batch: int,
+        bar: Any,
+        offset: int = 0,
     ) -> None:
+        """``offset``: the chunk's first sequence within the whole batch (keys read noise)."""
         self.plan = plan
+        self.offset = offset
         self.layout = layout = plan._layout
         self.feeds = feeds
         self.steps = steps
@@ -755,7 +778,7 @@ class _Run:
         stream = self._noise.get(chip.tile)
         if stream is None:
             stream = self._noise[chip.tile] = NoiseStream(
-                self.plan.seed, chip.tile, max(1, self.steps * per_step)
+                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
             )
         return stream
 

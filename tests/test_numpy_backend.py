@@ -475,7 +475,9 @@ def test_batch_chunks_are_runs_of_their_own():
     graph = snu_stack()
     x = spikes((14, 5, 6), seed=13)
     got = run_numpy(graph, x, mode="pcm", target=TARGET, batch_size=2)
-    parts = [run(graph, x[:, i : i + 2], mode="pcm", target=TARGET) for i in (0, 2, 4)]
+    parts = [
+        run(graph, x[:, i : i + 2], mode="pcm", target=TARGET, batch_offset=i) for i in (0, 2, 4)
+    ]
     want = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
     assert_same(want, got)
     whole = run_numpy(graph, x, mode="pcm", target=TARGET)
