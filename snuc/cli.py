@@ -166,6 +166,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--markdown", default=None, metavar="OUT.md", help="the means as a table")
     ev.add_argument("--steps", type=int, default=20, help="mnist: rate-coding steps")
     ev.add_argument("--columns", type=int, default=10, help="ptb: columns of the token stream")
+    ev.add_argument(
+        "--backend", choices=["numpy", "sim"], default="numpy",
+        help="sim: the cycle-level simulator (same outputs; adds energy and time per step)",
+    )  # fmt: skip
     ev.set_defaults(handler=_cmd_eval)
     return parser
 
@@ -311,6 +315,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         steps=args.steps,
         columns=args.columns,
+        backend=args.backend,
         progress=True,
     )
     sys.stdout.write(ev.format_results(rows))

@@ -84,7 +84,7 @@ from snuc.ir.errors import SnucError
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec
 from snuc.ir.types import BATCH
 from snuc.reporting import format_table
-from snuc.runtime.artefact import TIME, Artefact
+from snuc.runtime.artefact import BACKENDS, TIME, Artefact
 from snuc.runtime.artefact import load as load_artefact
 
 __all__ = [
@@ -153,6 +153,7 @@ RUN_FIELDS = (
     "split",
     "model",
     "target",
+    "backend",
     "mode",
     "t_inference_s",
     "drift_compensation",
@@ -160,17 +161,22 @@ RUN_FIELDS = (
     "metric",
     "value",
     "count",
+    "energy_nj_per_step",
+    "timestep_ns",
 )
 """Keys of a row of :func:`evaluate`: one run. ``t_inference_s``, ``drift_compensation``
 and ``seed`` are None in the deterministic modes; ``drift_compensation`` is ``"global"``,
 ``"column"`` or ``"off"`` in pcm mode; ``count`` is how many frames, images or tokens were
-scored."""
+scored. ``backend`` is ``numpy`` or ``sim``; with ``sim``, ``energy_nj_per_step`` is the
+simulated chip's energy per sequence per timestep over the whole split (padding steps
+included) and ``timestep_ns`` its measured time per timestep; None with ``numpy``."""
 
 AGGREGATE_FIELDS = (
     "task",
     "split",
     "model",
     "target",
+    "backend",
     "mode",
     "t_inference_s",
     "drift_compensation",
@@ -179,9 +185,12 @@ AGGREGATE_FIELDS = (
     "std",
     "n_seeds",
     "count",
+    "energy_nj_per_step",
+    "timestep_ns",
 )
 """Keys of a row of :func:`aggregate`: one configuration over its seeds. ``std`` is the
-sample standard deviation (ddof 1), None with fewer than two seeds."""
+sample standard deviation (ddof 1), None with fewer than two seeds; the energy and time
+per step are means over the seeds (None with the ``numpy`` backend)."""
 
 CSV_FIELDS = (
     "kind",
@@ -189,6 +198,7 @@ CSV_FIELDS = (
     "split",
     "model",
     "target",
+    "backend",
     "mode",
     "t_inference_s",
     "t_inference",
@@ -199,6 +209,8 @@ CSV_FIELDS = (
     "std",
     "n_seeds",
     "count",
+    "energy_nj_per_step",
+    "timestep_ns",
 )
 """Columns of :func:`to_csv`: ``kind`` is ``run`` (one row per seed, ``value`` the
 metric) or ``mean`` (one row per configuration, ``value`` the mean over seeds)."""
@@ -568,6 +580,7 @@ def evaluate(
     steps: int = MNIST_STEPS,
     columns: int = PTB_COLUMNS,
     coding_seed: int = 0,
+    backend: str = "numpy",
     loader: Callable[[str, Any], Any] | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -599,6 +612,8 @@ def evaluate(
         steps: mnist only: time steps of the rate coding.
         columns: ptb only: columns the token stream is cut into.
         coding_seed: mnist only: seeds the rate coding (independent of the chip seed).
+        backend: ``"numpy"`` or ``"sim"`` (the cycle-level simulator: the same outputs,
+            and the rows get its energy and time per step).
         loader: replaces the task's loader, ``loader(split, data_dir)``, returning what
             :mod:`snuc.datasets` returns: JSB rolls, MNIST ``(images, labels)``, PTB ids.
         progress: report each configuration on stderr: a tqdm bar when stderr is a
@@ -628,6 +643,8 @@ def evaluate(
     )
     artefacts = _artefacts(model, None if targets is None else _as_list(targets), chips)
     configs = _configs(modes, seed_list, times, compensations)
+    if backend not in BACKENDS:
+        raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     data = (loader or spec.loader)(split, data_dir)
 
     rows: list[dict[str, Any]] = []
@@ -638,12 +655,13 @@ def evaluate(
             spec.check(art)
             pieces = spec.prepare(data, art, options)
             for config in configs:
-                value, count = _score(art, spec, pieces, config)
+                value, count, measured = _score(art, spec, pieces, config, backend)
                 row = {
                     "task": spec.name,
                     "split": split,
                     "model": art.source or _model_name(model),
                     "target": target_name,
+                    "backend": backend,
                     "mode": config.mode,
                     "t_inference_s": config.t_inference_s,
                     "drift_compensation": (
@@ -655,6 +673,7 @@ def evaluate(
                     "metric": spec.metric,
                     "value": value,
                     "count": count,
+                    **measured,
                 }
                 rows.append(row)
                 report(
@@ -664,17 +683,30 @@ def evaluate(
     return rows
 
 
-def _score(art: Artefact, task: Task, pieces: list[_Piece], config: _Config) -> tuple[float, int]:
-    """One configuration's metric: every chunk run on the same plan, the scores pooled."""
+def _score(
+    art: Artefact, task: Task, pieces: list[_Piece], config: _Config, backend: str = "numpy"
+) -> tuple[float, int, dict[str, float | None]]:
+    """One configuration's metric: every chunk run on the same plan, the scores pooled;
+    and, on the simulator, its energy and time per step (the ``RUN_FIELDS`` they fill)."""
     total, count = 0.0, 0
-    options = config.run_options()
+    options = {**config.run_options(), "backend": backend}
     first = 0  # the piece's first sequence: keys its read noise apart from the others'
+    energy_pj, steps, timestep_ns = 0.0, 0, None
     for piece in pieces:
         outputs = art.run(task.feed(piece, art), batch_offset=first, **options)
         first += piece.x.shape[1]
+        if backend == "sim":
+            stats = art.last_stats
+            energy_pj += stats.energy_pj
+            steps += stats.sequences * stats.timesteps
+            timestep_ns = stats.cycles_per_timestep / stats.clock_ghz
         part, n = task.score(outputs, piece)
         total, count = total + part, count + n
-    return task.finish(total, count), count
+    measured = {
+        "energy_nj_per_step": energy_pj / steps / 1e3 if steps else None,
+        "timestep_ns": timestep_ns,
+    }
+    return task.finish(total, count), count, measured
 
 
 def _artefacts(
@@ -949,7 +981,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         run's (every run of a configuration scores the same data).
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    keys = [k for k in AGGREGATE_FIELDS if k in RUN_FIELDS and k not in ("value", "count")]
+    measured = ("energy_nj_per_step", "timestep_ns")
+    keys = [
+        k for k in AGGREGATE_FIELDS if k in RUN_FIELDS and k not in ("value", "count", *measured)
+    ]
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     result = []
@@ -962,9 +997,14 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "std": float(values.std(ddof=1)) if len(values) > 1 else None,
                 "n_seeds": len(values),
                 "count": group[0]["count"],
+                **{k: _mean_or_none([r.get(k) for r in group]) for k in measured},
             }
         )
     return result
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -1018,7 +1058,15 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
         ]
         for r in aggregated
     ]
+    if any(r["energy_nj_per_step"] is not None for r in aggregated):  # the simulator's
+        header += ["nJ/step", "ns/step"]
+        for row, r in zip(cells, aggregated, strict=True):
+            row += [_optional(r["energy_nj_per_step"], ".2f"), _optional(r["timestep_ns"], ".0f")]
     return header, cells
+
+
+def _optional(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def format_results(rows: Sequence[dict[str, Any]]) -> str:

@@ -276,6 +276,7 @@ def _run_row(mode: str, value: float, seed=None, t=None, comp=None) -> dict:
         "split": "test",
         "model": "m.onnx",
         "target": "pcm-256x256",
+        "backend": "numpy",
         "mode": mode,
         "t_inference_s": t,
         "drift_compensation": comp,
@@ -283,6 +284,8 @@ def _run_row(mode: str, value: float, seed=None, t=None, comp=None) -> dict:
         "metric": "nll",
         "value": value,
         "count": 4648,
+        "energy_nj_per_step": None,
+        "timestep_ns": None,
     }
 
 
@@ -295,6 +298,36 @@ RESULT_ROWS = [
     _run_row("pcm", 9.0, 2, 86400.0, "global"),
     _run_row("pcm", 10.2, 2, 86400.0, "off"),
 ]
+
+
+def test_the_simulator_scores_what_numpy_scores_and_adds_energy(models, capsys) -> None:
+    rolls = [np.random.default_rng(i).random((t, 88)) < 0.1 for i, t in enumerate((9, 5, 7))]
+    options = dict(
+        modes=["float", "quantized", "pcm"],
+        t_inference_s=[3600.0],
+        seeds=[0, 1],
+        drift_compensation=["on"],
+        batch_size=2,
+        loader=lambda split, data_dir: [r.astype(np.float32) for r in rolls],
+    )
+    numpy_rows = ev.evaluate(models["jsb"], "jsb", **options)
+    sim_rows = ev.evaluate(models["jsb"], "jsb", backend="sim", **options)
+    assert [r["backend"] for r in sim_rows] == ["sim"] * 4
+    for a, b in zip(numpy_rows, sim_rows, strict=True):
+        assert b["value"] == pytest.approx(a["value"], abs=1e-5)
+        assert a["energy_nj_per_step"] is None and a["timestep_ns"] is None
+    art = snuc.compile(models["jsb"])
+    report = art.report
+    want_ns = report["schedule"]["timestep_ns"]
+    assert all(r["timestep_ns"] == pytest.approx(want_ns) for r in sim_rows)
+    energies = [r["energy_nj_per_step"] for r in sim_rows]
+    assert all(0 < e < report["energy_pj_per_timestep"]["total"] / 1e3 * 1.5 for e in energies)
+    table = ev.format_results(sim_rows)
+    assert "nJ/step" in table and "nJ/step" not in ev.format_results(numpy_rows)
+    agg = ev.aggregate(sim_rows)
+    assert agg[-1]["energy_nj_per_step"] == pytest.approx(np.mean(energies[2:]))
+    with pytest.raises(SnucError, match="unknown backend 'gpu'"):
+        ev.evaluate(models["jsb"], "jsb", backend="gpu", **options)
 
 
 def test_aggregate_takes_mean_and_sample_std_over_seeds() -> None:
@@ -428,6 +461,15 @@ def test_cli_eval_prints_the_table_and_writes_csv_and_markdown(
     assert [r["kind"] for r in records] == ["run"] * 5 + ["mean"] * 3
     assert out_md.read_text().count("\n") == 2 + 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.csv", "res.md"]
+    assert "nJ/step" not in out and all(r["backend"] == "numpy" for r in records)
+    status, sim_out, err = _cli(
+        capsys, "eval", models["jsb"], "--task", "jsb", "--data-dir", data_dir, "--limit", 5,
+        "--modes", "float", "--backend", "sim",
+    )  # fmt: skip
+    assert status == 0, err
+    header, row = sim_out.splitlines()[0], sim_out.splitlines()[2]
+    assert header.split()[-2:] == ["nJ/step", "ns/step"]
+    assert row.split()[:6] == lines[2].split()[:6]  # the same NLL as the numpy backend
 
 
 def test_cli_eval_of_an_artefact_checks_its_target(models, tmp_path, capsys) -> None:
