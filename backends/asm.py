@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import typing
+from dataclasses import replace
 from importlib import resources
 
 from lark import Lark, Token, Tree
@@ -74,6 +75,7 @@ _TILE_FIELDS = {
     "dac": tuple[float, ...],
     "adc_range": float,
 }
+_COPY_FIELDS = {"copy_of": int, "copy": int}  # a copy of a duplicated tile only
 
 
 # --------------------------------------------------------------------------- printing
@@ -109,7 +111,8 @@ def print_program(program: Program) -> str:
 
 
 def _format_tile(tile: Tile) -> str:
-    attrs = {name: getattr(tile, name) for name in _TILE_FIELDS}
+    names = [*_TILE_FIELDS, *(_COPY_FIELDS if tile.copy_of >= 0 else ())]
+    attrs = {name: getattr(tile, name) for name in names}
     return f"tile {tile.number} @{tile.weight} {_format_attrs(attrs)}"
 
 
@@ -120,6 +123,8 @@ def _format_block(program: Program, block: Block, width: int) -> list[str]:
             lines.append(f"    {_format_decl(decl)}")
     for instr in block.instructions:
         text = f"    {instr.start:>{width}}: {_format_instruction(instr)}"
+        if instr.tag is not None:
+            text += f" when t mod {instr.tag[0]} = {instr.tag[1]}"
         cost = instr.cost(program.target, block.unit)
         if cost.latency or cost.total_energy_pj:
             cycles = "cycle" if cost.latency == 1 else "cycles"
@@ -273,7 +278,8 @@ class _Builder:
 
     def tile(self, tree: Tree) -> Tile:
         number, weight, attrs_tree = tree.children
-        attrs = self.attrs(attrs_tree, _TILE_FIELDS, "tile", number)
+        fields = {**_TILE_FIELDS, **_COPY_FIELDS}
+        attrs = self.attrs(attrs_tree, fields, "tile", number, optional=tuple(_COPY_FIELDS))
         return self.made(number, lambda: Tile(int(number), weight[1:], **attrs))
 
     def block(self, tree: Tree) -> Block:
@@ -306,7 +312,17 @@ class _Builder:
         return self.made(name, lambda: Decl(str(kind), str(name), type_, copies=copies))
 
     def instruction(self, tree: Tree) -> Instruction:
-        start_tok, body = tree.children
+        """The instruction, with its ``when t mod K = j`` tag if it has one."""
+        start_tok, body, when = tree.children
+        instr = self.untagged(start_tok, body)
+        if when is None:
+            return instr
+        k, j = when.children
+        tagged = self.made(k, lambda: replace(instr, tag=(int(k), int(j))))
+        self.where[id(tagged)] = self.where[id(instr)]  # rules name the instruction
+        return tagged
+
+    def untagged(self, start_tok: Token, body: Tree) -> Instruction:
         start = int(start_tok)
         kind = body.data
         if kind == "sync":
@@ -371,10 +387,16 @@ class _Builder:
         return self.made(dtype, lambda: TensorType(str(dtype), shape))
 
     def attrs(
-        self, tree: Tree | None, types: dict[str, object], what: str, required: Token | None
+        self,
+        tree: Tree | None,
+        types: dict[str, object],
+        what: str,
+        required: Token | None,
+        optional: tuple[str, ...] = (),
     ) -> dict[str, typing.Any]:
         """The attributes in braces, each checked against ``types``; when ``required``
-        names a token, every one of ``types`` must be given (else an error there)."""
+        names a token, every one of ``types`` but the ``optional`` ones must be given
+        (else an error there)."""
         values: dict[str, object] = {}
         for attr in tree.children if tree is not None else ():
             if attr is None:
@@ -386,7 +408,7 @@ class _Builder:
             if key in values:
                 raise self.error(key, f"attribute {key} is given twice")
             values[str(key)] = self.value(key, literal, types[key], what)
-        missing = [k for k in types if k not in values]
+        missing = [k for k in types if k not in values and k not in optional]
         if required is not None and missing:
             raise self.error(required, f"{what} needs {', '.join(f'{k} = ...' for k in missing)}")
         return values

@@ -5,7 +5,9 @@ unit (a core or a chip's GDU) holding its buffer declarations and its instructio
 with the cycle at which it starts within the timestep. Timestep t runs an instruction
 starting at cycle c at ``t * ii + c``, so the steps overlap in a pipeline. Every
 instruction names the buffers it writes and reads (``%v`` a value, ``@c`` a constant,
-``$v`` the ADC codes of the tile computing ``%v``), so a simulator can execute it.
+``$v`` the ADC codes of the tile computing ``%v``), so a simulator can execute it. An
+instruction tagged ``(K, j)`` runs only at the timesteps t with ``t mod K == j``: the work
+of copy j of a duplicated tile (docs/isa.md "Tile duplication").
 
 Instructions are frozen dataclasses that check their fields when built; a program checks
 on construction that every name it uses is declared (tiles, units, buffers, matching
@@ -18,12 +20,13 @@ each instruction come from the target, through the cost model of
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import typing
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from snuc.ir.errors import SnucError, VerifyError
@@ -103,15 +106,36 @@ class Instruction:
 
     Attributes:
         start: the cycle it starts at, counted from the start of its timestep.
+        tag: ``(K, j)``: it runs only at timesteps t with ``t mod K == j`` (the work of
+            copy j of a duplicated tile; ``when t mod K = j`` in the assembly); None: at
+            every timestep. A keyword argument.
     """
 
     MNEMONIC: ClassVar[str] = ""
 
     start: int
+    tag: tuple[int, int] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_int(self.start, f"{self.MNEMONIC or 'instruction'} start cycle", 0)
+        if self.tag is not None:
+            tag = tuple(self.tag)
+            object.__setattr__(self, "tag", tag)
+            if not (
+                len(tag) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in tag)
+                and tag[0] >= 2
+                and 0 <= tag[1] < tag[0]
+            ):
+                raise VerifyError(
+                    f"{self.MNEMONIC or 'instruction'} runs at t mod K = j with K >= 2 and "
+                    f"0 <= j < K, got {tag}"
+                )
         self.check()
+
+    def runs_at(self, step: int) -> bool:
+        """Whether it runs at timestep ``step`` (all of them when untagged)."""
+        return self.tag is None or step % self.tag[0] == self.tag[1]
 
     def check(self) -> None:
         """Check the fields; raise VerifyError. Default: nothing more to check."""
@@ -338,6 +362,10 @@ class Sync(Instruction):
 
     MNEMONIC: ClassVar[str] = "sync"
 
+    def check(self) -> None:
+        if self.tag is not None:
+            raise VerifyError("sync marks every timestep's boundary; it takes no when t mod K")
+
 
 # --------------------------------------------------------------------------- IR attributes
 
@@ -415,6 +443,10 @@ class Tile:
             ``xbar.mvm`` attributes: device rows ``rows[1] - rows[0]`` from ``xbar_row``,
             device columns ``2 * devices_per_polarity * (cols[1] - cols[0])`` from
             ``xbar_col``.
+        copy_of, copy: a copy of a duplicated tile (docs/isa.md "Tile duplication"):
+            the number of the tile it copies, and j >= 1, the timesteps t mod K = j it
+            serves. Programmed separately (its own programming noise and drift), its read
+            noise is the copied tile's. ``-1, 0``: not a copy.
     """
 
     number: int
@@ -427,9 +459,18 @@ class Tile:
     xbar_col: int
     dac: tuple[float, float] = (-1.0, 1.0)
     adc_range: float = 0.0
+    copy_of: int = -1
+    copy: int = 0
 
     def __post_init__(self) -> None:
         _check_int(self.number, "tile number", 0)
+        _check_int(self.copy_of, f"tile {self.number} copy_of", -1)
+        _check_int(self.copy, f"tile {self.number} copy", 0)
+        if (self.copy_of >= 0) != (self.copy >= 1):
+            raise VerifyError(
+                f"tile {self.number}: a copy has copy_of >= 0 and copy >= 1, any other tile "
+                f"neither; got copy_of = {self.copy_of}, copy = {self.copy}"
+            )
         if not (isinstance(self.weight, str) and _NAME.fullmatch(self.weight)):
             raise VerifyError(f"tile {self.number}: weight {self.weight!r} is not a name")
         if not isinstance(self.layer, str):
@@ -587,6 +628,11 @@ class Program:
     def tile_map(self) -> dict[int, Tile]:
         return {t.number: t for t in self.tiles}
 
+    @functools.cached_property
+    def duplicate(self) -> int:
+        """K: timesteps take turns between K copies of duplicated tiles (1: no copies)."""
+        return max((i.tag[0] for _, i in self.instructions() if i.tag is not None), default=1)
+
     def block(self, unit: Unit) -> Block:
         for b in self.blocks:
             if b.unit == unit:
@@ -600,28 +646,36 @@ class Program:
                 yield b.unit, instr
 
     def busy_cycles(self) -> dict[str, int]:
-        """Busy cycles per timestep of every resource used, by name."""
+        """Busy cycles per timestep of every resource used, by name (a tagged instruction,
+        which runs at every K-th timestep, counts 1/K; rounded up)."""
+        k = self.duplicate
         busy: dict[str, int] = defaultdict(int)
         for unit, instr in self.instructions():
+            weight = k if instr.tag is None else 1
             for resource, _, cycles in instr.cost(self.target, unit).reservations:
-                busy[resource] += cycles
-        return dict(busy)
+                busy[resource] += weight * cycles
+        return {resource: -(-total // k) for resource, total in busy.items()}
 
     def energy_pj_per_timestep(self) -> dict[str, float]:
-        """Energy of one timestep (batch 1): ``total`` and each component."""
+        """Energy of one timestep (batch 1): ``total`` and each component (a tagged
+        instruction counts 1/K)."""
         parts = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
         for unit, instr in self.instructions():
             for component, energy in instr.cost(self.target, unit).energy_pj:
-                parts[component] += energy
+                parts[component] += energy if instr.tag is None else energy / instr.tag[0]
         return {"total": sum(parts.values()), **parts}
 
     def verify_schedule(self) -> None:
         """Check the timing of the program; raise VerifyError naming the first fault.
 
         * no instruction holds a resource longer than ``ii``, and no two instructions
-          hold one resource at the same cycle of the repeating ``ii``-cycle pattern;
+          hold one resource at the same cycle of the repeating ``ii``-cycle pattern
+          (with duplicated tiles, of the ``K * ii``-cycle pattern of K timesteps, in
+          which an instruction tagged ``(K, j)`` runs in the j-th ``ii`` cycles only and
+          may hold a resource up to ``K * ii`` cycles);
         * every operand is ready when read: after its writer ends in the same timestep,
-          or, through a state, ``ii`` cycles per timestep of distance earlier;
+          or, through a state, ``ii`` cycles per timestep of distance earlier (every
+          writer that serves the timestep read);
         * each ``recv`` starts when its ``send``'s last byte arrives;
         * each buffer has copies for all the timesteps whose values it holds at once;
         * ``latency_cycles`` is the end of the last instruction, and
@@ -662,6 +716,7 @@ class _Checker:
 
     def check(self) -> None:
         self.check_tiles()
+        self.check_tags()
         seen: set[Unit] = set()
         for block in self.p.blocks:
             if block.unit in seen:
@@ -701,6 +756,54 @@ class _Checker:
                         f"{tile.crossbar}",
                     )
             by_crossbar[tile.crossbar].append(tile)
+        for tile in self.p.tiles:
+            if tile.copy_of >= 0:
+                self.check_copy(tile, seen.get(tile.copy_of))
+
+    def check_copy(self, tile: Tile, original: Tile | None) -> None:
+        """A copy copies a tile that is not a copy itself, with the same window, ranges
+        and position (on another crossbar)."""
+        if original is None or original.copy_of >= 0:
+            raise self.fail(
+                tile,
+                f"tile {tile.number} is a copy of tile {tile.copy_of}, which is not an "
+                "original tile of the program",
+            )
+        same = ("weight", "layer", "rows", "cols", "xbar_row", "xbar_col", "dac", "adc_range")
+        differ = [name for name in same if getattr(tile, name) != getattr(original, name)]
+        if differ:
+            raise self.fail(
+                tile,
+                f"tile {tile.number} is a copy of tile {original.number} but differs in "
+                f"{', '.join(differ)}",
+            )
+
+    def check_tags(self) -> None:
+        """Tagged instructions share one K, and every tile with copies has K - 1 (the
+        MVM and read-out of copy j run at t mod K = j: :meth:`check_instruction`)."""
+        copies: dict[int, list[Tile]] = defaultdict(list)
+        for tile in self.p.tiles:
+            if tile.copy_of >= 0:
+                copies[tile.copy_of].append(tile)
+        self.tile_tags: dict[int, tuple[int, int]] = {}
+        for number, made in copies.items():
+            k = len(made) + 1
+            if sorted(t.copy for t in made) != list(range(1, k)):
+                raise self.fail(
+                    made[0],
+                    f"tile {number} has {len(made)} copies, which must be copies 1..{k - 1}",
+                )
+            self.tile_tags[number] = (k, 0)
+            self.tile_tags.update((t.number, (k, t.copy)) for t in made)
+        ks = sorted({i.tag[0] for _, i in self.p.instructions() if i.tag is not None})
+        self.duplicate = ks[0] if ks else 1
+        if len(ks) > 1:
+            instr = next(i for _, i in self.p.instructions() if i.tag and i.tag[0] == ks[1])
+            raise self.fail(
+                instr,
+                f"instructions run at t mod {' and t mod '.join(map(str, ks))}; a program "
+                "takes one K",
+            )
 
     def check_block(self, block: Block) -> None:
         unit = block.unit
@@ -714,7 +817,7 @@ class _Checker:
             if decl.name in defined:
                 raise self.fail(decl, f"{where}: {decl.name} is declared twice")
             defined[decl.name] = decl
-        writers: dict[str, Instruction] = {}
+        writers: dict[str, list[Instruction]] = defaultdict(list)
         tiles = self.p.tile_map
         for instr in block.instructions:
             self.check_instruction(block, instr, tiles)
@@ -733,11 +836,11 @@ class _Checker:
                         f"{where}: {instr.mnemonic} at cycle {instr.start} writes "
                         f"{name}; declare it with buf",
                     )
-                if name in writers:
+                if any(not _disjoint(instr.tag, w.tag) for w in writers[name]):
                     raise self.fail(instr, f"{where}: {name} is written twice")
-                writers[name] = instr
+                writers[name].append(instr)
         for decl in block.decls:
-            if decl.kind == "buf" and decl.name not in writers:
+            if decl.kind == "buf" and not writers[decl.name]:
                 raise self.fail(decl, f"{where}: buf {decl.name} is never written")
             if decl.kind == "state" and decl.next not in defined:
                 raise self.fail(
@@ -748,11 +851,37 @@ class _Checker:
             if decl.kind == "output" and decl.name not in defined:
                 raise self.fail(decl, f"{where}: output {decl.name} is not declared")
         for instr in block.instructions:
-            if isinstance(instr, Adc) and not self.codes_of(writers.get(instr.operand), instr.tile):
+            self.check_coverage(block, instr, writers)
+            if isinstance(instr, Adc) and not all(
+                self.codes_of(w, instr.tile)
+                for w in writers[instr.operand]
+                if _feeds(w.tag, instr.tag, 0)
+            ):
                 raise self.fail(
                     instr,
                     f"{where}: adc at cycle {instr.start} reads {instr.operand}, which "
                     f"no mvm of tile {instr.tile} writes and no recv brings from its core",
+                )
+
+    def check_coverage(
+        self, block: Block, instr: Instruction, writers: Mapping[str, list[Instruction]]
+    ) -> None:
+        """Each operand is written at every timestep whose value ``instr`` reads (tagged
+        writers serve only their own timesteps)."""
+        k = self.duplicate
+        for operand in instr.operands:
+            found = _resolve(block, operand)
+            if found is None or k == 1:
+                continue
+            name, distance = found
+            written = {j for w in writers[name] for j in _steps(w.tag, k)}
+            needed = {(j - distance) % k for j in _steps(instr.tag, k)}
+            if not needed <= written:
+                missing = min(needed - written)
+                raise self.fail(
+                    instr,
+                    f"{block.unit}: {instr.mnemonic} at cycle {instr.start} reads {operand}, "
+                    f"which nothing writes at timesteps t mod {k} = {missing}",
                 )
 
     def codes_of(self, writer: Instruction | None, tile: int) -> bool:
@@ -793,6 +922,10 @@ class _Checker:
                     f"{at} drives {instr.rows} rows, but tile {tile.number} has "
                     f"{tile.rows[1] - tile.rows[0]}",
                 )
+            tag = self.tile_tags.get(tile.number)
+            if instr.tag != tag:
+                when = "at every timestep" if tag is None else f"when t mod {tag[0]} = {tag[1]}"
+                raise self.fail(instr, f"{at} uses tile {tile.number}, which runs {when}")
         elif isinstance(instr, VectorOp):
             if unit.kind == CORE and DIGITAL_OPS[instr.opcode].gdu_only:
                 raise self.fail(instr, f"{at}: only a GDU runs {instr.opcode}, not an LDU")
@@ -819,6 +952,7 @@ class _Checker:
             if isinstance(other, kind)
             and other.value == instr.value  # type: ignore[attr-defined]
             and (other.dst if kind is Send else other.src) == unit  # type: ignore[attr-defined]
+            and other.tag == instr.tag
         ]
         if len(matches) != 1:
             other = "recv" if kind is Recv else "send"
@@ -851,6 +985,24 @@ class _Checker:
                     )
 
 
+def _steps(tag: tuple[int, int] | None, k: int) -> Iterable[int]:
+    """The timesteps mod ``k`` at which an instruction of ``tag`` runs."""
+    return range(k) if tag is None else (tag[1],)
+
+
+def _disjoint(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    """Whether instructions of tags ``a`` and ``b`` never run at one timestep."""
+    return a is not None and b is not None and a[1] != b[1]
+
+
+def _feeds(writer: tuple[int, int] | None, reader: tuple[int, int] | None, distance: int) -> bool:
+    """Whether a reader of tag ``reader`` can read, ``distance`` timesteps back, a value
+    a writer of tag ``writer`` made."""
+    if writer is None or reader is None:
+        return True
+    return writer[1] == (reader[1] - distance) % reader[0]
+
+
 def _overlap(a: Tile, b: Tile, target: TargetSpec) -> bool:
     (ah, aw), (bh, bw) = a.footprint(target), b.footprint(target)
     return (
@@ -865,22 +1017,28 @@ def _overlap(a: Tile, b: Tile, target: TargetSpec) -> bool:
 
 
 def _check_resources(program: Program) -> None:
-    ii = program.ii
+    """The pattern repeats every ``K * ii`` cycles (K timesteps): a tagged instruction
+    holds its resources in its own ``ii``-cycle window of it, any other in all K."""
+    ii, k = program.ii, program.duplicate
+    period = k * ii
     uses: dict[str, list[tuple[int, int, Unit, Instruction]]] = defaultdict(list)
     for unit, instr in program.instructions():
+        longest = ii if instr.tag is None else period
         for resource, offset, cycles in instr.cost(program.target, unit).reservations:
-            if cycles > ii:
+            if cycles > longest:
                 raise VerifyError(
                     f"{unit}: {instr.mnemonic} at cycle {instr.start} holds {resource} for "
-                    f"{cycles} cycles, more than ii = {ii}"
+                    f"{cycles} cycles, more than "
+                    + (f"ii = {ii}" if instr.tag is None else f"K * ii = {period}")
                 )
-            a = (instr.start + offset) % ii
-            pieces = [(a, min(a + cycles, ii))] + (
-                [(0, a + cycles - ii)] if a + cycles > ii else []
-            )
-            for lo, hi in pieces:
-                if hi > lo:
-                    uses[resource].append((lo, hi, unit, instr))
+            for j in _steps(instr.tag, k):
+                a = (instr.start + offset + j * ii) % period
+                pieces = [(a, min(a + cycles, period))] + (
+                    [(0, a + cycles - period)] if a + cycles > period else []
+                )
+                for lo, hi in pieces:
+                    if hi > lo:
+                        uses[resource].append((lo, hi, unit, instr))
     for resource, spans in uses.items():
         spans.sort(key=lambda s: (s[0], s[1]))
         for (_, hi, unit_a, a), (lo, _, unit_b, b) in zip(spans, spans[1:], strict=False):
@@ -888,7 +1046,7 @@ def _check_resources(program: Program) -> None:
                 raise VerifyError(
                     f"{unit_a}: {a.mnemonic} at cycle {a.start} and {unit_b}: {b.mnemonic} at "
                     f"cycle {b.start} both hold {resource} at cycle {lo} of the "
-                    f"{ii}-cycle pattern"
+                    f"{period}-cycle pattern"
                 )
 
 
@@ -911,11 +1069,15 @@ def _resolve(block: Block, name: str) -> tuple[str, int] | None:
 
 
 def buffer_lifetimes(program: Program, block: Block) -> dict[str, int]:
-    """Cycles from when each buffer's writer starts until its last reader is done,
-    counting reads in later timesteps (through states) as ``ii`` cycles per step."""
+    """Cycles from when each buffer's writer starts (its earliest, for the tagged
+    writers of one buffer) until its last reader is done, counting reads in later
+    timesteps (through states) as ``ii`` cycles per step."""
     target, unit, ii = program.target, block.unit, program.ii
-    writers = {r: instr for instr in block.instructions for r in instr.results}
-    last: dict[str, int] = {name: w.start for name, w in writers.items()}
+    first: dict[str, int] = {}
+    for instr in block.instructions:
+        for r in instr.results:
+            first[r] = min(first.get(r, instr.start), instr.start)
+    last = dict(first)
     for instr in block.instructions:
         busy = instr.cost(target, unit).cycles
         for operand in instr.operands:
@@ -923,32 +1085,40 @@ def buffer_lifetimes(program: Program, block: Block) -> dict[str, int]:
             if found is not None:
                 name, distance = found
                 last[name] = max(last[name], instr.start + ii * distance + busy)
-    return {name: last[name] - writers[name].start for name in writers}
+    return {name: last[name] - first[name] for name in first}
 
 
 def _check_block_timing(program: Program, block: Block) -> None:
     target, unit, ii = program.target, block.unit, program.ii
-    writers = {r: instr for instr in block.instructions for r in instr.results}
+    writers: dict[str, list[Instruction]] = defaultdict(list)
+    for instr in block.instructions:
+        for r in instr.results:
+            writers[r].append(instr)
     for instr in block.instructions:
         for operand in instr.operands:
             found = _resolve(block, operand)
             if found is None:
                 continue
             name, distance = found
-            writer = writers[name]
-            ready = writer.start + writer.cost(target, unit).latency - ii * distance
-            if instr.start < ready:
-                step = f" of the timestep {distance} before" if distance else ""
-                raise VerifyError(
-                    f"{unit}: {instr.mnemonic} at cycle {instr.start} reads {operand}, but "
-                    f"{writer.mnemonic} at cycle {writer.start} makes {name}{step} ready only "
-                    f"at cycle {ready}"
-                )
+            for writer in writers[name]:
+                if not _feeds(writer.tag, instr.tag, distance):
+                    continue
+                ready = writer.start + writer.cost(target, unit).latency - ii * distance
+                if instr.start < ready:
+                    step = f" of the timestep {distance} before" if distance else ""
+                    raise VerifyError(
+                        f"{unit}: {instr.mnemonic} at cycle {instr.start} reads {operand}, but "
+                        f"{writer.mnemonic} at cycle {writer.start} makes {name}{step} ready "
+                        f"only at cycle {ready}"
+                    )
         if isinstance(instr, Send):
             recv = next(
                 r
                 for r in program.block(instr.dst).instructions
-                if isinstance(r, Recv) and r.value == instr.value and r.src == unit
+                if isinstance(r, Recv)
+                and r.value == instr.value
+                and r.src == unit
+                and r.tag == instr.tag
             )
             arrival = instr.start + instr.cost(target, unit).latency
             if recv.start != arrival:

@@ -59,7 +59,7 @@ def emit_program(graph: Graph, schedule: Schedule) -> Program:
         instructions.setdefault(op.unit, []).append(((op.start, 2, op.index), _instruction(op)))
         if op.mnemonic == "send":
             arrival = op.end
-            recv = Recv(arrival, op.operands[0], op.unit)
+            recv = Recv(arrival, op.operands[0], op.unit, tag=op.tag)
             instructions.setdefault(op.dst, []).append(((arrival, 1, op.index), recv))  # type: ignore[arg-type]
     boundaries = [k * schedule.ii for k in range(1, schedule.stages + 1)]
     blocks = []
@@ -80,34 +80,48 @@ def emit_program(graph: Graph, schedule: Schedule) -> Program:
 
 
 def _instruction(op: ScheduledOp) -> Instruction:
+    tag = op.tag
     if op.mnemonic == "mvm":
-        return Mvm(op.start, op.results[0], op.operands[0], op.tile, op.rows, op.phases, op.vectors)
+        return Mvm(
+            op.start,
+            op.results[0],
+            op.operands[0],
+            op.tile,
+            op.rows,
+            op.phases,
+            op.vectors,
+            tag=tag,
+        )
     if op.mnemonic == "adc":
-        return Adc(op.start, op.results[0], op.operands[0], op.tile, op.n)
+        return Adc(op.start, op.results[0], op.operands[0], op.tile, op.n, tag=tag)
     if op.mnemonic == "send":
-        return Send(op.start, op.operands[0], op.dst, op.nbytes, op.window)  # type: ignore[arg-type]
-    return VectorOp(op.start, op.mnemonic, op.results, op.operands, op.n, op.ops, op.attrs)
+        return Send(op.start, op.operands[0], op.dst, op.nbytes, op.window, tag=tag)  # type: ignore[arg-type]
+    return VectorOp(op.start, op.mnemonic, op.results, op.operands, op.n, op.ops, op.attrs, tag=tag)
 
 
 def _tiles(graph: Graph) -> tuple[Tile, ...]:
+    """Every tile of the graph and every copy of a duplicated tile, by number."""
     tiles = []
     for node in graph.nodes():
         op = node.op
         if isinstance(op, CrossbarMVM):
-            tiles.append(
-                Tile(
-                    number=op.tile,
-                    weight=node.inputs[1],
-                    layer=op.layer,
-                    rows=(op.rows[0], op.rows[1]),
-                    cols=(op.cols[0], op.cols[1]),
-                    crossbar=op.crossbar,
-                    xbar_row=op.xbar_row,
-                    xbar_col=op.xbar_col,
-                    dac=(op.dac[0], op.dac[1]),
-                    adc_range=op.adc_range,
+            for j in range(op.duplicates):
+                tiles.append(
+                    Tile(
+                        number=op.copy_tile(j),
+                        weight=node.inputs[1],
+                        layer=op.layer,
+                        rows=(op.rows[0], op.rows[1]),
+                        cols=(op.cols[0], op.cols[1]),
+                        crossbar=op.copy_crossbar(j),
+                        xbar_row=op.xbar_row,
+                        xbar_col=op.xbar_col,
+                        dac=(op.dac[0], op.dac[1]),
+                        adc_range=op.adc_range,
+                        copy_of=op.tile if j else -1,
+                        copy=j,
+                    )
                 )
-            )
     return tuple(sorted(tiles, key=lambda t: t.number))
 
 

@@ -6,7 +6,9 @@ For the shipped example models and a 7-layer MNIST-size SNU network (784-256x6-1
 built with the IR API so the script needs no torch), prints each compiled model's
 crossbars, initiation interval (``cycles_per_timestep``), ``cycles_lower_bound``, their
 ratio (goal <= 1.10), latency and energy per timestep, straight from ``report.json``, for
-both placements: ``pack`` (fewest crossbars) and ``spread`` (a crossbar per tile).
+both placements: ``pack`` (fewest crossbars) and ``spread`` (a crossbar per tile); and,
+packed, with tile duplication ``--duplicate 2`` and ``4`` (copies of the busy crossbars,
+docs/isa.md), where the target has the crossbars for them (a row says so otherwise).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import numpy as np
 
 from snuc.driver import build_report, lower, resolve_target
 from snuc.frontend.onnx_import import import_onnx
-from snuc.ir import Graph, TensorType
+from snuc.ir import Graph, SnucError, TensorType
 from snuc.ir.ops import Dense, SNULayer
 from snuc.passes.placement import PLACEMENTS
 from snuc.passes.schedule import schedule_graph
 from snuc.reporting import format_table
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+DUPLICATES = (2, 4)
+"""``--duplicate`` factors measured beside the plain placements."""
 
 
 def mnist_size_network(sizes: tuple[int, ...] = (784, 256, 256, 256, 256, 256, 256, 10)) -> Graph:
@@ -64,14 +69,21 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     target = resolve_target(args.target)
-    for (name, graph), placement in itertools.product(models().items(), PLACEMENTS):
-        lowered = lower(graph, target, placement=placement)
+    options = [(p, 1) for p in PLACEMENTS] + [("pack", k) for k in DUPLICATES]
+    for (name, graph), (placement, k) in itertools.product(models().items(), options):
+        try:
+            lowered = lower(graph, target, placement=placement, duplicate=k)
+        except SnucError as e:  # not enough crossbars for the copies
+            needed = str(e).split(" crossbars")[0].rsplit(" ", 1)[-1]
+            rows.append([name, placement, k, f"({needed} needed)", *["-"] * 5])
+            continue
         report = build_report(lowered, target, schedule_graph(lowered, target))
         ii, bound = report["cycles_per_timestep"], report["cycles_lower_bound"]
         rows.append(
             [
                 name,
                 placement,
+                k,
                 report["crossbars_used"],
                 ii,
                 bound,
@@ -83,6 +95,7 @@ def main() -> None:
     header = [
         "model",
         "placement",
+        "duplicate",
         "crossbars",
         "II (cycles)",
         "lower bound",

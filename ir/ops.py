@@ -45,11 +45,14 @@ class Op:
         OPERANDS: (minimum, maximum) number of operands; maximum None = variadic.
         RESULTS: number of results.
         FLOAT_ONLY: operands must be floating point.
+        QUIET: attributes the text form prints only when they differ from their default
+            (added after the text form was fixed, so that older graphs print as before).
     """
 
     NAME: ClassVar[str] = ""
     OPERANDS: ClassVar[tuple[int, int | None]] = (1, 1)
     RESULTS: ClassVar[int] = 1
+    QUIET: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.check_attrs()
@@ -459,10 +462,18 @@ class CrossbarMVM(Op):
         xbar_row, xbar_col: the tile's first physical device row and column on it.
         dac: input range ``(lo, hi)`` of the DAC.
         adc_range: ADC full scale in µS·(input unit); 0 before quantisation.
+        copies: crossbars of the tile's copies 1 .. K-1 (``place --duplicate K``, docs/isa.md
+            "Tile duplication"); copy 0 is the tile itself on ``crossbar``. Every copy sits
+            at the same ``xbar_row``, ``xbar_col`` on its crossbar, and timestep t is
+            served by copy ``t mod K``. Empty: no copies.
+        copy_tiles: the copies' own tile numbers (unique in the graph), which key their
+            programming-noise and drift streams: each copy is a separately programmed
+            array. Read noise stays one block per tile, keyed by ``tile``.
     """
 
     NAME: ClassVar = "xbar.mvm"
     OPERANDS: ClassVar = (2, 2)
+    QUIET: ClassVar = ("copies", "copy_tiles")
     layer: str = ""
     tile: int = 0
     rows: tuple[int, ...] = (0, 0)
@@ -472,6 +483,21 @@ class CrossbarMVM(Op):
     xbar_col: int = -1
     dac: tuple[float, ...] = (-1.0, 1.0)
     adc_range: float = 0.0
+    copies: tuple[int, ...] = ()
+    copy_tiles: tuple[int, ...] = ()
+
+    @property
+    def duplicates(self) -> int:
+        """K: how many copies serve the tile's timesteps (1 without duplication)."""
+        return 1 + len(self.copies)
+
+    def copy_crossbar(self, j: int) -> int:
+        """The crossbar of copy ``j`` (0: ``crossbar``)."""
+        return self.crossbar if j == 0 else self.copies[j - 1]
+
+    def copy_tile(self, j: int) -> int:
+        """The tile number of copy ``j`` (0: ``tile``)."""
+        return self.tile if j == 0 else self.copy_tiles[j - 1]
 
     def check_attrs(self) -> None:
         for name in ("rows", "cols"):
@@ -484,6 +510,32 @@ class CrossbarMVM(Op):
             raise VerifyError(f"{self.NAME}: dac must be (lo, hi) with lo < hi, got {self.dac}")
         if not (math.isfinite(self.adc_range) and self.adc_range >= 0):
             raise VerifyError(f"{self.NAME}: adc_range must be finite and >= 0")
+        self._check_copies()
+
+    def _check_copies(self) -> None:
+        if len(self.copies) != len(self.copy_tiles):
+            raise VerifyError(
+                f"{self.NAME}: {len(self.copies)} copies but {len(self.copy_tiles)} copy_tiles; "
+                "each copy needs a crossbar and a tile number"
+            )
+        if not self.copies:
+            return
+        if self.crossbar < 0 or min(self.copies) < 0:
+            raise VerifyError(
+                f"{self.NAME}: copies need placed crossbars (>= 0), got {list(self.copies)}"
+            )
+        crossbars = (self.crossbar, *self.copies)
+        if len(set(crossbars)) != len(crossbars):
+            raise VerifyError(
+                f"{self.NAME}: tile {self.tile} and its copies must be on different crossbars, "
+                f"got {list(crossbars)}"
+            )
+        numbers = (self.tile, *self.copy_tiles)
+        if min(numbers) < 0 or len(set(numbers)) != len(numbers):
+            raise VerifyError(
+                f"{self.NAME}: copy_tiles must be distinct tile numbers >= 0 other than "
+                f"{self.tile}, got {list(self.copy_tiles)}"
+            )
 
     def infer(self, types, consts, loc=UNKNOWN):
         x, w = types

@@ -94,7 +94,11 @@ def _format_node(graph: Graph, node: Node) -> str:
     text = f"{results} = {node.op.NAME}({operands})"
     hints = _attr_types(type(node.op))
     if hints:
-        attrs = (f"{k} = {_format_attr(v, hints[k])}" for k, v in node.op.attrs().items())
+        attrs = (
+            f"{k} = {_format_attr(v, hints[k])}"
+            for k, v in node.op.attrs().items()
+            if k not in node.op.QUIET or v != _defaults(type(node.op))[k]
+        )
         text += " {" + ", ".join(attrs) + "}"
     text += " : " + ", ".join(str(graph.type_of(o)) for o in node.outputs)
     if node.loc.source:
@@ -131,6 +135,12 @@ def _format_attr(value: object, hint: object) -> str:
 
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+@functools.cache
+def _defaults(cls: type[Op]) -> dict[str, object]:
+    """The op class's attribute defaults, by name."""
+    return {f.name: f.default for f in fields(cls)}
 
 
 @functools.cache

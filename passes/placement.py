@@ -127,16 +127,68 @@ def crossbars_bound(shapes: Sequence[tuple[int, int]], target: TargetSpec) -> in
     return sum(math.ceil(k / target.rows) * math.ceil(n / target.weight_cols) for k, n in shapes)
 
 
-def check_capacity(needed: int, target: TargetSpec) -> None:
-    """Raise SnucError (one line, with the counts) if ``needed`` crossbars exceed ``target``'s."""
+def check_capacity(needed: int, target: TargetSpec, why: str = "") -> None:
+    """Raise SnucError (one line, with the counts) if ``needed`` crossbars exceed ``target``'s.
+
+    ``why`` follows the count in the message (`` with --duplicate 2, 3 of them copies``).
+    """
     if needed <= target.crossbars_available:
         return
     chips = math.ceil(needed / target.cores)
     raise SnucError(
-        f"model needs {needed} crossbars ({chips} chips of {target.cores} cores); target "
+        f"model needs {needed} crossbars{why} ({chips} chips of {target.cores} cores); target "
         f"{target.name} has {target.crossbars_available} (chips={target.chips}); "
         f"compile with --chips {chips}"
     )
+
+
+def check_duplicate(duplicate: object) -> int:
+    """``duplicate`` (``--duplicate K``) as an int >= 1; a one-line SnucError otherwise."""
+    if isinstance(duplicate, bool) or not isinstance(duplicate, int) or duplicate < 1:
+        raise SnucError(
+            f"--duplicate takes an integer >= 1 (copies of each busy crossbar), got {duplicate!r}"
+        )
+    return duplicate
+
+
+def duplicate_crossbars(graph: Graph, target: TargetSpec, duplicate: int) -> Graph:
+    """``graph`` (placed) with every busy crossbar's tiles copied onto spare crossbars.
+
+    A crossbar whose MVM cycles per timestep are more than ``1 / duplicate`` of the
+    busiest crossbar's (:func:`~snuc.passes.schedule.crossbar_work`) gets ``duplicate - 1``
+    copies, each on a crossbar of its own after the ones in use (the copies of the first
+    such crossbar first), holding copies of all its tiles at their positions. Each copy
+    of a tile takes a new tile number after the largest in use, in order of tile number
+    and copy. Timestep t is served by copy ``t mod duplicate`` (docs/isa.md).
+
+    Raises:
+        SnucError: the copies need more crossbars than ``cores * chips``.
+    """
+    from snuc.passes.schedule import crossbar_work  # placement comes before scheduling
+
+    tiles = sorted(
+        (n for n in graph.nodes() if isinstance(n.op, CrossbarMVM)), key=lambda n: n.op.tile
+    )
+    if duplicate == 1 or not tiles:
+        return graph
+    work = crossbar_work(graph, target)
+    busiest = max(work.values())
+    chosen = sorted(c for c, cycles in work.items() if cycles * duplicate > busiest)
+    used = max(work) + 1
+    extra = duplicate - 1
+    copied = len(chosen) * extra
+    check_capacity(used + copied, target, f" with --duplicate {duplicate}, {copied} of them copies")
+    copies = {c: tuple(used + i * extra + j for j in range(extra)) for i, c in enumerate(chosen)}
+    graph = graph.copy()
+    number = max(n.op.tile for n in tiles) + 1
+    for node in tiles:
+        if node.op.crossbar in copies:
+            numbers = tuple(range(number, number + extra))
+            number += extra
+            graph.replace_op(
+                node, replace(node.op, copies=copies[node.op.crossbar], copy_tiles=numbers)
+            )
+    return graph
 
 
 @register_pass
@@ -151,20 +203,28 @@ class Place(Pass):
         strategy: ``"pack"`` (default) shares crossbars between small tiles, fewest
             crossbars; ``"spread"`` gives every tile a crossbar of its own, so no two MVMs
             queue for one crossbar: more crossbars for a shorter timestep.
+        duplicate: K (``--duplicate``): every crossbar with more than 1/K of the busiest
+            crossbar's MVM work gets K - 1 copies on spare crossbars
+            (:func:`duplicate_crossbars`), and timesteps take turns between the copies:
+            up to K times the crossbars for up to a K-times shorter timestep. 1 (default):
+            no copies.
 
     Raises:
         SnucError: a tile does not fit the target's crossbar (it was tiled for another
-            target), or the model needs more crossbars than ``cores * chips``.
+            target), or the model (with its copies) needs more crossbars than
+            ``cores * chips``; ``duplicate`` is not an integer >= 1.
     """
 
     name: ClassVar[str] = "place"
     strategy: str = "pack"
+    duplicate: int = 1
 
     def __post_init__(self) -> None:
         if self.strategy not in PLACEMENTS:
             raise SnucError(
                 f"unknown placement {self.strategy!r}; expected one of {', '.join(PLACEMENTS)}"
             )
+        check_duplicate(self.duplicate)
 
     def run(self, graph: Graph, target: TargetSpec | None) -> Graph:
         target = target_or_default(target)
@@ -186,6 +246,13 @@ class Place(Pass):
             slots = pack_tiles(sizes, target.rows, target.cols)
         check_capacity(max((s.crossbar for s in slots), default=-1) + 1, target)
         for node, slot in zip(tiles, slots, strict=True):
-            op = replace(node.op, crossbar=slot.crossbar, xbar_row=slot.row, xbar_col=slot.col)
+            op = replace(
+                node.op,
+                crossbar=slot.crossbar,
+                xbar_row=slot.row,
+                xbar_col=slot.col,
+                copies=(),
+                copy_tiles=(),
+            )
             graph.replace_op(node, op)
-        return graph
+        return duplicate_crossbars(graph, target, self.duplicate)

@@ -5,6 +5,9 @@ plain ints, floats, strings, lists and dicts, ready for ``json.dumps``. Device c
 physical: a weight is ``2 * devices_per_polarity`` devices side by side in one row, so a
 tile of k weight columns is ``2 * dpp * k`` device columns wide. A grouped convolution's
 block-diagonal zeros (``lower-conv``) count as weights, because they occupy devices.
+The copies of duplicated tiles (``--duplicate``, docs/isa.md) occupy crossbars and devices
+too: they count in ``crossbars_used``, ``tiles``, ``devices`` and ``utilization``, but
+not in ``weights`` (they hold the same weights).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
         A JSON-ready dict with keys ``target`` (:meth:`TargetSpec.to_dict`),
         ``crossbars_used``, ``crossbars_available``, ``chips`` (chips the tiles occupy),
         ``chips_available`` (the target's), ``tiles`` (one ``{layer, tile, crossbar, row0,
-        col0, rows, cols}`` per tile in tile order, in device rows and columns),
+        col0, rows, cols}`` per tile and per copy of a duplicated tile, in tile-number
+        order, in device rows and columns; a copy adds ``copy_of``, the number of the
+        tile it copies, and ``copy``, the j of the timesteps t mod K = j it serves),
         ``utilization`` (devices used over the devices of the crossbars used; 0.0 when none
         is used), ``weights``,
-        ``devices`` (``weights * 2 * dpp``) and ``layers`` (per layer in order of first
-        tile: ``{layer, weights, tiles, crossbars}``).
+        ``devices`` (``weights * 2 * dpp``, and the copies' devices) and ``layers`` (per
+        layer in order of first tile: ``{layer, weights, tiles, crossbars}``, copies'
+        crossbars included).
 
     Raises:
         SnucError: a tile is not placed yet, or the graph still holds an untiled
@@ -57,22 +63,24 @@ def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
             tiles.append(node.op)
     tiles.sort(key=lambda op: op.tile)
 
-    rows_cols = [tile_footprint(op, target) for op in tiles]
-    tile_rows = [
-        {
-            "layer": op.layer,
-            "tile": op.tile,
-            "crossbar": op.crossbar,
-            "row0": op.xbar_row,
-            "col0": op.xbar_col,
-            "rows": h,
-            "cols": w,
-        }
-        for op, (h, w) in zip(tiles, rows_cols, strict=True)
-    ]
+    tile_rows = []
+    for op in tiles:
+        h, w = tile_footprint(op, target)
+        for j in range(op.duplicates):
+            row = {
+                "layer": op.layer,
+                "tile": op.copy_tile(j),
+                "crossbar": op.copy_crossbar(j),
+                "row0": op.xbar_row,
+                "col0": op.xbar_col,
+                "rows": h,
+                "cols": w,
+            }
+            tile_rows.append(row if j == 0 else {**row, "copy_of": op.tile, "copy": j})
+    tile_rows.sort(key=lambda row: row["tile"])
     weights = sum((op.rows[1] - op.rows[0]) * (op.cols[1] - op.cols[0]) for op in tiles)
-    devices = weights * target.devices_per_weight
-    crossbars = {op.crossbar for op in tiles}
+    devices = sum(row["rows"] * row["cols"] for row in tile_rows)
+    crossbars = {row["crossbar"] for row in tile_rows}
     used = len(crossbars)
     chips_needed = max(crossbars) // target.cores + 1 if crossbars else 0
     return {
@@ -97,5 +105,7 @@ def _layers(tiles: list[CrossbarMVM]) -> list[dict[str, Any]]:
         entry = summary.setdefault(op.layer, {"layer": op.layer, "weights": 0, "tiles": 0})
         entry["weights"] += (op.rows[1] - op.rows[0]) * (op.cols[1] - op.cols[0])
         entry["tiles"] += 1
-        crossbars.setdefault(op.layer, set()).add(op.crossbar)
+        crossbars.setdefault(op.layer, set()).update(
+            op.copy_crossbar(j) for j in range(op.duplicates)
+        )
     return [{**entry, "crossbars": len(crossbars[name])} for name, entry in summary.items()]

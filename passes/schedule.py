@@ -268,6 +268,33 @@ def transfer_cost(target: TargetSpec, src: Unit, dst: Unit, nbytes: int) -> Cost
     return Cost(serial, latency, tuple(energy), tuple(reservations))
 
 
+def mvm_shape(graph: Graph, node: Node, target: TargetSpec, binary: bool) -> tuple[int, int, int]:
+    """``(rows, phases, vectors)`` of tile ``node``'s MVM per timestep (batch 1).
+
+    ``binary``: its input is guaranteed to be spikes (one phase; else ``input_phases``).
+    """
+    op: CrossbarMVM = node.op  # type: ignore[assignment]
+    x_type = graph.type_of(node.inputs[0])
+    vectors = x_type.static_size() // x_type.shape[-1]
+    phases = 1 if binary else target.input_phases
+    return op.rows[1] - op.rows[0], phases, vectors
+
+
+def crossbar_work(graph: Graph, target: TargetSpec) -> dict[int, int]:
+    """MVM busy cycles per timestep (batch 1) of every crossbar that holds a placed tile,
+    by global index, counting only copy 0 of duplicated tiles."""
+    binary = {name: r.binary for name, r in guaranteed_ranges(graph).items()}
+    work: dict[int, int] = defaultdict(int)
+    for node in graph.nodes():
+        if isinstance(node.op, CrossbarMVM) and node.op.crossbar >= 0:
+            rows, phases, vectors = mvm_shape(
+                graph, node, target, binary.get(node.inputs[0], False)
+            )
+            cost = mvm_cost(target, node.op.crossbar, rows, phases, vectors)
+            work[node.op.crossbar] += cost.cycles
+    return dict(work)
+
+
 # --------------------------------------------------------------------------- digital work
 
 
@@ -426,6 +453,9 @@ class ScheduledOp:
         dst, nbytes, window: a transfer's destination, size, and the part of the last
             axis it carries (None: all of it).
         attrs: the IR attributes of a vector op.
+        tag: ``(K, j)``: it runs only at timesteps t with ``t mod K == j`` (the work of
+            copy j of a duplicated tile, docs/isa.md "Tile duplication"); None: at every
+            timestep.
     """
 
     index: int
@@ -447,6 +477,7 @@ class ScheduledOp:
     nbytes: int = 0
     window: tuple[int, int] | None = None
     attrs: tuple[tuple[str, object], ...] = ()
+    tag: tuple[int, int] | None = None
 
     @property
     def end(self) -> int:
@@ -470,7 +501,10 @@ class Schedule:
         busiest_resource: that resource's name.
         recurrence_bound: the longest recurrence loop (cycles around a loop through state
             edges, per timestep of distance).
-        homes: the unit each node result lives on.
+        homes: the unit each node result lives on (for a duplicated tile: copy 0's).
+        duplicate: K, the copies of each duplicated tile (1: none); ops tagged ``(K, j)``
+            run at every K-th timestep.
+        duplicated_crossbars: crossbars whose tiles have copies.
     """
 
     graph: str
@@ -482,6 +516,8 @@ class Schedule:
     busiest_resource: str
     recurrence_bound: int
     homes: Mapping[str, Unit] = field(default_factory=dict)
+    duplicate: int = 1
+    duplicated_crossbars: int = 0
 
     @property
     def cycles_per_timestep(self) -> int:
@@ -498,61 +534,81 @@ class Schedule:
         return max(1, math.ceil(self.latency_cycles / self.ii))
 
     def busy_cycles(self) -> dict[str, int]:
-        """Busy cycles per timestep of every resource used, by name."""
-        return _busy_cycles(self.ops)
+        """Busy cycles per timestep of every resource used, by name (an op tagged to run
+        at every K-th timestep counts 1/K; rounded up)."""
+        return _busy_cycles(self.ops, self.duplicate)
 
     def energy_pj_per_timestep(self) -> dict[str, float]:
-        """Energy of one timestep (batch 1): ``total`` and each of :data:`ENERGY_COMPONENTS`."""
+        """Energy of one timestep (batch 1): ``total`` and each of :data:`ENERGY_COMPONENTS`
+        (an op tagged to run at every K-th timestep counts 1/K)."""
         parts = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
         for op in self.ops:
             for component, energy in op.cost.energy_pj:
-                parts[component] += energy
+                parts[component] += energy if op.tag is None else energy / op.tag[0]
         return {"total": sum(parts.values()), **parts}
 
     def summary(self) -> dict[str, object]:
         """The report's schedule figures (SPEC §7), JSON-ready."""
         cores = sorted({op.unit.index for op in self.ops if op.unit.kind == CORE})
+        schedule: dict[str, object] = {
+            "resource_bound": self.resource_bound,
+            "busiest_resource": self.busiest_resource,
+            "recurrence_bound": self.recurrence_bound,
+            "stages": self.stages,
+            "timestep_ns": self.ii * self.target.cycle_ns,
+            "cores_used": len(cores),
+            "operations": len(self.ops),
+        }
+        if self.duplicate > 1:
+            schedule["duplication"] = {
+                "copies": self.duplicate,
+                "crossbars_duplicated": self.duplicated_crossbars,
+            }
         return {
             "cycles_per_timestep": self.ii,
             "cycles_lower_bound": self.cycles_lower_bound,
             "latency_cycles": self.latency_cycles,
             "energy_pj_per_timestep": self.energy_pj_per_timestep(),
-            "schedule": {
-                "resource_bound": self.resource_bound,
-                "busiest_resource": self.busiest_resource,
-                "recurrence_bound": self.recurrence_bound,
-                "stages": self.stages,
-                "timestep_ns": self.ii * self.target.cycle_ns,
-                "cores_used": len(cores),
-                "operations": len(self.ops),
-            },
+            "schedule": schedule,
         }
 
 
-def _busy_cycles(ops: Sequence[ScheduledOp]) -> dict[str, int]:
+def _busy_cycles(ops: Sequence[ScheduledOp], duplicate: int = 1) -> dict[str, int]:
+    """Busy cycles per timestep of each resource: an op tagged to run at every
+    ``duplicate``-th timestep counts ``1 / duplicate`` of its cycles; rounded up."""
     busy: dict[str, int] = defaultdict(int)
     for op in ops:
+        weight = 1 if op.tag is not None else duplicate
         for resource, _, cycles in op.cost.reservations:
-            busy[resource] += cycles
-    return dict(busy)
+            busy[resource] += weight * cycles
+    return {resource: -(-total // duplicate) for resource, total in busy.items()}
 
 
 # --------------------------------------------------------------------------- building ops
 
 
 class _Planner:
-    """Binds the nodes of a graph to units and makes the operations of one timestep."""
+    """Binds the nodes of a graph to units and makes the operations of one timestep.
+
+    A duplicated tile (``xbar.mvm`` with ``copies``) has its operations once per copy j,
+    tagged ``(K, j)``: the MVM on the copy's crossbar, the read-out and the transfers of
+    the copy's result. Whoever uses the tile's value depends on every copy's.
+    """
 
     def __init__(self, graph: Graph, target: TargetSpec) -> None:
         self.graph = graph
         self.target = target
         self.binary = {name: r.binary for name, r in guaranteed_ranges(graph).items()}
         self.homes: dict[str, Unit] = {}
+        self.copy_homes: dict[str, tuple[Unit, ...]] = {}  # duplicated tile -> read-out units
+        self.copy_adcs: dict[str, list[int]] = defaultdict(list)  # ... -> read-out op indices
         self.ops: list[ScheduledOp] = []
         self.producer: dict[str, int] = {}  # buffer on its home unit -> op index
-        self.available: dict[tuple[str, Unit], int | None] = {}
+        self.available: dict[tuple[str, Unit], tuple[int, ...]] = {}
         self.deps: list[list[tuple[int, int]]] = []
         self.readers: dict[tuple[str, Unit], list[int]] = defaultdict(list)
+        # The timesteps (mod K) at which each value's readers on a unit need it made.
+        self.reader_tags: dict[tuple[str, Unit], set[tuple[int, int] | None]] = defaultdict(set)
         self.tile_rows: dict[int, tuple[int, int]] = {}  # mvm op index -> weight rows
 
     def nbytes(self, value: str) -> int:
@@ -590,10 +646,17 @@ class _Planner:
                 used_at[v].add(self.homes[node.outputs[0]])
         outside = set(self.graph.outputs) | {s.next for s in self.graph.states}
         for node in tiles:
-            if node.id not in outside and len(used_at[node.id]) == 1:
+            shared = node.id not in outside and len(used_at[node.id]) == 1
+            if shared:
                 # All its users sit on one unit: read the codes out there. They travel at
                 # adc_bits per element, a quarter of the float32 values.
                 (self.homes[node.id],) = used_at[node.id]
+            op: CrossbarMVM = node.op  # type: ignore[assignment]
+            if op.copies:
+                self.copy_homes[node.id] = tuple(
+                    self.homes[node.id] if shared else Unit(CORE, op.copy_crossbar(j))
+                    for j in range(op.duplicates)
+                )
 
     def _node_loops(self) -> dict[str, int]:
         """Each node's strongly connected component in the graph with its state edges:
@@ -651,15 +714,22 @@ class _Planner:
         for node in self.graph.nodes():
             unit = self.homes[node.outputs[0]]
             if isinstance(node.op, CrossbarMVM):
-                reads += self._add_tile(node, Unit(CORE, node.op.crossbar), unit)
+                for j in range(node.op.duplicates):
+                    reads += self._add_tile(node, j)
+                self._align_readouts(node)
             else:
                 reads += self._add_digital(node, unit)
         for index, value in reads:
-            self.readers[(self._settled(value), self.ops[index].unit)].append(index)
+            reader = self.ops[index]
+            settled, distance = self._settled_distance(value)
+            self.readers[(settled, reader.unit)].append(index)
+            tag = reader.tag
+            if tag is not None:  # the value is made ``distance`` timesteps before the read
+                tag = (tag[0], (tag[1] - distance) % tag[0])
+            self.reader_tags[(settled, reader.unit)].add(tag)
         for index, value in reads:
-            source, distance = self.make_available(value, self.ops[index].unit)
-            if source is not None:
-                self.deps[index].append((source, distance))
+            sources, distance = self.make_available(value, self.ops[index].unit)
+            self.deps[index] += [(source, distance) for source in sources]
         for value in self.graph.outputs:
             self.make_available(value, HOST)
         self.ops = [
@@ -672,11 +742,15 @@ class _Planner:
 
     def _settled(self, value: str) -> str:
         """The value a state holds in the end (through chains of states); else itself."""
+        return self._settled_distance(value)[0]
+
+    def _settled_distance(self, value: str) -> tuple[str, int]:
+        """:meth:`_settled`, and through how many states (timesteps) it reaches it."""
         seen = set()
         while self.graph.is_state(value) and value not in seen:
             seen.add(value)
             value = self.graph.state(value).next
-        return value
+        return value, len(seen)
 
     def wire(self, value: str, dst: Unit) -> tuple[int, tuple[int, int] | None]:
         """Bytes a transfer of ``value`` to ``dst`` carries, and the window of its last
@@ -704,19 +778,22 @@ class _Planner:
             elements = elements // int(t.shape[-1]) * (window[1] - window[0])
         return max(1, math.ceil(elements * bits / 8)), window
 
-    def _add_tile(self, node: Node, unit: Unit, readout: Unit) -> list[tuple[int, str]]:
+    def _add_tile(self, node: Node, j: int) -> list[tuple[int, str]]:
+        """The operations of copy ``j`` of tile ``node`` (0: the tile itself)."""
         op: CrossbarMVM = node.op  # type: ignore[assignment]
-        if op.crossbar >= self.target.crossbars_available:
+        crossbar = op.copy_crossbar(j)
+        if crossbar >= self.target.crossbars_available:
+            what = f"copy {j} of tile %{node.id}" if j else f"tile %{node.id}"
             raise SnucError(
-                f"{node.loc.prefix()}tile %{node.id} is on crossbar {op.crossbar}, but target "
+                f"{node.loc.prefix()}{what} is on crossbar {crossbar}, but target "
                 f"{self.target.name} has {self.target.crossbars_available} "
                 f"(chips={self.target.chips}); run the place pass for this target"
             )
+        unit = Unit(CORE, crossbar)
+        readout = self.copy_homes[node.id][j] if op.copies else self.homes[node.id]
+        tag = (op.duplicates, j) if op.copies else None
         x = node.inputs[0]
-        x_type = self.graph.type_of(x)
-        vectors = x_type.static_size() // x_type.shape[-1]
-        rows = op.rows[1] - op.rows[0]
-        phases = 1 if self.binary.get(x, False) else self.target.input_phases
+        rows, phases, vectors = mvm_shape(self.graph, node, self.target, self.binary.get(x, False))
         mvm = self.add_op(
             ScheduledOp(
                 index=-1,
@@ -727,10 +804,11 @@ class _Planner:
                 operands=(self._ref(x),),
                 cost=mvm_cost(self.target, unit.index, rows, phases, vectors),
                 node=node.id,
-                tile=op.tile,
+                tile=op.copy_tile(j),
                 rows=rows,
                 phases=phases,
                 vectors=vectors,
+                tag=tag,
             )
         )
         self.tile_rows[mvm] = (op.rows[0], op.rows[1])
@@ -748,6 +826,7 @@ class _Planner:
                     cost=transfer_cost(self.target, unit, readout, self._code_bytes(n)),
                     dst=readout,
                     nbytes=self._code_bytes(n),
+                    tag=tag,
                 )
             )
             self.deps[codes].append((mvm, 0))
@@ -761,13 +840,29 @@ class _Planner:
                 operands=(f"${node.id}",),
                 cost=digital_cost(self.target, readout, n, 1),
                 node=node.id,
-                tile=op.tile,
+                tile=op.copy_tile(j),
                 n=n,
                 ops=1,
+                tag=tag,
             )
         )
         self.deps[adc].append((codes, 0))
+        if op.copies:
+            self.copy_adcs[node.id].append(adc)
         return [(mvm, x)] if not self.graph.is_constant(x) else []
+
+    def _align_readouts(self, node: Node) -> None:
+        """Copies of a tile read out on one unit wait for each other's codes: started
+        together, their K read-outs (one per timestep class) hold the unit's same cycles
+        in each of the K timesteps, as one untagged op would, and leave the rest of the
+        pattern whole for untagged work (a few cycles of latency for a denser unit)."""
+        homes = self.copy_homes.get(node.id, ())
+        if len(set(homes)) != 1:
+            return
+        adcs = self.copy_adcs[node.id]
+        codes = [p for adc in adcs for p, _ in self.deps[adc]]
+        for adc in adcs:
+            self.deps[adc] += [(p, 0) for p in codes]
 
     def _code_bytes(self, n: int) -> int:
         return math.ceil(n * self.target.adc_bits / 8)
@@ -794,30 +889,60 @@ class _Planner:
 
     def make_available(
         self, value: str, unit: Unit, seen: frozenset[str] = frozenset()
-    ) -> tuple[int | None, int]:
-        """The op that makes ``value`` usable on ``unit``, and how many steps back.
+    ) -> tuple[tuple[int, ...], int]:
+        """The ops that make ``value`` usable on ``unit``, and how many steps back.
 
-        Adds a transfer when the value lives elsewhere. None: usable from the start of
-        the step (a constant, an input at the host, a state that only ever holds zeros).
+        Adds a transfer when the value lives elsewhere. One op, or for a duplicated
+        tile's value one per copy; none: usable from the start of the step (a constant,
+        an input at the host, a state that only ever holds zeros).
         """
         if self.graph.is_constant(value) or value in seen:
-            return None, 0
+            return (), 0
         if self.graph.is_state(value):
-            source, distance = self.make_available(
+            sources, distance = self.make_available(
                 self.graph.state(value).next, unit, seen | {value}
             )
-            return source, distance + 1
+            return sources, distance + 1
         key = (value, unit)
         if key not in self.available:
             home = self.home_of(value)
-            if home == unit:
-                self.available[key] = self.producer.get(f"%{value}")
+            if value in self.copy_adcs:
+                self.available[key] = self._gather_copies(value, unit)
+            elif home == unit:
+                producer = self.producer.get(f"%{value}")
+                self.available[key] = () if producer is None else (producer,)
             else:
-                source, _ = self.make_available(value, home)
-                self.available[key] = self._add_transfer(value, home, unit, source)
+                sources, _ = self.make_available(value, home)
+                self.available[key] = (self._add_transfer(value, home, unit, sources),)
         return self.available[key], 0
 
-    def _add_transfer(self, value: str, src: Unit, dst: Unit, source: int | None) -> int:
+    def _gather_copies(self, value: str, unit: Unit) -> tuple[int, ...]:
+        """Every copy's read-out of duplicated tile ``value``, each moved to ``unit`` (at
+        the copy's timesteps) where it is made elsewhere."""
+        adcs = self.copy_adcs[value]
+        sources = []
+        for j, (home, adc) in enumerate(zip(self.copy_homes[value], adcs, strict=True)):
+            if home == unit:
+                sources.append(adc)
+            else:
+                sources.append(self._add_transfer(value, home, unit, (adc,), (len(adcs), j)))
+        return tuple(sources)
+
+    def _add_transfer(
+        self,
+        value: str,
+        src: Unit,
+        dst: Unit,
+        sources: tuple[int, ...],
+        tag: tuple[int, int] | None = None,
+    ) -> int:
+        """A transfer of ``value`` from ``src`` to ``dst`` after ``sources``. Tagged
+        ``tag``, or like its readers on ``dst`` when they all run at one copy's timesteps
+        (a duplicated tile's input moves only when that copy needs it)."""
+        if tag is None:
+            tags = self.reader_tags.get((value, dst), {None})
+            if len(tags) == 1:
+                (tag,) = tags
         nbytes, window = self.wire(value, dst)
         index = self.add_op(
             ScheduledOp(
@@ -831,10 +956,10 @@ class _Planner:
                 dst=dst,
                 nbytes=nbytes,
                 window=window,
+                tag=tag,
             )
         )
-        if source is not None:
-            self.deps[index].append((source, 0))
+        self.deps[index] += [(source, 0) for source in sources]
         return index
 
 
@@ -925,45 +1050,74 @@ def _recurrence_bound(comp: Sequence[int], ops: Sequence[ScheduledOp]) -> int:
 
 
 class _ModuloTable:
-    """Which cycles of the repeating ``ii``-cycle pattern each resource is busy."""
+    """Which cycles of the repeating pattern each resource is busy.
 
-    def __init__(self, ii: int) -> None:
+    The pattern is ``period = duplicate * ii`` cycles, ``duplicate`` timesteps (K), so
+    that an operation tagged ``(K, j)`` (it runs only at timesteps t with t mod K = j)
+    holds its resources in the j-th ``ii``-cycle window only: at ``start + j * ii``. An
+    untagged one holds them at ``start + m * ii`` for every m < K. With K = 1 the
+    pattern is the ``ii`` cycles of every timestep.
+    """
+
+    def __init__(self, ii: int, duplicate: int = 1) -> None:
         self.ii = ii
+        self.duplicate = duplicate
+        self.period = ii * duplicate
         self.busy: dict[str, list[tuple[int, int]]] = defaultdict(list)
 
-    def clash(self, resource: str, at: int, cycles: int) -> int:
-        """0 if ``resource`` is free for ``cycles`` from cycle ``at``; else how far the use
-        must move later before it can fit (every start in between clashes too)."""
+    def _windows(self, tag: tuple[int, int] | None) -> Sequence[int]:
+        """Where in the pattern an op of this tag runs, relative to its start."""
+        return range(0, self.period, self.ii) if tag is None else (tag[1] * self.ii,)
+
+    def window(self, tag: tuple[int, int] | None) -> int:
+        """Cycles after which the reservations of an op of this tag repeat: the most it
+        may hold one resource, and the starts worth trying."""
+        return self.ii if tag is None else self.period
+
+    def clash(self, resource: str, at: int, cycles: int, tag: tuple[int, int] | None = None) -> int:
+        """0 if ``resource`` is free for ``cycles`` from cycle ``at`` (in every window of
+        ``tag``); else how far the use must move later before it can fit (every start in
+        between clashes too)."""
+        for offset in self._windows(tag):
+            shift = self._clash(resource, at + offset, cycles)
+            if shift:
+                return shift
+        return 0
+
+    def _clash(self, resource: str, at: int, cycles: int) -> int:
         if cycles == 0:
             return 0
         intervals = self.busy.get(resource)
         if not intervals:
             return 0
-        a = at % self.ii
+        a = at % self.period
         end = a + cycles
-        if end > self.ii:  # wraps: the next repetition's busy intervals matter
-            i = bisect.bisect_left(intervals, (end - self.ii, -1)) - 1
+        if end > self.period:  # wraps: the next repetition's busy intervals matter
+            i = bisect.bisect_left(intervals, (end - self.period, -1)) - 1
             if i >= 0:
-                return intervals[i][1] + self.ii - a
+                return intervals[i][1] + self.period - a
         i = bisect.bisect_left(intervals, (end, -1)) - 1
         if i >= 0 and intervals[i][1] > a:
             return intervals[i][1] - a
         return 0
 
-    def reserve(self, resource: str, at: int, cycles: int) -> None:
+    def reserve(
+        self, resource: str, at: int, cycles: int, tag: tuple[int, int] | None = None
+    ) -> None:
         if cycles == 0:
             return
-        a = at % self.ii
-        end = a + cycles
-        bisect.insort(self.busy[resource], (a, min(end, self.ii)))
-        if end > self.ii:
-            bisect.insort(self.busy[resource], (0, end - self.ii))
+        for offset in self._windows(tag):
+            a = (at + offset) % self.period
+            end = a + cycles
+            bisect.insort(self.busy[resource], (a, min(end, self.period)))
+            if end > self.period:
+                bisect.insort(self.busy[resource], (0, end - self.period))
 
     def gaps(self, resource: str) -> list[tuple[int, int]]:
         """Free ``(start, length)`` stretches of a partly busy ``resource``, around the
         circle."""
         intervals = self.busy[resource]
-        following = [*intervals[1:], (intervals[0][0] + self.ii, 0)]
+        following = [*intervals[1:], (intervals[0][0] + self.period, 0)]
         gaps = []
         for (_, e), (s, _) in zip(intervals, following, strict=True):
             if s > e:
@@ -999,8 +1153,9 @@ class _Scheduler:
     component through state edges) is placed as a whole.
     """
 
-    def __init__(self, ops: Sequence[ScheduledOp]) -> None:
+    def __init__(self, ops: Sequence[ScheduledOp], duplicate: int = 1) -> None:
         self.ops = ops
+        self.duplicate = duplicate
         n = len(ops)
         self.succ: list[list[tuple[int, int]]] = [[] for _ in range(n)]
         for op in ops:
@@ -1091,7 +1246,7 @@ class _Scheduler:
 
     def attempt(self, ii: int, mode: _Mode) -> list[int] | None:
         """Start cycles of every op at this ``ii``, or None if this mode finds none."""
-        table = _ModuloTable(ii)
+        table = _ModuloTable(ii, self.duplicate)
         start: dict[int, int] = {}
         relative: dict[int, int] = {}
         if mode.loops_first:
@@ -1167,11 +1322,12 @@ class _Scheduler:
         heapq.heapify(ready)
         while ready:
             earliest, _, m = heapq.heappop(ready)
-            slot = _slot(self.ops[m].cost.reservations, earliest, table, packed)
+            op = self.ops[m]
+            slot = _slot(op.cost.reservations, earliest, table, packed, op.tag)
             if slot is None:
                 return None
-            for resource, offset, cycles in self.ops[m].cost.reservations:
-                table.reserve(resource, slot + offset, cycles)
+            for resource, offset, cycles in op.cost.reservations:
+                table.reserve(resource, slot + offset, cycles, op.tag)
             placed[m] = slot
             for c, d in self.succ[m]:
                 if d == 0 and c in inside and c != m:
@@ -1208,44 +1364,55 @@ class _Scheduler:
     def _aligned(
         self, comp: Sequence[int], relative: Mapping[int, int], start: Mapping[int, int], ii: int
     ) -> dict[int, int]:
-        """A loop placed first, moved by whole ``ii`` (which keeps its reservations) as
-        little as it takes to follow its inputs from outside and to start at cycle 0 or
-        later."""
+        """A loop placed first, moved by whole ``ii`` (which keeps its reservations; by
+        whole ``duplicate * ii`` if it holds tagged ops) as little as it takes to follow
+        its inputs from outside and to start at cycle 0 or later."""
         members = set(comp)
-        k = -(min(relative[m] for m in comp) // ii)
+        tagged = any(self.ops[m].tag is not None for m in comp)
+        step = ii * self.duplicate if tagged else ii
+        k = -(min(relative[m] for m in comp) // step)
         for m in comp:
             for p, d in self.ops[m].deps:
                 if p not in members:
                     need = start[p] + self.ops[p].cost.latency - ii * d - relative[m]
-                    k = max(k, -(-need // ii))
-        return {m: relative[m] + k * ii for m in comp}
+                    k = max(k, -(-need // step))
+        return {m: relative[m] + k * step for m in comp}
 
 
 def _slot(
-    reservations: Sequence[tuple[str, int, int]], earliest: int, table: _ModuloTable, packed: bool
+    reservations: Sequence[tuple[str, int, int]],
+    earliest: int,
+    table: _ModuloTable,
+    packed: bool,
+    tag: tuple[int, int] | None = None,
 ) -> int | None:
     """The start, from ``earliest`` on, at which every reservation is free; None if none.
 
     As soon as possible; or, when ``packed`` and the op holds one resource that is partly
-    busy, at the start of that resource's smallest free stretch that fits it.
+    busy, at the start of that resource's smallest free stretch that fits it. ``tag``:
+    the op's ``(K, j)`` (it runs at timesteps t mod K = j only), or None.
     """
     if not reservations:
         return earliest
-    if any(cycles > table.ii for _, _, cycles in reservations):
+    if any(cycles > table.window(tag) for _, _, cycles in reservations):
         return None
+    window = table.window(tag)
     if packed and len(reservations) == 1 and table.busy.get(reservations[0][0]):
         resource, offset, cycles = reservations[0]
+        shift = 0 if tag is None else tag[1] * table.ii
         fits = [
-            (length, earliest + (g0 - offset - earliest) % table.ii)
+            (length, earliest + (g0 - offset - shift - earliest) % window)
             for g0, length in table.gaps(resource)
             if length >= cycles
         ]
+        if table.duplicate > 1:  # an untagged op must fit its other windows too
+            fits = [(n, t) for n, t in fits if not table.clash(resource, t + offset, cycles, tag)]
         return min(fits)[1] if fits else None
     t = earliest
-    while t - earliest < table.ii:
+    while t - earliest < window:
         shift = 0
         for resource, offset, cycles in reservations:
-            shift = table.clash(resource, t + offset, cycles)
+            shift = table.clash(resource, t + offset, cycles, tag)
             if shift:
                 break
         if not shift:
@@ -1273,6 +1440,23 @@ def check_schedulable(graph: Graph) -> None:
             )
 
 
+def duplication(graph: Graph) -> tuple[int, int]:
+    """``(K, crossbars)``: the copies of the graph's duplicated tiles (1 if none has
+    any) and how many crossbars hold tiles with copies.
+
+    Raises:
+        SnucError: tiles with different numbers of copies (one K serves the whole graph).
+    """
+    tiles = [n.op for n in graph.nodes() if isinstance(n.op, CrossbarMVM) and n.op.copies]
+    ks = sorted({op.duplicates for op in tiles})
+    if len(ks) > 1:
+        raise SnucError(
+            f"tiles have {' and '.join(map(str, ks))} copies; one graph takes one number "
+            "of copies (run the place pass with one --duplicate)"
+        )
+    return (ks[0] if ks else 1), len({op.crossbar for op in tiles})
+
+
 def schedule_graph(graph: Graph, target: TargetSpec | None) -> Schedule:
     """Bind every node of ``graph`` to a unit and modulo-schedule one timestep.
 
@@ -1290,12 +1474,13 @@ def schedule_graph(graph: Graph, target: TargetSpec | None) -> Schedule:
     """
     target = parse_target(DEFAULT_TARGET) if target is None else target
     check_schedulable(graph)
+    duplicate, duplicated = duplication(graph)
     planner = _Planner(graph, target)
     planner.build()
     ops = planner.ops
-    busy = _busy_cycles(ops)
+    busy = _busy_cycles(ops, duplicate)
     busiest = min(busy, key=lambda r: (-busy[r], r)) if busy else ""
-    scheduler = _Scheduler(ops)
+    scheduler = _Scheduler(ops, duplicate)
     lower_bound = max(busy.get(busiest, 0), scheduler.recurrence_bound, 1)
     ii, starts = scheduler.run(lower_bound)
     ops = [replace(op, start=t) for op, t in zip(ops, starts, strict=True)]
@@ -1309,6 +1494,8 @@ def schedule_graph(graph: Graph, target: TargetSpec | None) -> Schedule:
         busiest_resource=busiest,
         recurrence_bound=scheduler.recurrence_bound,
         homes=MappingProxyType(dict(planner.homes)),
+        duplicate=duplicate,
+        duplicated_crossbars=duplicated,
     )
 
 

@@ -510,37 +510,39 @@ class _Tile:
 
     ``G`` is G+ - G- per weight (devices summed): the quantised targets, or in ``pcm``
     mode the programmed devices after drift, with ``var`` their read-noise variances and
-    ``n_t`` step t of the tile's read-noise block.
+    ``n_t`` step t of the tile's read-noise block. A duplicated tile (docs/isa.md "Tile
+    duplication") in ``pcm`` mode is K programmed arrays: step t reads copy ``t mod K``
+    (its ``G``, ``var`` and ``alpha``), with the tile's one read-noise block.
     """
 
     def __init__(
         self,
         node: Node,
-        conductance_us: np.ndarray,
-        gain: np.ndarray,
+        copies: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
         target: TargetSpec,
-        read_noise: tuple[np.ndarray, _ReadNoise] | None,
+        read_noise: _ReadNoise | None,
         dtype: np.dtype,
     ) -> None:
+        """``copies``: ``(G, s * alpha, var)`` of each copy (one for a tile without
+        copies; ``var`` None without read noise)."""
         self.rows = slice(*node.op.rows)
         self.dac = node.op.dac
         self.adc_range = node.op.adc_range
         self.dac_bits = target.dac_bits
         self.adc_bits = target.adc_bits
-        self.conductance_us = conductance_us
-        self.gain = gain
+        self.copies = copies
         self.read_noise = read_noise
         self.dtype = dtype
 
     def mvm(self, x: np.ndarray, step: int) -> np.ndarray:
         """The tile's output at ``step`` for its operand ``x`` (all the weight's rows)."""
+        conductance_us, gain, variance_us2 = self.copies[step % len(self.copies)]
         x_q = dac_quantize(x[..., self.rows], self.dac[0], self.dac[1], self.dac_bits)
-        current = np.matmul(x_q, self.conductance_us)
+        current = np.matmul(x_q, conductance_us)
         if self.read_noise is not None:
-            variance_us2, noise = self.read_noise
-            current += np.sqrt(np.matmul(x_q * x_q, variance_us2)) * noise.at(step)
+            current += np.sqrt(np.matmul(x_q * x_q, variance_us2)) * self.read_noise.at(step)
         read = adc_quantize(current, self.adc_range, self.adc_bits)
-        return (read * self.gain).astype(self.dtype)
+        return (read * gain).astype(self.dtype)
 
 
 def crossbar_tiles(nodes: Iterable[Node], mode: str) -> list[Node]:
@@ -569,12 +571,13 @@ def crossbar_tiles(nodes: Iterable[Node], mode: str) -> list[Node]:
                 f"{node.loc.prefix()}xbar.mvm %{node.id} (tile {op.tile}) has no ADC range; "
                 f"mode {mode!r} needs a quantised graph: compile with the quantize pass"
             )
-        if op.tile in numbers:
-            raise SnucError(
-                f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[op.tile]} are both "
-                f"tile {op.tile}; tile numbers must be unique (the tile pass numbers them)"
-            )
-        numbers[op.tile] = node.id
+        for number in (op.tile, *op.copy_tiles):  # a copy's number keys its own chip
+            if number in numbers:
+                raise SnucError(
+                    f"{node.loc.prefix()}xbar.mvm %{node.id} and %{numbers[number]} are both "
+                    f"tile {number}; tile numbers must be unique (the tile pass numbers them)"
+                )
+            numbers[number] = node.id
         tiles.append(node)
     return tiles
 
@@ -599,28 +602,24 @@ def _tiles(
             graph.constants[node.inputs[1]], op.rows, op.cols, target
         )
         dtype = graph.type_of(node.id).np_dtype
-        if mode == "quantized":
+        if mode == "quantized":  # the copies of a duplicated tile are all the same
             conductance = g_plus.sum(axis=-1) - g_minus.sum(axis=-1)
-            tiles[node.id] = _Tile(node, conductance, scale, target, None, dtype)
+            tiles[node.id] = _Tile(node, [(conductance, scale, None)], target, None, dtype)
             continue
-        chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.tile)
-        drifted = chip.at(t_inference_s)
-        if drift_compensation == "global":
-            alpha = pcm.drift_compensation_factor(chip, t_inference_s)
-        elif drift_compensation == "column":
-            alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
-        else:
-            alpha = 1.0
+        copies = []
+        for j in range(op.duplicates):  # each copy programmed as its own tile number
+            chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.copy_tile(j))
+            drifted = chip.at(t_inference_s)
+            if drift_compensation == "global":
+                alpha = pcm.drift_compensation_factor(chip, t_inference_s)
+            elif drift_compensation == "column":
+                alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
+            else:
+                alpha = 1.0
+            copies.append((drifted.weights_us, scale * alpha, drifted.read_variance_us2))
         out_shape = graph.type_of(node.id).concrete(batch)
         noise = _ReadNoise(seed, op.tile, out_shape, batch_offset)
-        tiles[node.id] = _Tile(
-            node,
-            drifted.weights_us,
-            scale * alpha,
-            target,
-            (drifted.read_variance_us2, noise),
-            dtype,
-        )
+        tiles[node.id] = _Tile(node, copies, target, noise, dtype)
     return tiles
 
 

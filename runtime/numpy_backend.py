@@ -380,7 +380,10 @@ class _Run:
         stream = self._noise.get(chip.node.id)
         if stream is None:
             total = self._noise_total(chip.node.id)
-            stream = NoiseStream(self.plan.seed, chip.tile, total, self._pool, offset=self.offset)
+            per_step = math.prod(self.shapes[chip.node.id])
+            stream = NoiseStream(
+                self.plan.seed, chip.tile, total, self._pool, offset=self.offset, per_step=per_step
+            )
             self._noise[chip.node.id] = stream
         return stream
 

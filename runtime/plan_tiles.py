@@ -19,6 +19,11 @@ What the chip holds (``G``, ``var``, ``s * alpha``) is computed once per plan
 tile's own stream (:class:`NoiseStream`), in the order of ``pcm.read_noise_block(seed,
 tile, (T, *out), offset=offset)``, however the backend walks through time (``offset``: a
 chunk's first sequence within its batch, so chunks do not repeat each other's noise).
+
+A duplicated tile (``place --duplicate K``, docs/isa.md "Tile duplication") is K
+separately programmed arrays in ``pcm`` mode: step t reads copy ``t mod K``
+(:attr:`TileChip.copies`), with the tile's one read-noise stream scaled by that copy's
+σ. In ``quantized`` mode the copies hold the same conductances, so they are not made.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class TileChip:
         dtype: the result's dtype.
         binary_input: the input is guaranteed to be exactly 0 or 1 and the DAC passes
             both unchanged, so ``x_q = x`` and ``x_q**2 = x_q`` (no DAC arithmetic).
+        copies: a duplicated tile's copies 1 .. K-1 as programmed (pcm), each with its
+            own conductances, variances and gain (and this tile's ``tile``: they share its
+            read noise); step t reads copy ``t mod K`` (0: this one). Empty: no copies.
     """
 
     node: Node
@@ -77,6 +85,7 @@ class TileChip:
     variance_us2: np.ndarray | None
     dtype: np.dtype
     binary_input: bool
+    copies: tuple[TileChip, ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -109,15 +118,48 @@ class TileChip:
             work: the tile's workspace; more than ``work.rows`` rows are read in blocks of
                 that many.
             noise: the run's read-noise stream of this tile (pcm); its next ``M * c``
-                normals are used, in row order.
+                normals are used, in row order. Its position also tells a duplicated
+                tile which timestep each row belongs to, so which copy reads it.
         """
+        if self.copies and noise is not None:
+            self._read_copies(x, out, work, noise)
+            return
         total = x.shape[0]
         for start in range(0, total, work.rows):
             stop = min(start + work.rows, total)
-            self._read_block(x[start:stop], out[start:stop], work, noise)
+            normals = None if noise is None else noise.take((stop - start) * self.n_cols)
+            self._read_block(x[start:stop], out[start:stop], work, normals)
+
+    def _read_copies(
+        self, x: np.ndarray, out: np.ndarray, work: Workspace, noise: NoiseStream
+    ) -> None:
+        """Rows of any timesteps of a duplicated tile: each row read by the copy that
+        serves its step (the rows of copy j's steps in one product, ``t mod K == j``)."""
+        m, c = x.shape[0], self.n_cols
+        first = noise.drawn // c  # rows read before these, this run
+        normals = noise.take(m * c).reshape(m, c)
+        steps = (first + np.arange(m)) // (noise.per_step // c)
+        chips = (self, *self.copies)
+        for j, chip in enumerate(chips):
+            rows = np.flatnonzero(steps % len(chips) == j)
+            if rows.size == m:
+                chip._read_rows(x, out, work, normals)
+            elif rows.size:
+                part = np.empty((rows.size, c), out.dtype)
+                chip._read_rows(x[rows], part, work, normals[rows])
+                out[rows] = part
+
+    def _read_rows(
+        self, x: np.ndarray, out: np.ndarray, work: Workspace, normals: np.ndarray
+    ) -> None:
+        """:meth:`read` of ``x`` with the given read-noise normals ``[M, c]``."""
+        total = x.shape[0]
+        for start in range(0, total, work.rows):
+            stop = min(start + work.rows, total)
+            self._read_block(x[start:stop], out[start:stop], work, normals[start:stop])
 
     def _read_block(
-        self, x: np.ndarray, out: np.ndarray, work: Workspace, noise: NoiseStream | None
+        self, x: np.ndarray, out: np.ndarray, work: Workspace, normals: np.ndarray | None
     ) -> None:
         m, c = x.shape[0], self.n_cols
         x_q, current = work.x_q[:m], work.current[:m]
@@ -134,7 +176,7 @@ class TileChip:
                 np.multiply(x_q, x_q, out=squared)
             np.matmul(squared, self.variance_us2, out=spread)
             np.sqrt(spread, out=spread)
-            np.multiply(spread, noise.take(m * c).reshape(m, c), out=spread)
+            np.multiply(spread, normals.reshape(m, c), out=spread)
             np.add(current, spread, out=current)
         _adc_in_place(current, self.adc_range, self.adc_bits)
         np.multiply(current, self.gain, out=current)
@@ -197,6 +239,10 @@ class NoiseStream:
     :data:`NOISE_BLOCK_ELEMENTS` are drawn ahead, on a background thread when the run
     gives one (NumPy releases the GIL while it fills an array): drawing normals costs more
     than all the rest of a noisy tile's read, and overlaps with it there.
+
+    Attributes:
+        per_step: normals per timestep (``prod(out)``), when the run gives it: a
+            duplicated tile tells from :attr:`drawn` the timestep of the rows it reads.
     """
 
     def __init__(
@@ -207,10 +253,13 @@ class NoiseStream:
         pool: Executor | None = None,
         *,
         offset: int = 0,
+        per_step: int = 0,
     ) -> None:
         """``total``: the size of the run's block (``T * prod(out)``); ``pool``: a
         one-thread executor that draws ahead (its jobs run in order), or None;
-        ``offset``: the run's first sequence within the batch it is a chunk of."""
+        ``offset``: the run's first sequence within the batch it is a chunk of;
+        ``per_step``: ``prod(out)`` (0: not given)."""
+        self.per_step = per_step
         self._seed = seed
         self._tile = tile
         self._seed_stream(offset)
@@ -235,15 +284,18 @@ class NoiseStream:
         self._ahead.clear()
         self._piece = np.empty(0)
         self._used = 0
+        self.drawn = 0
         if pool is not None:
             for _ in range(NOISE_LOOKAHEAD):
                 self._request()
 
     def take(self, n: int) -> np.ndarray:
-        """The next ``n`` normals of the stream, as a 1-D float64 array.
+        """The next ``n`` normals of the stream, as a 1-D float64 array (:attr:`drawn`
+        counts them: normals handed out since the run started).
 
         The array may be a view of a buffer of the stream: it is valid until the next call.
         """
+        self.drawn += n
         start = self._used
         if start + n <= self._piece.size:
             self._used = start + n
@@ -290,7 +342,9 @@ def program_tiles(
     drift_compensation: str | None,
     binary_values: Iterable[str] = (),
 ) -> dict[str, TileChip]:
-    """Every ``xbar.mvm``'s chip, by node id: what the interpreter's run sets up per tile.
+    """Every ``xbar.mvm``'s chip, by node id: what the interpreter's run sets up per tile
+    (in pcm mode with the copies of a duplicated tile, each programmed as its own tile
+    number).
 
     Args:
         graph: the compiled (tiled and quantised) graph.
@@ -333,18 +387,47 @@ def program_tiles(
                 conductance_us=conductance, gain=scale, variance_us2=None, **common
             )
             continue
-        chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.tile)
-        drifted = chip.at(t_inference_s)
-        if drift_compensation == "global":
-            alpha = pcm.drift_compensation_factor(chip, t_inference_s)
-        elif drift_compensation == "column":
-            alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
-        else:
-            alpha = 1.0
-        chips[node.id] = TileChip(
-            conductance_us=np.ascontiguousarray(drifted.weights_us),
-            gain=scale * alpha,
-            variance_us2=np.ascontiguousarray(drifted.read_variance_us2),
-            **common,
-        )
+        programmed = [
+            _programmed(
+                g_plus,
+                g_minus,
+                scale,
+                target,
+                seed,
+                op.copy_tile(j),
+                t_inference_s,
+                drift_compensation,
+            )
+            for j in range(op.duplicates)
+        ]
+        copies = tuple(TileChip(**arrays, **common) for arrays in programmed[1:])
+        chips[node.id] = TileChip(**programmed[0], **common, copies=copies)
     return chips
+
+
+def _programmed(
+    g_plus: np.ndarray,
+    g_minus: np.ndarray,
+    scale: np.ndarray,
+    target: TargetSpec,
+    seed: int,
+    tile: int,
+    t_inference_s: float,
+    drift_compensation: str | None,
+) -> dict[str, np.ndarray]:
+    """One array of the chip ``seed`` names, programmed as tile number ``tile`` (its
+    programming-noise and drift streams) and read ``t_inference_s`` later: the
+    ``conductance_us``, ``gain`` and ``variance_us2`` of its :class:`TileChip`."""
+    chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=tile)
+    drifted = chip.at(t_inference_s)
+    if drift_compensation == "global":
+        alpha = pcm.drift_compensation_factor(chip, t_inference_s)
+    elif drift_compensation == "column":
+        alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
+    else:
+        alpha = 1.0
+    return {
+        "conductance_us": np.ascontiguousarray(drifted.weights_us),
+        "gain": scale * alpha,
+        "variance_us2": np.ascontiguousarray(drifted.read_variance_us2),
+    }

@@ -41,7 +41,7 @@ from snuc.ir.crossbar import adc_max_code, dac_grid
 from snuc.ir.graph import Node
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import plan_kernels as kernels
-from snuc.runtime.plan_tiles import TileChip
+from snuc.runtime.plan_tiles import NoiseStream, TileChip
 
 Kernel = Callable[[list], None]
 
@@ -92,12 +92,14 @@ class SimOp:
         stage: ``start // ii``: in window k it runs for timestep ``k - stage``.
         slots: ``(slot number, what it holds)`` for every slot the kernel uses.
         kernel: the computation.
+        tag: ``(K, j)``: it runs only for timesteps t with ``t mod K == j``; None: all.
     """
 
     order: tuple
     stage: int
     slots: list[tuple[int, Slot]]
     kernel: Kernel
+    tag: tuple[int, int] | None = None
 
 
 class SlotTable:
@@ -164,6 +166,50 @@ class Converted:
         if chip.noisy and not chip.binary_input:
             self.squared = np.empty((rows, chip.n_rows))
         self.driven = 0
+
+
+class StepNoise:
+    """A duplicated tile's read-noise block ``[T, *out]``, handed out by timestep.
+
+    The copies of a tile share its one block (SPEC §6), each taking the steps it serves,
+    in their own order: copy j's ``mvm`` of step t may run before copy j-1's of step
+    t - 1 (the copies start at different cycles). The block is drawn from the tile's
+    stream in step order, and steps drawn ahead wait until their copy takes them.
+    """
+
+    def __init__(self, stream: NoiseStream, per_step: int) -> None:
+        self._stream = stream
+        self._per_step = per_step
+        self._drawn = 0
+        self._ahead: dict[int, np.ndarray] = {}
+
+    def step(self, t: int) -> np.ndarray:
+        """``block[t]``, flat; each step is taken once."""
+        while self._drawn <= t:
+            self._ahead[self._drawn] = self._stream.take(self._per_step).copy()
+            self._drawn += 1
+        return self._ahead.pop(t)
+
+    def serving(self, k: int, j: int) -> _Serving:
+        """What copy j of K takes: steps j, j + K, j + 2K, ... in turn."""
+        return _Serving(self, k, j)
+
+
+class _Serving:
+    """One copy's share of a :class:`StepNoise`, with the ``take`` of a noise stream."""
+
+    def __init__(self, steps: StepNoise, k: int, j: int) -> None:
+        self._steps = steps
+        self._k = k
+        self._next = j
+
+    def take(self, n: int) -> np.ndarray:
+        """The normals of the next step this copy serves (``n`` of them: all the step's)."""
+        block = self._steps.step(self._next)
+        if block.size != n:
+            raise RuntimeError(f"read noise of {block.size} values per step, asked for {n}")
+        self._next += self._k
+        return block
 
 
 class Workspace:

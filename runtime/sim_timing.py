@@ -18,6 +18,11 @@ all of them: a run of any length has the same overlaps, shifted. The measured cy
 timestep is the time between the completions of consecutive timesteps; the latency the
 completion of the first.
 
+With duplicated tiles (docs/isa.md "Tile duplication") an instruction tagged ``(K, j)``
+runs only at timesteps t with ``t mod K == j``, and the pattern repeats every K timesteps:
+the measured cycles per timestep are then the spacing of completions K timesteps apart,
+divided by K, and the latency the longest of K consecutive timesteps'.
+
 A violation is an internal error (:class:`SimulationError`): the compiler emits verified
 programs (``Program.verify_schedule``), so only a broken scheduler or a hand-edited
 program gets here.
@@ -80,10 +85,13 @@ class Timing:
     Attributes:
         ii: the program's initiation interval.
         cycles_per_timestep: measured: cycles between the completions of two consecutive
-            timesteps in steady state.
-        latency_cycles: measured: from the start of a timestep to its completion.
+            timesteps in steady state (with duplicated tiles: on average over K).
+        latency_cycles: measured: from the start of a timestep to its completion (the
+            longest over K consecutive timesteps).
         steps_checked: timesteps laid out and checked.
-        busy_cycles: busy cycles per timestep (batch 1) of every resource, by name.
+        busy_cycles: busy cycles per timestep (batch 1) of every resource, by name (a
+            tagged instruction counts 1/K; rounded up).
+        duplicate: K, the copies duplicated tiles take turns between (1: none).
     """
 
     ii: int
@@ -91,13 +99,20 @@ class Timing:
     latency_cycles: int
     steps_checked: int
     busy_cycles: dict[str, int]
+    duplicate: int = 1
 
-    def total_cycles(self, steps: int) -> int:
+    def total_cycles(self, steps: int, sequences: int = 1) -> int:
         """Cycles from the first timestep's start to the completion of the last of
-        ``steps`` timesteps streamed back to back."""
-        if steps <= 0:
+        ``sequences`` sequences of ``steps`` timesteps streamed back to back.
+
+        With duplicated tiles every sequence starts on copy 0, so a sequence whose length
+        is not a multiple of K leaves the pipeline the remaining timesteps of its turn.
+        """
+        if steps <= 0 or sequences <= 0:
             return 0
-        return (steps - 1) * self.cycles_per_timestep + self.latency_cycles
+        turns = -(-steps // self.duplicate) * self.duplicate
+        slots = (sequences - 1) * turns + steps
+        return (slots - 1) * self.cycles_per_timestep + self.latency_cycles
 
 
 @dataclass(frozen=True)
@@ -121,7 +136,7 @@ def horizon(program: Program) -> int:
         (resolve(b, d.name).distance for b in program.blocks for d in b.declared("state")),
         default=0,
     )
-    return 2 * in_flight + copies + distance + 2
+    return 2 * in_flight + copies + distance + 2 * program.duplicate
 
 
 def simulate_timing(program: Program) -> Timing:
@@ -132,7 +147,7 @@ def simulate_timing(program: Program) -> Timing:
             before it is ready, a ``recv`` is not where its data arrives, or a buffer
             copy is overwritten while still read (module docstring).
     """
-    target, ii = program.target, program.ii
+    target, ii, k = program.target, program.ii, program.duplicate
     steps = horizon(program)
     events: dict[tuple[Unit, int, int], _Event] = {}
     spans: dict[str, list[tuple[int, int, _Event]]] = defaultdict(list)
@@ -144,8 +159,10 @@ def simulate_timing(program: Program) -> Timing:
                 continue
             cost = instr.cost(target, block.unit)
             for resource, _, cycles in cost.reservations:
-                busy[resource] += cycles
+                busy[resource] += cycles * (k if instr.tag is None else 1)
             for t in range(steps):
+                if not instr.runs_at(t):
+                    continue
                 start = t * ii + instr.start
                 event = _Event(
                     block.unit, instr, t, start, start + cost.latency, start + cost.cycles
@@ -158,17 +175,19 @@ def simulate_timing(program: Program) -> Timing:
     _check_resources(spans)
     for block in program.blocks:
         _check_block(program, block, events, steps)
-    gaps = {b - a for a, b in zip(completion, completion[1:], strict=False)}
+    gaps = {b - a for a, b in zip(completion, completion[k:], strict=False)}
     if len(gaps) > 1:
         raise SimulationError(
             f"program @{program.name}: timesteps complete at uneven intervals {sorted(gaps)}"
         )
+    (gap,) = gaps
     return Timing(
         ii=ii,
-        cycles_per_timestep=completion[1] - completion[0],
-        latency_cycles=completion[0],
+        cycles_per_timestep=gap // k,
+        latency_cycles=max(completion[t] - t * ii for t in range(k)),
         steps_checked=steps,
-        busy_cycles=dict(busy),
+        busy_cycles={resource: -(-cycles // k) for resource, cycles in busy.items()},
+        duplicate=k,
     )
 
 
@@ -197,7 +216,15 @@ def _check_block(
     steps: int,
 ) -> None:
     unit = block.unit
-    writer_of = {r: i for i, instr in enumerate(block.instructions) for r in instr.results}
+    writers: dict[str, list[int]] = defaultdict(list)
+    for i, instr in enumerate(block.instructions):
+        for r in instr.results:
+            writers[r].append(i)
+
+    def written(name: str, t: int) -> _Event | None:
+        """The write of buffer ``name`` at timestep t (tagged writers take turns)."""
+        return next((events[(unit, w, t)] for w in writers[name] if (unit, w, t) in events), None)
+
     readers: dict[str, list[tuple[int, int]]] = defaultdict(list)  # buffer -> (index, distance)
     for index, instr in enumerate(block.instructions):
         for operand in instr.operands:
@@ -207,11 +234,17 @@ def _check_block(
         if isinstance(instr, Send):
             _check_arrival(program, block, index, instr, events, steps)
     for name, reads in readers.items():
-        writer = writer_of[name]
         for index, distance in reads:
             for t in range(distance, steps):
-                event = events[(unit, index, t)]
-                source = events[(unit, writer, t - distance)]
+                event = events.get((unit, index, t))
+                if event is None:
+                    continue
+                source = written(name, t - distance)
+                if source is None:
+                    raise SimulationError(
+                        f"{_describe(event)} reads {name} of timestep {t - distance}, which "
+                        "nothing writes"
+                    )
                 if event.start < source.ready:
                     raise SimulationError(
                         f"{_describe(event)} reads {name} of timestep {t - distance}, which "
@@ -219,14 +252,16 @@ def _check_block(
                         f"{source.ready}"
                     )
     for decl in block.declared("buf"):
-        writer, copies = writer_of[decl.name], decl.copies
+        copies = decl.copies
         for t in range(copies, steps):
-            write = events[(unit, writer, t)]
+            write = written(decl.name, t)
+            if write is None:
+                continue
             for index, distance in readers.get(decl.name, ()):
                 u = t - copies + distance
-                if u >= steps:
+                read = events.get((unit, index, u))
+                if read is None:  # past the horizon, or not run at timestep u
                     continue
-                read = events[(unit, index, u)]
                 if read.done > write.start:
                     raise SimulationError(
                         f"{_describe(write)} overwrites copy {t % copies} of {decl.name} "
@@ -247,9 +282,14 @@ def _check_arrival(
     (recv_index,) = (
         i
         for i, r in enumerate(dst.instructions)
-        if isinstance(r, Recv) and r.value == send.value and r.src == block.unit
+        if isinstance(r, Recv)
+        and r.value == send.value
+        and r.src == block.unit
+        and r.tag == send.tag
     )
     for t in range(steps):
+        if not send.runs_at(t):
+            continue
         sent, received = events[(block.unit, index, t)], events[(dst.unit, recv_index, t)]
         if received.start != sent.ready:
             raise SimulationError(

@@ -20,6 +20,11 @@ order of ``read_noise_block(seed, tile, (T, *out), offset=offset)``), the conver
 the digital kernels (:mod:`snuc.runtime.sim_ops`). A batch of sequences runs together: every
 instruction works on ``[B, ...]`` buffers.
 
+Duplicated tiles (docs/isa.md "Tile duplication"): an instruction tagged ``(K, j)`` runs
+only for timesteps t with ``t mod K == j``; each copy of a tile is its own programmed
+array (pcm), and the copies of one tile share its read-noise block, each taking the rows
+of the timesteps it serves (:class:`~snuc.runtime.sim_ops.StepNoise`).
+
 Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
 the timing simulation: a batch is B sequences streamed through the pipeline back to back
 (each starting from zero states), ``(B * T - 1) * cycles_per_timestep + latency`` cycles
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +55,7 @@ from snuc.backends.isa import GDU, Adc, Block, Mvm, Program, Recv, Send, Sync, U
 from snuc.backends.program import compile_program
 from snuc.ir.crossbar import guaranteed_ranges
 from snuc.ir.errors import SnucError
-from snuc.ir.graph import Graph
+from snuc.ir.graph import Graph, Node
 from snuc.ir.ops import CrossbarMVM
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
 from snuc.ir.types import BATCH, Dim, TensorType
@@ -230,7 +235,7 @@ class SimPlan:
                 drift_compensation=drift_compensation,
                 binary_values=binary,
             )
-            chips = {chip.tile: chip for chip in by_node.values()}
+            chips = _chips_by_tile(graph, by_node)
         return cls(
             graph,
             program,
@@ -302,6 +307,14 @@ class SimPlan:
         runs = steps * sequences
         energy = {c: [a * runs, e * runs] for c, (a, e) in layout.static.items()}
         energy["crossbar"][0] = layout.mvm_phases * runs
+        rows_available = layout.mvm_rows * runs
+        for j, (static, phases, mvm_rows) in layout.tagged.items():
+            served = sequences * len(range(j, steps, layout.duplicate))
+            for c, (a, e) in static.items():
+                energy[c][0] += a * served
+                energy[c][1] += e * served
+            energy["crossbar"][0] += phases * served
+            rows_available += mvm_rows * served
         spikes = []
         rows = 0
         for (kind, what), counted in zip(layout.tallies, tally, strict=True):
@@ -320,9 +333,9 @@ class SimPlan:
             sequences=sequences,
             cycles_per_timestep=self.timing.cycles_per_timestep,
             latency_cycles=self.timing.latency_cycles,
-            total_cycles=self.timing.total_cycles(runs),
+            total_cycles=self.timing.total_cycles(steps, sequences),
             rows_driven=rows,
-            rows_available=layout.mvm_rows * runs,
+            rows_available=rows_available,
             energy=tuple(EnergyRow(c, int(a), float(e)) for c, (a, e) in energy.items()),
             spikes=tuple(spikes),
         )
@@ -342,9 +355,31 @@ def _the_program(graph: Graph, program: Program | None, spec: TargetSpec | None)
     return program
 
 
+def _chips_by_tile(graph: Graph, by_node: Mapping[str, TileChip]) -> dict[int, TileChip]:
+    """The programmed tiles by tile number, each copy of a duplicated tile by its own
+    (quantized mode makes no copies: they would hold the same conductances)."""
+    chips: dict[int, TileChip] = {}
+    for node in graph.nodes():
+        chip = by_node.get(node.id)
+        if chip is None:
+            continue
+        op: CrossbarMVM = node.op  # type: ignore[assignment]
+        for j in range(op.duplicates):
+            chips[op.copy_tile(j)] = chip.copies[j - 1] if j and chip.copies else chip
+    return chips
+
+
 def _check_tiles(graph: Graph, program: Program) -> None:
-    """Every tile of the program is an ``xbar.mvm`` of the graph with the same window."""
-    nodes = {n.op.tile: n for n in graph.nodes() if isinstance(n.op, CrossbarMVM)}
+    """Every tile of the program is an ``xbar.mvm`` of the graph (or one of its copies)
+    with the same window."""
+    nodes: dict[int, Node] = {}
+    copy_of: dict[int, int] = {}
+    for n in graph.nodes():
+        if isinstance(n.op, CrossbarMVM):
+            nodes[n.op.tile] = n
+            for number in n.op.copy_tiles:
+                nodes[number] = n
+                copy_of[number] = n.op.tile
     for tile in program.tiles:
         node = nodes.get(tile.number)
         if node is None:
@@ -361,11 +396,12 @@ def _check_tiles(graph: Graph, program: Program) -> None:
             and tile.cols == tuple(op.cols)
             and tile.dac == tuple(op.dac)
             and tile.adc_range == op.adc_range
+            and tile.copy_of == copy_of.get(tile.number, -1)
         )
         if not same:
             raise SnucError(
                 f"program @{program.name}: tile {tile.number} differs from the graph's "
-                f"xbar.mvm %{node.id} (weight, rows, cols, dac or adc_range); use the "
+                f"xbar.mvm %{node.id} (weight, rows, cols, dac, adc_range or copy_of); use the "
                 "artefact's own program"
             )
 
@@ -405,6 +441,9 @@ class _Layout:
             data, by component.
         mvm_phases: MVM phases per sequence and timestep.
         mvm_rows: rows the MVMs could drive per sequence and timestep.
+        duplicate: K: instructions tagged ``(K, j)`` run at timesteps t mod K = j only.
+        tagged: by j, the ``static``, ``mvm_phases`` and ``mvm_rows`` of those
+            instructions, per sequence and timestep they run at.
     """
 
     ops: tuple[SimOp, ...]
@@ -416,6 +455,10 @@ class _Layout:
     static: Mapping[str, tuple[int, float]]
     mvm_phases: int
     mvm_rows: int
+    duplicate: int = 1
+    tagged: Mapping[int, tuple[Mapping[str, tuple[int, float]], int, int]] = field(
+        default_factory=dict
+    )
 
 
 class _Compiler:
@@ -437,6 +480,8 @@ class _Compiler:
         self.static = {c: [0, 0.0] for c in COMPONENTS}
         self.mvm_phases = 0
         self.mvm_rows = 0
+        # By j: what instructions tagged (K, j) add up to (static, [mvm phases, mvm rows]).
+        self.tagged: dict[int, tuple[dict[str, list], list[int]]] = {}
         self.conversions: dict[tuple, int] = {}
 
     def compile(self) -> _Layout:
@@ -457,6 +502,11 @@ class _Compiler:
             static={c: (a, e) for c, (a, e) in self.static.items()},
             mvm_phases=self.mvm_phases,
             mvm_rows=self.mvm_rows,
+            duplicate=self.program.duplicate,
+            tagged={
+                j: ({c: (a, e) for c, (a, e) in static.items()}, phases, rows)
+                for j, (static, (phases, rows)) in sorted(self.tagged.items())
+            },
         )
 
     def declare(self, block: Block) -> None:
@@ -506,13 +556,16 @@ class _Compiler:
     def result(self, block: Block, name: str) -> Slot:
         return Slot("copy", block.unit, name, 0)
 
-    def transfers(self) -> dict[tuple[Unit, Unit, str], _Transfer]:
+    def transfers(self) -> dict[tuple[Unit, Unit, str, Any], _Transfer]:
         """How each send reaches its recv: straight from the source buffer when no later
         timestep writes that copy before the recv, else through a ring of messages."""
         ii = self.program.ii
         found = {}
         for block in self.program.blocks:
-            writers = {r: i for i in block.instructions for r in i.results}
+            first: dict[str, int] = {}  # the earliest write of each buffer
+            for i in block.instructions:
+                for r in i.results:
+                    first[r] = min(first.get(r, i.start), i.start)
             for instr in block.instructions:
                 if not isinstance(instr, Send):
                     continue
@@ -521,8 +574,7 @@ class _Compiler:
                 direct = True
                 if source.kind == "copy":
                     copies = self.buffers[(block.unit, source.name)][0]
-                    writer = writers[source.name]
-                    direct = (copies - source.distance) * ii + writer.start > (
+                    direct = (copies - source.distance) * ii + first[source.name] > (
                         instr.start + latency
                     )
                 ring = None
@@ -530,9 +582,12 @@ class _Compiler:
                     # A message lives ``latency`` cycles; two more leave room for the
                     # next timesteps' messages of this send.
                     ring = f"{block.unit}>{instr.dst}:{instr.value}"
+                    if instr.tag is not None:
+                        ring += f" when t mod {instr.tag[0]} = {instr.tag[1]}"
                     self.rings[ring] = (latency // ii + 2, *self.message_type(block, instr))
                     source = Slot("ring", name=ring)
-                found[(block.unit, instr.dst, instr.value)] = _Transfer(source, ring, instr.window)
+                key = (block.unit, instr.dst, instr.value, instr.tag)
+                found[key] = _Transfer(source, ring, instr.window)
         return found
 
     def message_type(self, block: Block, send: Send) -> tuple[tuple[Dim, ...], np.dtype]:
@@ -552,9 +607,10 @@ class _Compiler:
         block: Block,
         i: int,
         instr: Any,
-        transfers: dict[tuple[Unit, Unit, str], _Transfer],
+        transfers: dict[tuple[Unit, Unit, str, Any], _Transfer],
     ) -> None:
         stage, offset = divmod(instr.start, self.program.ii)
+        tag = instr.tag
         order = (offset, 1 if isinstance(instr, Recv) else 2, -stage, b, i, 0)
         cost = instr.cost(self.target, block.unit)
         table = self.table
@@ -563,13 +619,13 @@ class _Compiler:
             kernel = self.mvm(block, instr)
         elif isinstance(instr, Adc):
             kernel = self.adc(block, instr)
-            self.add_static("adc", instr.n, cost.total_energy_pj)
+            self.add_static("adc", instr.n, cost.total_energy_pj, tag)
         elif isinstance(instr, VectorOp):
             kernel = self.vector(block, instr)
             component = "gdu" if block.unit.kind == GDU else "ldu"
-            self.add_static(component, instr.n * instr.ops, cost.total_energy_pj)
+            self.add_static(component, instr.n * instr.ops, cost.total_energy_pj, tag)
         elif isinstance(instr, Send):
-            transfer = transfers[(block.unit, instr.dst, instr.value)]
+            transfer = transfers[(block.unit, instr.dst, instr.value, tag)]
             if transfer.ring is not None:
                 src = table.new(self.operand(block, instr.value))
                 dst = table.new(transfer.source)
@@ -577,25 +633,34 @@ class _Compiler:
             path = route(block.unit, instr.dst, self.target)
             for component, energy in cost.energy_pj:
                 crossed = path.hops if component == "noc" else path.chip_crossings
-                self.add_static(component, instr.nbytes * crossed, energy)
+                self.add_static(component, instr.nbytes * crossed, energy, tag)
         elif isinstance(instr, Recv):
-            transfer = transfers[(instr.src, block.unit, instr.value)]
+            transfer = transfers[(instr.src, block.unit, instr.value, tag)]
             src = table.new(transfer.source)
             dst = table.new(self.result(block, instr.value))
             direct = transfer.ring is None
             kernel = ops.copy_kernel(src, dst, transfer.window if direct else None, transfer.window)
         if kernel is not None:
-            self.ops.append(SimOp(order, stage, table.take(), kernel))
+            self.ops.append(SimOp(order, stage, table.take(), kernel, tag))
         for name in instr.results:
             if block.unit == Unit(GDU, 0) and self.is_output(block, name):
                 row = table.new(Slot("history", name=name))
                 value = table.new(self.result(block, name))
                 kernel = ops.record_kernel(value, row)
-                self.ops.append(SimOp((*order[:-1], 1), stage, table.take(), kernel))
+                self.ops.append(SimOp((*order[:-1], 1), stage, table.take(), kernel, tag))
 
-    def add_static(self, component: str, accesses: int, energy_pj: float) -> None:
-        self.static[component][0] += accesses
-        self.static[component][1] += energy_pj
+    def add_static(
+        self, component: str, accesses: int, energy_pj: float, tag: tuple[int, int] | None = None
+    ) -> None:
+        """Count what an instruction moves or computes per timestep it runs at."""
+        static = self.static if tag is None else self.tagged_counts(tag)[0]
+        static[component][0] += accesses
+        static[component][1] += energy_pj
+
+    def tagged_counts(self, tag: tuple[int, int]) -> tuple[dict[str, list], list[int]]:
+        if tag[1] not in self.tagged:
+            self.tagged[tag[1]] = ({c: [0, 0.0] for c in COMPONENTS}, [0, 0])
+        return self.tagged[tag[1]]
 
     def mvm(self, block: Block, instr: Mvm) -> ops.Kernel:
         tile = self.program.tile_map[instr.tile]
@@ -622,6 +687,7 @@ class _Compiler:
                 chip.binary_input,
                 chip.noisy,
                 instr.start // self.program.ii,
+                instr.tag,
             )
             converted = self.conversions.get(same_input)
             converts = converted is None
@@ -630,15 +696,29 @@ class _Compiler:
                     ops.fixed(lambda run: ops.Converted(chip, rows_of(run.batch)))
                 )
             work = table.new(ops.fixed(lambda run: ops.Workspace(chip, rows_of(run.batch))))
-            if chip.noisy:
+            tag = instr.tag
+            if chip.noisy and tag is None:
                 noise = table.new(
                     ops.fixed(lambda run: run.noise(chip, rows_of(run.batch) * chip.n_cols))
+                )
+            elif chip.noisy:  # a copy of a duplicated tile: the steps it serves
+                noise = table.new(
+                    ops.fixed(
+                        lambda run: run.step_noise(chip, rows_of(run.batch) * chip.n_cols).serving(
+                            *tag
+                        )
+                    )
                 )
         driven = len(self.tallies)
         per_row = instr.phases * self.target.energy_mvm_pj / self.target.rows
         self.tallies.append(("rows", per_row))
-        self.mvm_phases += instr.vectors * instr.phases
-        self.mvm_rows += instr.vectors * instr.rows
+        if instr.tag is None:
+            self.mvm_phases += instr.vectors * instr.phases
+            self.mvm_rows += instr.vectors * instr.rows
+        else:
+            counts = self.tagged_counts(instr.tag)[1]
+            counts[0] += instr.vectors * instr.phases
+            counts[1] += instr.vectors * instr.rows
         return ops.mvm_kernel(
             x,
             codes,
@@ -749,6 +829,7 @@ class _Run:
         self.bar = bar
         self.tally = [0] * len(layout.tallies)
         self._noise: dict[int, NoiseStream] = {}
+        self._step_noise: dict[int, ops.StepNoise] = {}
         self.buffers = {
             key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
             for key, (copies, type_, dtype) in layout.buffers.items()
@@ -781,6 +862,16 @@ class _Run:
                 self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
             )
         return stream
+
+    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
+        """The run's read noise of a duplicated tile by timestep, which its copies share
+        (created on first use)."""
+        found = self._step_noise.get(chip.tile)
+        if found is None:
+            found = self._step_noise[chip.tile] = ops.StepNoise(
+                self.noise(chip, per_step), per_step
+            )
+        return found
 
     def outputs(self) -> dict[str, np.ndarray]:
         if self.steps > 0:
@@ -839,7 +930,7 @@ class _Run:
         """Windows after which the bindings of the steady state repeat."""
         sizes = [copies for copies, _, _ in self.layout.buffers.values()]
         sizes += [size for size, _, _ in self.layout.rings.values()]
-        return math.lcm(1, *sizes)
+        return math.lcm(self.layout.duplicate, *sizes)
 
     def _window(self, k: int, *, steady: bool) -> tuple[list, list, list]:
         """The slots, kernels and moving bindings of window k."""
@@ -848,7 +939,7 @@ class _Run:
         moving = []
         for op in self.layout.ops:
             t = k - op.stage
-            if not 0 <= t < self.steps:
+            if not 0 <= t < self.steps or (op.tag is not None and t % op.tag[0] != op.tag[1]):
                 continue
             kernels.append(op.kernel)
             for number, slot in op.slots:

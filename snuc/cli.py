@@ -97,6 +97,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="pack small tiles onto shared crossbars (fewest crossbars, the default) or "
         "give each tile its own (more crossbars, shorter timestep)",
     )
+    comp.add_argument(
+        "--duplicate",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K copies of every crossbar with more than 1/K of the busiest one's MVM work, "
+        "timestep t on copy t mod K (more crossbars, up to K times shorter timestep; "
+        "default 1: none)",
+    )
     comp.set_defaults(handler=_cmd_compile)
 
     run = sub.add_parser("run", help="run sequences on a simulated chip")
@@ -202,6 +211,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             print_after=args.print_after,
             calibrate=args.calibrate,
             placement=args.placement,
+            duplicate=args.duplicate,
         )
         sys.stdout.write(text)
         return EXIT_OK
@@ -211,6 +221,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         state_pairs=state_pairs,
         calibrate=args.calibrate,
         placement=args.placement,
+        duplicate=args.duplicate,
     )
     if args.emit == "report":
         json.dump(art.report, sys.stdout, indent=2)

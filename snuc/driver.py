@@ -19,7 +19,7 @@ from snuc.ir.graph import Graph
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target, with_overrides
 from snuc.ir.text import print_graph
 from snuc.passes import DEFAULT_PIPELINE, Pass, default_pipeline, run_pipeline
-from snuc.passes.placement import Place
+from snuc.passes.placement import Place, check_duplicate
 from snuc.passes.quantize import Quantize
 from snuc.passes.report import mapping_report
 from snuc.passes.schedule import Schedule, schedule_graph
@@ -68,19 +68,20 @@ def lower(
     *,
     calibration: np.ndarray | None = None,
     placement: str = "pack",
+    duplicate: int = 1,
     after: After | None = None,
 ) -> Graph:
     """Run the default pipeline over ``graph``; ``after(stage, graph)`` sees every stage.
 
     With ``calibration`` samples, the quantize pass takes its DAC and ADC ranges from a
     float run of the mapped graph on them (SPEC §6) instead of the guaranteed ranges.
-    ``placement`` is the place pass's strategy (``pack`` or ``spread``).
+    ``placement`` and ``duplicate`` are the place pass's strategy (``pack`` or
+    ``spread``) and copies of busy crossbars (docs/isa.md "Tile duplication").
     """
     if after is not None:
         after(IMPORT_STAGE, graph)
-    passes: list[Pass] = [
-        Place(strategy=placement) if p.name == Place.name else p for p in default_pipeline()
-    ]
+    place = Place(strategy=placement, duplicate=duplicate)
+    passes: list[Pass] = [place if p.name == Place.name else p for p in default_pipeline()]
     if calibration is None:
         return run_pipeline(graph, target, passes, after=after)
     split = next(i for i, p in enumerate(passes) if p.name == Quantize.name)
@@ -103,13 +104,18 @@ def compile_model(
     state_pairs: Mapping[str, str] | None = None,
     calibrate: str | os.PathLike | np.ndarray | None = None,
     placement: str = "pack",
+    duplicate: int = 1,
     after: After | None = None,
 ) -> Artefact:
     """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``).
 
     ``placement="spread"`` gives every tile a crossbar of its own (more crossbars, no MVMs
     queueing for a shared one); the default ``"pack"`` uses the fewest crossbars.
+    ``duplicate=K`` (``--duplicate``) gives every crossbar with more than 1/K of the
+    busiest crossbar's MVM work K copies on spare crossbars, timestep t served by copy
+    ``t mod K``: more crossbars for a shorter timestep (docs/isa.md "Tile duplication").
     """
+    check_duplicate(duplicate)
     spec = resolve_target(target, chips)
     samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
     graph = lower(
@@ -117,6 +123,7 @@ def compile_model(
         spec,
         calibration=samples,
         placement=placement,
+        duplicate=duplicate,
         after=after,
     )
     schedule = schedule_graph(graph, spec)
@@ -142,6 +149,7 @@ def emit_ir(
     print_after: str | None = None,
     calibrate: str | os.PathLike | None = None,
     placement: str = "pack",
+    duplicate: int = 1,
 ) -> str:
     """The text IR of ``model`` after the whole pipeline, or after the stage ``print_after``."""
     if print_after is not None and print_after not in stage_names():
@@ -161,6 +169,7 @@ def emit_ir(
         state_pairs=state_pairs,
         calibrate=calibrate,
         placement=placement,
+        duplicate=duplicate,
         after=keep,
     )
     if print_after is not None:

@@ -39,6 +39,16 @@ def format_report(report: dict[str, Any]) -> str:
         if key in report:
             value = report[key]
             summary.append([label, value["total"] if isinstance(value, dict) else value])
+    duplication = report.get("schedule", {}).get("duplication")
+    if duplication:
+        summary.append(
+            [
+                "tile duplication",
+                f"{duplication['crossbars_duplicated']} crossbar(s) x "
+                f"{duplication['copies']} copies, timestep t on copy t mod "
+                f"{duplication['copies']}",
+            ]
+        )
     text = format_table(["quantity", "value"], summary)
     layers = report.get("layers", [])
     if layers:
