@@ -7,6 +7,8 @@ import gzip
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -504,3 +506,43 @@ def test_default_dirs_cwd_then_repo_root(tmp_path, monkeypatch):
     beside_cwd = tmp_path / "shared" / "data"
     beside_cwd.mkdir(parents=True)
     assert resolve_data_dir() == beside_cwd.resolve()
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+MAKE_CALIBRATION = Path(__file__).resolve().parent.parent / "examples" / "make_calibration.py"
+
+
+@pytest.mark.parametrize(
+    ("task", "shape", "dtype"),
+    [("jsb", (None, 2, 88), "float32"), ("mnist", (20, 3, 784), "float32"),
+     ("ptb", (200, 10), "int64")],
+)  # fmt: skip
+def test_make_calibration_writes_training_inputs(data_dir, tmp_path, task, shape, dtype):
+    out = tmp_path / f"{task}.npy"
+    size = {"jsb": 2, "mnist": 3, "ptb": 1}[task]
+    args = [sys.executable, str(MAKE_CALIBRATION), task, str(out), "--size", str(size)]
+    done = subprocess.run([*args, "--data-dir", str(data_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    x = np.load(out)
+    assert x.dtype == dtype and x.ndim == len(shape)
+    assert all(want in (None, got) for want, got in zip(shape, x.shape, strict=True))
+    if task == "jsb":
+        first, _ = pad_sequences(load_jsb("train", data_dir)[:2])
+        assert np.array_equal(x, first)
+    elif task == "ptb":
+        assert np.array_equal(x, batchify(load_ptb("train", data_dir)[:2000], 10))
+    else:
+        assert set(np.unique(x)) <= {0.0, 1.0} and x.any()
+        test_coding = next(iter_scoring_spikes(*load_mnist("train", data_dir), 20))[0]
+        assert not np.array_equal(x, test_coding[:, :3])  # not the scored splits' spikes
+
+
+def test_make_calibration_without_data_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "x.npy"
+    args = [sys.executable, str(MAKE_CALIBRATION), "ptb", str(out)]
+    done = subprocess.run([*args, "--data-dir", str(tmp_path / "none")], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "error:" in done.stderr and not out.exists()
