@@ -36,6 +36,9 @@ byte. Spikes are counted per spiking layer.
 Speed: the program is compiled once into a list of kernels with precomputed slots; the
 time loop walks windows of ``ii`` cycles, each running the kernels whose timestep is in
 flight, with their buffers bound once per pattern of copies (the steady state repeats).
+The arrays and bindings of a run at one batch size are kept by the plan for its next run
+(:class:`_Kit`), so a run allocates only its outputs; the timing is checked once, when
+the plan is built (it does not depend on the data).
 """
 
 from __future__ import annotations
@@ -180,6 +183,8 @@ class SimPlan:
         self.chips = chips
         self.last_stats: SimStats | None = None
         self._layout = _Compiler(graph, program, mode, chips).compile()
+        self._clock = _Clock.of(self._layout)
+        self._idle: dict[int, list[_Kit]] = {}  # by batch size
 
     @classmethod
     def build(
@@ -551,10 +556,29 @@ class _Compiler:
                 return ops.constant(value)
             return Slot("const", name=found.name[1:], distance=found.distance)
         type_ = next(d.type for d in block.decls if d.name == found.name)
-        return ops.fixed(lambda run: np.zeros(type_.concrete(run.batch), type_.np_dtype))
+        return ops.fixed(lambda kit: np.zeros(type_.concrete(kit.batch), type_.np_dtype))
 
     def result(self, block: Block, name: str) -> Slot:
         return Slot("copy", block.unit, name, 0)
+
+    def dtype_of(self, slot: Slot) -> np.dtype | None:
+        """The dtype of the arrays ``slot`` holds (None: not known here)."""
+        if slot.kind == "copy":
+            return self.buffers[(slot.unit, slot.name)][2]
+        if slot.kind == "ring":
+            return self.rings[slot.name][2]
+        if slot.kind == "feed":
+            return self.graph.type_of(slot.name).np_dtype
+        if slot.kind == "history":  # as _Run allocates it
+            return next(o.type.np_dtype for o in self.outputs() if o.source == slot.name)
+        if slot.kind == "const":
+            return self.graph.constants[slot.name].dtype
+        return None
+
+    def same_dtype(self, a: Slot, b: Slot) -> bool:
+        """Whether two slots are known to hold arrays of one dtype."""
+        dtype = self.dtype_of(a)
+        return dtype is not None and dtype == self.dtype_of(b)
 
     def transfers(self) -> dict[tuple[Unit, Unit, str, Any], _Transfer]:
         """How each send reaches its recv: straight from the source buffer when no later
@@ -627,26 +651,32 @@ class _Compiler:
         elif isinstance(instr, Send):
             transfer = transfers[(block.unit, instr.dst, instr.value, tag)]
             if transfer.ring is not None:
-                src = table.new(self.operand(block, instr.value))
+                source = self.operand(block, instr.value)
+                same = self.same_dtype(source, transfer.source)
+                src = table.new(source)
                 dst = table.new(transfer.source)
-                kernel = ops.copy_kernel(src, dst, transfer.window, None)
+                kernel = ops.copy_kernel(src, dst, transfer.window, None, same)
             path = route(block.unit, instr.dst, self.target)
             for component, energy in cost.energy_pj:
                 crossed = path.hops if component == "noc" else path.chip_crossings
                 self.add_static(component, instr.nbytes * crossed, energy, tag)
         elif isinstance(instr, Recv):
             transfer = transfers[(instr.src, block.unit, instr.value, tag)]
+            result = self.result(block, instr.value)
+            same = self.same_dtype(transfer.source, result)
             src = table.new(transfer.source)
-            dst = table.new(self.result(block, instr.value))
+            dst = table.new(result)
             direct = transfer.ring is None
-            kernel = ops.copy_kernel(src, dst, transfer.window if direct else None, transfer.window)
+            window = transfer.window if direct else None
+            kernel = ops.copy_kernel(src, dst, window, transfer.window, same)
         if kernel is not None:
             self.ops.append(SimOp(order, stage, table.take(), kernel, tag))
         for name in instr.results:
             if block.unit == Unit(GDU, 0) and self.is_output(block, name):
-                row = table.new(Slot("history", name=name))
-                value = table.new(self.result(block, name))
-                kernel = ops.record_kernel(value, row)
+                history, result = Slot("history", name=name), self.result(block, name)
+                row = table.new(history)
+                value = table.new(result)
+                kernel = ops.record_kernel(value, row, self.same_dtype(result, history))
                 self.ops.append(SimOp((*order[:-1], 1), stage, table.take(), kernel, tag))
 
     def add_static(
@@ -667,8 +697,12 @@ class _Compiler:
         x_type = ops.operand_type(block, instr.operand)
         chip = self.chips.get(instr.tile)
         table = self.table
-        x = table.new(replace(self.operand(block, instr.operand), matrix=True))
-        codes = table.new(replace(self.result(block, instr.result), matrix=True))
+        x_slot = replace(self.operand(block, instr.operand), matrix=True)
+        codes_slot = replace(self.result(block, instr.result), matrix=True)
+        x, codes = table.new(x_slot), table.new(codes_slot)
+        # The simulator's own buffers have rows of unit stride (see ops.row_product).
+        own = x_slot.kind == "copy" and self.same_dtype(x_slot, codes_slot)
+        x_dtype = self.dtype_of(x_slot) if own else None
         work = noise = converted = None
         converts = True
         weight = None
@@ -693,18 +727,18 @@ class _Compiler:
             converts = converted is None
             if converts:
                 converted = self.conversions[same_input] = table.new(
-                    ops.fixed(lambda run: ops.Converted(chip, rows_of(run.batch)))
+                    ops.fixed(lambda kit: ops.Converted(chip, rows_of(kit.batch)))
                 )
-            work = table.new(ops.fixed(lambda run: ops.Workspace(chip, rows_of(run.batch))))
+            work = table.new(ops.fixed(lambda kit: ops.Workspace(chip, rows_of(kit.batch))))
             tag = instr.tag
             if chip.noisy and tag is None:
                 noise = table.new(
-                    ops.fixed(lambda run: run.noise(chip, rows_of(run.batch) * chip.n_cols))
+                    ops.fixed(lambda kit: kit.noise(chip, rows_of(kit.batch) * chip.n_cols))
                 )
             elif chip.noisy:  # a copy of a duplicated tile: the steps it serves
                 noise = table.new(
                     ops.fixed(
-                        lambda run: run.step_noise(chip, rows_of(run.batch) * chip.n_cols).serving(
+                        lambda kit: kit.step_noise(chip, rows_of(kit.batch) * chip.n_cols).serving(
                             *tag
                         )
                     )
@@ -724,6 +758,8 @@ class _Compiler:
             codes,
             driven,
             tile=tile,
+            x_width=x_type.shape[-1],
+            x_dtype=x_dtype,
             chip=chip,
             weight=weight,
             converted=converted,
@@ -734,13 +770,19 @@ class _Compiler:
 
     def adc(self, block: Block, instr: Adc) -> ops.Kernel:
         chip = self.chips.get(instr.tile)
-        codes = self.table.new(self.operand(block, instr.operand))
-        out = self.table.new(self.result(block, instr.result))
+        table = self.table
+        source, result = self.operand(block, instr.operand), self.result(block, instr.result)
+        codes, out = table.new(source), table.new(result)
+        if chip is None:
+            same = self.same_dtype(source, result)
+            return ops.adc_kernel(codes, out, chip=None, same_dtype=same)
         type_ = ops.operand_type(block, instr.result)
-        scratch = self.table.new(
-            ops.fixed(lambda run: np.empty(type_.concrete(run.batch), np.float64))
+        scratch = table.new(ops.fixed(lambda kit: np.empty(type_.concrete(kit.batch))))
+        gain = table.new(
+            ops.fixed(lambda kit: np.broadcast_to(chip.gain, type_.concrete(kit.batch)).copy())
         )
-        return ops.adc_kernel(codes, out, scratch, chip)
+        cast = np.can_cast(np.float64, type_.np_dtype, "same_kind")
+        return ops.adc_kernel(codes, out, chip=chip, scratch=scratch, gain=gain, same_dtype=cast)
 
     def vector(self, block: Block, instr: VectorOp) -> ops.Kernel:
         table = self.table
@@ -800,6 +842,180 @@ def _rows_per_step(x_type: TensorType) -> Any:
 # --------------------------------------------------------------------------- one run
 
 
+@dataclass(frozen=True)
+class _Clock:
+    """Where the windows of a plan's runs repeat.
+
+    Attributes:
+        first, last: the lowest and highest stage: a run of T timesteps walks T + last
+            windows, window k running the instructions of stage s for timestep k - s.
+        steady_from: the first window in which every state reads a timestep of the run
+            (none of the zeros before it); the steady state lasts to window T - 1 + first.
+        period: windows after which the bindings of the steady state repeat (the
+            buffers' copies, the rings' messages and the duplicated tiles' K).
+    """
+
+    first: int
+    last: int
+    steady_from: int
+    period: int
+
+    @classmethod
+    def of(cls, layout: _Layout) -> _Clock:
+        stages = [op.stage for op in layout.ops]
+        steady_from = max(
+            (op.stage + max((s.distance for _, s in op.slots), default=0) for op in layout.ops),
+            default=0,
+        )
+        sizes = [copies for copies, _, _ in layout.buffers.values()]
+        sizes += [size for size, _, _ in layout.rings.values()]
+        return cls(
+            first=min(stages, default=0),
+            last=max(stages, default=0),
+            steady_from=steady_from,
+            period=math.lcm(layout.duplicate, *sizes),
+        )
+
+
+_CACHED_BATCH_SIZES = 8
+"""A plan keeps idle runs' arrays (:class:`_Kit`) for this many batch sizes."""
+
+_Window = tuple[list, list, list]
+"""A window of ``ii`` cycles, prepared: its slots, its kernels in order, and its moving
+bindings ``(slot number, sequence key, back)``: the slot holds row ``k - back`` of a
+sequence of the run (an input or a recorded output, :meth:`_Run._sequence`)."""
+
+
+class _Kit:
+    """What runs at one batch size allocate and bind, kept by the plan for its next runs.
+
+    Buffers, messages, scratch and the windows' bindings do not depend on the data, so
+    a plan keeps them for its next run at the same batch size, as the NumPy backend keeps
+    its runners; a run takes an idle kit (runs on several threads never share one) and
+    brings its inputs, the histories of its outputs and its read-noise streams' start.
+    Each run starts from zeroed buffers and messages, as a fresh kit does.
+
+    Attributes:
+        plan: the plan.
+        batch: B, the sequences run together.
+        steps, offset: the run the kit serves now: T and its first sequence (read noise).
+        tally: the list in the tally slot (counts of the run).
+        base: the slots every window starts from (the fixed arrays and objects).
+        windows: prepared windows of the steady state, by ``k mod period``.
+        edges: prepared windows before and after the steady state, by k (for runs of
+            :attr:`edges_steps` timesteps).
+    """
+
+    def __init__(self, plan: SimPlan, batch: int, steps: int, offset: int) -> None:
+        self.plan = plan
+        self.layout = layout = plan._layout
+        self.batch = batch
+        self.steps = steps
+        self.offset = offset
+        self.tally = [0] * len(layout.tallies)
+        self._noise: dict[int, tuple[NoiseStream, int]] = {}
+        self._step_noise: dict[int, ops.StepNoise] = {}
+        self.buffers = {
+            key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
+            for key, (copies, type_, dtype) in layout.buffers.items()
+        }
+        self.zeros = {
+            key: np.zeros(type_.concrete(batch), dtype)
+            for key, (_, type_, dtype) in layout.buffers.items()
+        }
+        self.rings = {
+            name: [np.zeros(ops.concrete(shape, batch), dtype) for _ in range(size)]
+            for name, (size, shape, dtype) in layout.rings.items()
+        }
+        self.base: list[Any] = [None] * layout.slot_count
+        self.base[ops.TALLY] = self.tally
+        for op in layout.ops:
+            for number, slot in op.slots:
+                if slot.kind == "fixed":
+                    self.base[number] = slot.make(self)
+        self.windows: dict[int, _Window] = {}
+        self.edges: dict[int, _Window] = {}
+        self.edges_steps = steps
+
+    def start(self, steps: int, offset: int) -> None:
+        """Serve a new run: zero the tally, the buffers and the messages, start the read
+        noise over for it."""
+        self.tally[:] = [0] * len(self.tally)
+        for arrays in (*self.buffers.values(), *self.rings.values()):
+            for array in arrays:
+                array.fill(0)
+        if steps != self.edges_steps:
+            self.edges.clear()
+            self.edges_steps = steps
+        for stream, per_step in self._noise.values():
+            stream.restart(max(1, steps * per_step), offset=offset)
+        for shared in self._step_noise.values():
+            shared.restart()
+        self.steps, self.offset = steps, offset
+
+    def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
+        """The read-noise stream of a tile (created on first use)."""
+        found = self._noise.get(chip.tile)
+        if found is None:
+            stream = NoiseStream(
+                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
+            )
+            found = self._noise[chip.tile] = (stream, per_step)
+        return found[0]
+
+    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
+        """The read noise of a duplicated tile by timestep, which its copies share
+        (created on first use)."""
+        found = self._step_noise.get(chip.tile)
+        if found is None:
+            found = self._step_noise[chip.tile] = ops.StepNoise(
+                self.noise(chip, per_step), per_step
+            )
+        return found
+
+    def window(self, k: int) -> _Window:
+        """The slots, kernels and moving bindings of window k of a run of :attr:`steps`."""
+        steps = self.steps
+        slots = list(self.base)
+        kernels = []
+        moving = []
+        for op in self.layout.ops:
+            t = k - op.stage
+            if not 0 <= t < steps or (op.tag is not None and t % op.tag[0] != op.tag[1]):
+                continue
+            kernels.append(op.kernel)
+            for number, slot in op.slots:
+                if slot.kind == "fixed":
+                    continue
+                if slot.kind == "history" or (slot.kind == "feed" and t >= slot.distance):
+                    key = (slot.kind, slot.name, slot.matrix)
+                    moving.append((number, key, op.stage + slot.distance))
+                else:
+                    slots[number] = self._bind(slot, t)
+        return slots, kernels, moving
+
+    def _bind(self, slot: Slot, t: int) -> Any:
+        """What ``slot`` holds at timestep t."""
+        value = self._value(slot, t)
+        return value.reshape(-1, value.shape[-1]) if slot.matrix else value
+
+    def _value(self, slot: Slot, t: int) -> Any:
+        u = t - slot.distance
+        if slot.kind == "copy":
+            if u < 0:
+                return self.zeros[(slot.unit, slot.name)]
+            copies = self.buffers[(slot.unit, slot.name)]
+            return copies[u % len(copies)]
+        if slot.kind == "ring":
+            ring = self.rings[slot.name]
+            return ring[t % len(ring)]
+        if slot.kind == "feed":  # before the input's first step (a later one moves)
+            type_ = self.plan.graph.type_of(slot.name)
+            return np.zeros(type_.concrete(self.batch), type_.np_dtype)
+        value = self.plan.graph.constants[slot.name]  # a constant through a state
+        return value if u >= 0 else np.zeros_like(value)
+
+
 class _Run:
     """One run of a plan over one chunk of the batch.
 
@@ -808,6 +1024,7 @@ class _Run:
     instruction's timestep in the run, every state past its zeros) the binding depends
     only on ``k`` modulo the copies' and rings' periods, so those windows reuse bindings
     made once; inputs and recorded outputs, which move with k, are rebound each window.
+    The bindings live in a :class:`_Kit` that the plan keeps for its next runs.
     """
 
     def __init__(
@@ -828,56 +1045,38 @@ class _Run:
         self.batch = batch
         self.bar = bar
         self.tally = [0] * len(layout.tallies)
-        self._noise: dict[int, NoiseStream] = {}
-        self._step_noise: dict[int, ops.StepNoise] = {}
-        self.buffers = {
-            key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
-            for key, (copies, type_, dtype) in layout.buffers.items()
-        }
-        self.zeros = {
-            key: np.zeros(type_.concrete(batch), dtype)
-            for key, (_, type_, dtype) in layout.buffers.items()
-        }
-        self.rings = {
-            name: [np.zeros(ops.concrete(shape, batch), dtype) for _ in range(size)]
-            for name, (size, shape, dtype) in layout.rings.items()
-        }
         self.history = {
             out.source: np.zeros((steps, *out.type.concrete(batch)), out.type.np_dtype)
             for out in layout.outputs
             if out.kind == "buf"
         }
-        self.base: list[Any] = [None] * layout.slot_count
-        self.base[ops.TALLY] = self.tally
-        for op in layout.ops:
-            for number, slot in op.slots:
-                if slot.kind == "fixed":
-                    self.base[number] = slot.make(self)
-
-    def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
-        """The run's read-noise stream of a tile (created on first use)."""
-        stream = self._noise.get(chip.tile)
-        if stream is None:
-            stream = self._noise[chip.tile] = NoiseStream(
-                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
-            )
-        return stream
-
-    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
-        """The run's read noise of a duplicated tile by timestep, which its copies share
-        (created on first use)."""
-        found = self._step_noise.get(chip.tile)
-        if found is None:
-            found = self._step_noise[chip.tile] = ops.StepNoise(
-                self.noise(chip, per_step), per_step
-            )
-        return found
 
     def outputs(self) -> dict[str, np.ndarray]:
         if self.steps > 0:
+            kit = self._take_kit()
             with np.errstate(all="ignore"):
-                self._loop()
+                self._loop(kit)
+            self.tally = list(kit.tally)
+            self._give_back(kit)
         return {out.name: self._output(out) for out in self.layout.outputs}
+
+    def _take_kit(self) -> _Kit:
+        """An idle kit of the plan for this batch size, started for this run, or a new one."""
+        idle = self.plan._idle.get(self.batch)
+        try:
+            kit = idle.pop() if idle else None
+        except IndexError:  # another thread took the last one
+            kit = None
+        if kit is None:
+            return _Kit(self.plan, self.batch, self.steps, self.offset)
+        kit.start(self.steps, self.offset)
+        return kit
+
+    def _give_back(self, kit: _Kit) -> None:
+        idle = self.plan._idle
+        if len(idle) >= _CACHED_BATCH_SIZES and self.batch not in idle:
+            idle.clear()
+        idle.setdefault(self.batch, []).append(kit)
 
     def _output(self, out: _Output) -> np.ndarray:
         shape = (self.steps, *out.type.concrete(self.batch))
@@ -896,26 +1095,19 @@ class _Run:
         shifted[d:] = values[: max(0, self.steps - d)]
         return shifted
 
-    def _loop(self) -> None:
-        steps, layout = self.steps, self.layout
-        stages = [op.stage for op in layout.ops]
-        last = max(stages, default=0)
-        # From here on every state reads a timestep of the run (no zeros before it).
-        steady_from = max(
-            (op.stage + max((s.distance for _, s in op.slots), default=0) for op in layout.ops),
-            default=0,
-        )
-        steady_to = steps - 1 + min(stages, default=0)
-        period = self._period()
-        cache: dict[int, tuple[list, list, list]] = {}
+    def _loop(self, kit: _Kit) -> None:
+        steps, clock = self.steps, self.plan._clock
+        steady_from, period = clock.steady_from, clock.period
+        steady_to = steps - 1 + clock.first
+        steady: list[_Window | None] = [None] * period
         bar, done = self.bar, 0
-        for k in range(steps + last):
+        for k in range(steps + clock.last):
             if steady_from <= k <= steady_to:
-                window = cache.get(k % period)
+                window = steady[k % period]
                 if window is None:
-                    window = cache[k % period] = self._window(k, steady=True)
+                    window = steady[k % period] = self._prepared(kit, kit.windows, k % period, k)
             else:
-                window = self._window(k, steady=False)
+                window = self._prepared(kit, kit.edges, k, k)
             slots, kernels, moving = window
             for number, sequence, back in moving:
                 slots[number] = sequence[k - back]
@@ -926,58 +1118,22 @@ class _Run:
                 bar.update(finished - done)
                 done = finished
 
-    def _period(self) -> int:
-        """Windows after which the bindings of the steady state repeat."""
-        sizes = [copies for copies, _, _ in self.layout.buffers.values()]
-        sizes += [size for size, _, _ in self.layout.rings.values()]
-        return math.lcm(self.layout.duplicate, *sizes)
+    def _prepared(self, kit: _Kit, cache: dict[int, _Window], key: int, k: int) -> _Window:
+        """Window k of the kit (prepared once, kept under ``key``), its moving bindings
+        taking rows of this run's sequences."""
+        window = cache.get(key)
+        if window is None:
+            window = cache[key] = kit.window(k)
+        slots, kernels, moving = window
+        return slots, kernels, [(n, self._sequence(seq), back) for n, seq, back in moving]
 
-    def _window(self, k: int, *, steady: bool) -> tuple[list, list, list]:
-        """The slots, kernels and moving bindings of window k."""
-        slots = list(self.base)
-        kernels = []
-        moving = []
-        for op in self.layout.ops:
-            t = k - op.stage
-            if not 0 <= t < self.steps or (op.tag is not None and t % op.tag[0] != op.tag[1]):
-                continue
-            kernels.append(op.kernel)
-            for number, slot in op.slots:
-                if slot.kind == "fixed":
-                    continue
-                if steady and slot.kind in ("feed", "history"):
-                    moving.append((number, self._sequence(slot), op.stage + slot.distance))
-                else:
-                    slots[number] = self._bind(slot, t)
-        return slots, kernels, moving
-
-    def _sequence(self, slot: Slot) -> np.ndarray:
-        if slot.kind == "history":
-            return self.history[slot.name]
-        sequence = self.feeds[slot.name]
-        if slot.matrix:
+    def _sequence(self, key: tuple[str, str, bool]) -> np.ndarray:
+        """The sequence ``(kind, name, matrix)`` of the run: an input (``[T, M, K]`` for a
+        crossbar) or an output's history."""
+        kind, name, matrix = key
+        if kind == "history":
+            return self.history[name]
+        sequence = self.feeds[name]
+        if matrix:
             return sequence.reshape(sequence.shape[0], -1, sequence.shape[-1])
         return sequence
-
-    def _bind(self, slot: Slot, t: int) -> Any:
-        """What ``slot`` holds at timestep t."""
-        value = self._value(slot, t)
-        return value.reshape(-1, value.shape[-1]) if slot.matrix else value
-
-    def _value(self, slot: Slot, t: int) -> Any:
-        u = t - slot.distance
-        if slot.kind == "copy":
-            if u < 0:
-                return self.zeros[(slot.unit, slot.name)]
-            copies = self.buffers[(slot.unit, slot.name)]
-            return copies[u % len(copies)]
-        if slot.kind == "ring":
-            ring = self.rings[slot.name]
-            return ring[t % len(ring)]
-        if slot.kind == "history":
-            return self.history[slot.name][t]
-        if slot.kind == "feed":
-            sequence = self.feeds[slot.name]
-            return sequence[u] if u >= 0 else np.zeros_like(sequence[0])
-        value = self.plan.graph.constants[slot.name]  # a constant through a state
-        return value if u >= 0 else np.zeros_like(value)
