@@ -33,6 +33,7 @@ from snuc.datasets import (
     pad_sequences,
 )
 from snuc.ir.errors import SnucError
+from snuc.runtime.io import write_outputs
 
 PTB_COLUMNS = 10
 DEFAULT_SIZE = {"jsb": 32, "mnist": 256, "ptb": 10}
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the output must be a .npy file, got {args.out}")
     try:
         x = calibration_inputs(args.task, size, args.data_dir)
+        write_outputs(args.out, x)  # atomic: a failed write leaves nothing behind
     except SnucError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    np.save(args.out, x)
     print(f"wrote {args.out}: {x.dtype} {list(x.shape)} from the {args.task} training split")
     return 0
 

@@ -89,7 +89,8 @@ class SimStats:
         cycles_per_timestep: measured cycles between consecutive timesteps' completions
             in steady state.
         latency_cycles: measured cycles from a timestep's start to its completion.
-        total_cycles: the whole run: ``B * T`` timesteps streamed back to back.
+        total_cycles: the whole run: ``B * T`` timesteps streamed back to back (with
+            duplicated tiles, each sequence but the last padded to whole turns of K).
         rows_driven: crossbar rows driven with a non-zero input, over the run.
         rows_available: rows the MVMs could have driven (every row of every tile).
         energy: the energy table, one row per component of :data:`COMPONENTS`.

@@ -28,10 +28,12 @@ of the timesteps it serves (:class:`~snuc.runtime.sim_ops.StepNoise`).
 Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
 the timing simulation: a batch is B sequences streamed through the pipeline back to back
 (each starting from zero states), ``(B * T - 1) * cycles_per_timestep + latency`` cycles
-in all. Energy follows activity: an ``mvm`` costs ``phases * energy_mvm_pj / rows`` for
-every row it drives with a non-zero input (a row without a spike costs nothing), while
-read-outs, vector operations and transfers cost what the target says per element or
-byte. Spikes are counted per spiking layer.
+in all (with duplicated tiles each sequence starts on copy 0, so every sequence but the
+last also waits out the rest of its last turn of K timesteps: ``Timing.total_cycles``).
+Energy follows activity: an ``mvm`` costs ``phases * energy_mvm_pj / rows`` for every row
+it drives with a non-zero input (a row without a spike costs nothing), while read-outs,
+vector operations and transfers cost what the target says per element or byte. Spikes
+are counted per spiking layer.
 
 Speed: the program is compiled once into a list of kernels with precomputed slots; the
 time loop walks windows of ``ii`` cycles, each running the kernels whose timestep is in

@@ -630,6 +630,8 @@ def evaluate(
     """
     spec = _task(task)
     _check_split(spec, split)
+    if backend not in BACKENDS:
+        raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     modes = _checked_modes(_as_list(modes))
     times = _checked_times(_as_list(t_inference_s)) if "pcm" in modes else ()
     seed_list = _checked_seeds(_as_list(seeds)) if "pcm" in modes else ()
@@ -643,8 +645,6 @@ def evaluate(
     )
     artefacts = _artefacts(model, None if targets is None else _as_list(targets), chips)
     configs = _configs(modes, seed_list, times, compensations)
-    if backend not in BACKENDS:
-        raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     data = (loader or spec.loader)(split, data_dir)
 
     rows: list[dict[str, Any]] = []

@@ -546,3 +546,12 @@ def test_make_calibration_without_data_is_one_line_and_writes_nothing(tmp_path):
                           text=True)  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "error:" in done.stderr and not out.exists()
+
+
+def test_make_calibration_to_a_missing_directory_is_one_line(data_dir, tmp_path):
+    out = tmp_path / "missing" / "x.npy"
+    args = [sys.executable, str(MAKE_CALIBRATION), "ptb", str(out), "--size", "1"]
+    done = subprocess.run([*args, "--data-dir", str(data_dir)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "error: cannot write" in done.stderr and "does not exist" in done.stderr
+    assert list(tmp_path.iterdir()) == []

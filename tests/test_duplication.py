@@ -164,16 +164,19 @@ def test_measured_cycles_per_timestep_are_the_ii(example, k: int) -> None:
 
 
 def test_each_timestep_runs_one_copy(example) -> None:
-    x = np.random.default_rng(5).uniform(-1, 1, (6, 2, 32)).astype(np.float32)
+    # 7 steps: not a multiple of 2 or 3, so the copies serve different numbers of steps.
+    x = np.random.default_rng(5).uniform(-1, 1, (7, 2, 32)).astype(np.float32)
     stats = {}
-    for k in (1, 2):
+    for k in (1, 2, 3):
         example[k].run(x, backend="sim", mode="float")
         stats[k] = example[k].last_stats
-    assert stats[2].rows_available == stats[1].rows_available
-    assert stats[2].rows_driven == stats[1].rows_driven
-    crossbar = {k: next(r for r in s.energy if r.component == "crossbar") for k, s in stats.items()}
-    assert crossbar[2].accesses == crossbar[1].accesses
-    assert crossbar[2].energy_pj == pytest.approx(crossbar[1].energy_pj)
+    energy = {k: {r.component: r for r in s.energy} for k, s in stats.items()}
+    for k in (2, 3):
+        assert stats[k].rows_available == stats[1].rows_available
+        assert stats[k].rows_driven == stats[1].rows_driven
+        for component in ("crossbar", "adc"):  # one MVM and read-out per tile and step
+            assert energy[k][component].accesses == energy[1][component].accesses
+            assert energy[k][component].energy_pj == pytest.approx(energy[1][component].energy_pj)
 
 
 # --------------------------------------------------------------------------- the numbers
