@@ -610,12 +610,7 @@ def _tiles(
         for j in range(op.duplicates):  # each copy programmed as its own tile number
             chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.copy_tile(j))
             drifted = chip.at(t_inference_s)
-            if drift_compensation == "global":
-                alpha = pcm.drift_compensation_factor(chip, t_inference_s)
-            elif drift_compensation == "column":
-                alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
-            else:
-                alpha = 1.0
+            alpha = pcm.compensation_scale(chip, t_inference_s, drift_compensation)
             copies.append((drifted.weights_us, scale * alpha, drifted.read_variance_us2))
         out_shape = graph.type_of(node.id).concrete(batch)
         noise = _ReadNoise(seed, op.tile, out_shape, batch_offset)

@@ -417,3 +417,16 @@ def column_drift_compensation_factors(
     now = np.abs(array.at(t_inference_s).mvm(x)).mean(axis=0)
     safe_now = np.where(now > 0.0, now, 1.0)
     return np.where(now > 0.0, reference / safe_now, 1.0)
+
+
+def compensation_scale(
+    array: ProgrammedArray, t_inference_s: float, drift_compensation: str | None
+) -> float | NDArray[np.float64]:
+    """The digital scale that compensates ``array``'s drift at ``t_inference_s``:
+    ``"global"`` (:func:`drift_compensation_factor`), ``"column"``
+    (:func:`column_drift_compensation_factors`) or None (1.0, no compensation)."""
+    if drift_compensation == "global":
+        return drift_compensation_factor(array, t_inference_s)
+    if drift_compensation == "column":
+        return column_drift_compensation_factors(array, t_inference_s)
+    return 1.0

@@ -420,12 +420,7 @@ def _programmed(
     ``conductance_us``, ``gain`` and ``variance_us2`` of its :class:`TileChip`."""
     chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=tile)
     drifted = chip.at(t_inference_s)
-    if drift_compensation == "global":
-        alpha = pcm.drift_compensation_factor(chip, t_inference_s)
-    elif drift_compensation == "column":
-        alpha = pcm.column_drift_compensation_factors(chip, t_inference_s)
-    else:
-        alpha = 1.0
+    alpha = pcm.compensation_scale(chip, t_inference_s, drift_compensation)
     return {
         "conductance_us": np.ascontiguousarray(drifted.weights_us),
         "gain": scale * alpha,
