@@ -21,12 +21,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
+from cli_helpers import assert_one_line_error, run_cli  # noqa: E402
 from torch import nn  # noqa: E402
 
 import snuc  # noqa: E402
 from snuc import driver  # noqa: E402
 from snuc import evaluate as ev  # noqa: E402
-from snuc.cli import main  # noqa: E402
 from snuc.datasets import (  # noqa: E402
     iter_scoring_spikes,
     jsb_nll_sum,
@@ -105,20 +105,6 @@ def _ptb_loader(ids: np.ndarray):
         return ids
 
     return load
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def _one_line_error(status: int, err: str, *needles: str) -> None:
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("snuc: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -444,7 +430,7 @@ def test_cli_eval_prints_the_table_and_writes_csv_and_markdown(
     models, data_dir, tmp_path, capsys
 ) -> None:
     out_csv, out_md = tmp_path / "res.csv", tmp_path / "res.md"
-    status, out, err = _cli(
+    status, out, err = run_cli(
         capsys, "eval", models["jsb"], "--task", "jsb", "--data-dir", data_dir, "--limit", 5,
         "--modes", "float,pcm", "--seeds", "0,1", "--t-inference", "1,1y",
         "--drift-compensation", "on", "--csv", out_csv, "--markdown", out_md,
@@ -462,7 +448,7 @@ def test_cli_eval_prints_the_table_and_writes_csv_and_markdown(
     assert out_md.read_text().count("\n") == 2 + 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.csv", "res.md"]
     assert "nJ/step" not in out and all(r["backend"] == "numpy" for r in records)
-    status, sim_out, err = _cli(
+    status, sim_out, err = run_cli(
         capsys, "eval", models["jsb"], "--task", "jsb", "--data-dir", data_dir, "--limit", 5,
         "--modes", "float", "--backend", "sim",
     )  # fmt: skip
@@ -475,16 +461,16 @@ def test_cli_eval_prints_the_table_and_writes_csv_and_markdown(
 def test_cli_eval_of_an_artefact_checks_its_target(models, tmp_path, capsys) -> None:
     art = tmp_path / "m.snuc"
     snuc.compile(models["mnist"], target="pcm-128x128").save(art)
-    status, out, err = _cli(
+    status, out, err = run_cli(
         capsys, "eval", art, "--task", "mnist", "--modes", "float", "--limit", 20,
         "--steps", 4, "--targets", "pcm-128x128",
     )  # fmt: skip
     assert status == 0, err
     assert "pcm-128x128" in out.splitlines()[2]
-    status, _, err = _cli(capsys, "eval", art, "--task", "mnist", "--targets", "pcm-256x256")
-    _one_line_error(status, err, "compiled for pcm-128x128", "not for pcm-256x256")
-    status, _, err = _cli(capsys, "eval", art, "--task", "mnist", "--chips", 2)
-    _one_line_error(status, err, "1 chip(s)", "with 2")
+    status, _, err = run_cli(capsys, "eval", art, "--task", "mnist", "--targets", "pcm-256x256")
+    assert_one_line_error(status, err, "compiled for pcm-128x128", "not for pcm-256x256")
+    status, _, err = run_cli(capsys, "eval", art, "--task", "mnist", "--chips", 2)
+    assert_one_line_error(status, err, "1 chip(s)", "with 2")
 
 
 @pytest.mark.parametrize(
@@ -504,35 +490,35 @@ def test_cli_eval_of_an_artefact_checks_its_target(models, tmp_path, capsys) -> 
 )
 def test_cli_eval_rejects_bad_arguments(models, tmp_path, capsys, argv, needles) -> None:
     out_csv = tmp_path / "res.csv"
-    status, out, err = _cli(capsys, "eval", models["jsb"], *argv, "--csv", out_csv)
-    _one_line_error(status, err, *needles)
+    status, out, err = run_cli(capsys, "eval", models["jsb"], *argv, "--csv", out_csv)
+    assert_one_line_error(status, err, *needles)
     assert out == "" and not out_csv.exists()
 
 
 def test_cli_eval_csv_and_markdown_to_one_file_is_refused(models, tmp_path, capsys) -> None:
     """One path for both would silently keep only the markdown table: refused up front."""
     out = tmp_path / "res.txt"
-    status, _, err = _cli(
+    status, _, err = run_cli(
         capsys, "eval", models["jsb"], "--task", "jsb", "--modes", "float",
         "--csv", out, "--markdown", tmp_path / "." / "res.txt",
     )  # fmt: skip
-    _one_line_error(status, err, "--csv and --markdown", "res.txt")
+    assert_one_line_error(status, err, "--csv and --markdown", "res.txt")
     assert not out.exists()
 
 
 def test_cli_eval_data_dir_without_the_files(models, tmp_path, capsys) -> None:
     empty = tmp_path / "data"
     empty.mkdir()
-    status, _, err = _cli(capsys, "eval", models["jsb"], "--task", "jsb", "--data-dir", empty)
-    _one_line_error(status, err, "missing data file", "jsb-chorales-quarter.json")
+    status, _, err = run_cli(capsys, "eval", models["jsb"], "--task", "jsb", "--data-dir", empty)
+    assert_one_line_error(status, err, "missing data file", "jsb-chorales-quarter.json")
 
 
 def test_cli_eval_output_in_a_missing_directory_fails_before_the_sweep(
     models, tmp_path, capsys
 ) -> None:
     target = tmp_path / "nowhere" / "res.md"
-    status, out, err = _cli(capsys, "eval", models["jsb"], "--task", "jsb", "--markdown", target)
-    _one_line_error(status, err, "does not exist")
+    status, out, err = run_cli(capsys, "eval", models["jsb"], "--task", "jsb", "--markdown", target)
+    assert_one_line_error(status, err, "does not exist")
     assert "snuc eval [" not in err and out == ""
 
 
@@ -571,7 +557,7 @@ def test_real_ptb_smoke(data_dir, tmp_path, capsys) -> None:
     torch.manual_seed(2)
     net = SNUNetwork(nn.Embedding(10_000, 4), SNU(4, 8), Readout(8, 10_000, "log_softmax"))
     path = _export(net, tmp_path / "ptb_full.onnx")
-    status, out, err = _cli(
+    status, out, err = run_cli(
         capsys, "eval", path, "--task", "ptb", "--data-dir", data_dir, "--limit", 240,
         "--columns", 3, "--modes", "float,pcm", "--seeds", 0, "--t-inference", "1h",
         "--drift-compensation", "on", "--chips", 2,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 
 import snuc
-from snuc.cli import main
 from snuc.ir.target import TargetSpec
 from snuc.runtime.interpreter import run as interpret
 
@@ -31,23 +31,11 @@ def spikes(tmp_path: Path) -> Path:
     return path
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def _one_line_error(status: int, err: str, *needles: str) -> None:
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("snuc: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("mode", ["float", "quantized", "pcm"])
 def test_run_writes_what_the_interpreter_computes(artefact, spikes, capsys, mode) -> None:
-    status, _, err = _cli(capsys, "run", artefact, "--input", spikes, "--mode", mode, "--seed", 3)
+    status, _, err = run_cli(
+        capsys, "run", artefact, "--input", spikes, "--mode", mode, "--seed", 3
+    )
     assert status == 0, err
     y = np.load(spikes.with_name("x.out.npy"))
     art = snuc.load(artefact)
@@ -61,7 +49,8 @@ def test_run_writes_what_the_interpreter_computes(artefact, spikes, capsys, mode
 def test_python_api_matches_the_cli(artefact, spikes, tmp_path, capsys) -> None:
     out = tmp_path / "y.npy"
     assert (
-        _cli(capsys, "run", artefact, "--input", spikes, "-o", out, "--t-inference", 86400)[0] == 0
+        run_cli(capsys, "run", artefact, "--input", spikes, "-o", out, "--t-inference", 86400)[0]
+        == 0
     )
     y = snuc.load(artefact).run(np.load(spikes), mode="pcm", seed=0, t_inference=86400.0)
     np.testing.assert_array_equal(np.load(out), y)
@@ -79,7 +68,7 @@ def test_pcm_depends_on_seed_and_age_but_is_reproducible(artefact, spikes) -> No
 
 
 def test_diagnostics_table(artefact, spikes, capsys) -> None:
-    status, out, err = _cli(capsys, "run", artefact, "--input", spikes, "--diagnostics")
+    status, out, err = run_cli(capsys, "run", artefact, "--input", spikes, "--diagnostics")
     assert status == 0, err
     assert "layers.0.y_next" in out and "spikes agree" in out and "output Y" in out
 
@@ -106,20 +95,20 @@ def test_batch_size_chunks_give_the_same_float_result(artefact, spikes) -> None:
 def test_bad_input_array_leaves_no_output(artefact, tmp_path, capsys, array, needle) -> None:
     path = tmp_path / "bad.npy"
     np.save(path, array)
-    status, _, err = _cli(capsys, "run", artefact, "--input", path)
-    _one_line_error(status, err, needle)
+    status, _, err = run_cli(capsys, "run", artefact, "--input", path)
+    assert_one_line_error(status, err, needle)
     assert not (tmp_path / "bad.out.npy").exists()
 
 
 def test_input_that_is_not_npy(artefact, tmp_path, capsys) -> None:
     path = tmp_path / "x.npy"
     path.write_text("hello")
-    _one_line_error(*_cli(capsys, "run", artefact, "--input", path)[::2], str(path))
+    assert_one_line_error(*run_cli(capsys, "run", artefact, "--input", path)[::2], str(path))
 
 
 def test_missing_artefact(spikes, tmp_path, capsys) -> None:
-    status, _, err = _cli(capsys, "run", tmp_path / "nope.snuc", "--input", spikes)
-    _one_line_error(status, err, "nope.snuc")
+    status, _, err = run_cli(capsys, "run", tmp_path / "nope.snuc", "--input", spikes)
+    assert_one_line_error(status, err, "nope.snuc")
 
 
 def test_tampered_artefact_member(artefact, spikes, tmp_path, capsys) -> None:
@@ -128,8 +117,8 @@ def test_tampered_artefact_member(artefact, spikes, tmp_path, capsys) -> None:
     copy = Path(shutil.copytree(artefact, tmp_path / "t.snuc"))
     ir = copy / "graph.ir"
     ir.write_text(ir.read_text().replace("relu", "rel u", 1))
-    status, _, err = _cli(capsys, "run", copy, "--input", spikes)
-    _one_line_error(status, err, "graph.ir")
+    status, _, err = run_cli(capsys, "run", copy, "--input", spikes)
+    assert_one_line_error(status, err, "graph.ir")
 
 
 def test_truncated_artefact_member(artefact, spikes, tmp_path, capsys) -> None:
@@ -138,7 +127,7 @@ def test_truncated_artefact_member(artefact, spikes, tmp_path, capsys) -> None:
     copy = Path(shutil.copytree(artefact, tmp_path / "t.snuc"))
     arrays = copy / "arrays.npz"
     arrays.write_bytes(arrays.read_bytes()[:100])
-    _one_line_error(*_cli(capsys, "run", copy, "--input", spikes)[::2], "arrays.npz")
+    assert_one_line_error(*run_cli(capsys, "run", copy, "--input", spikes)[::2], "arrays.npz")
 
 
 def test_artefact_of_another_format_version(artefact, spikes, tmp_path, capsys) -> None:
@@ -148,12 +137,12 @@ def test_artefact_of_another_format_version(artefact, spikes, tmp_path, capsys) 
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 99
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    _one_line_error(*_cli(capsys, "run", copy, "--input", spikes)[::2], "version")
+    assert_one_line_error(*run_cli(capsys, "run", copy, "--input", spikes)[::2], "version")
 
 
 def test_unwritable_output_path(artefact, spikes, tmp_path, capsys) -> None:
     out = tmp_path / "no-such-dir" / "y.npy"
-    _one_line_error(
-        *_cli(capsys, "run", artefact, "--input", spikes, "-o", out)[::2], "no-such-dir"
+    assert_one_line_error(
+        *run_cli(capsys, "run", artefact, "--input", spikes, "-o", out)[::2], "no-such-dir"
     )
     assert not out.parent.exists()

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_models as om
 import pytest
+from cli_helpers import run_cli
 from equivalence import assert_same  # tests/ is on sys.path under pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,6 @@ from hypothesis import strategies as st
 import snuc
 from snuc import driver
 from snuc.backends.program import compile_program
-from snuc.cli import main
 from snuc.ir import Graph, ParseError, SnucError, TensorType, ops
 from snuc.ir.target import TargetSpec, parse_target
 from snuc.runtime.artefact import Artefact
@@ -501,12 +501,6 @@ def test_a_graph_without_a_program_is_scheduled_here(example):
 # --------------------------------------------------------------------------- CLI
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 @pytest.fixture
 def saved(tmp_path, example) -> tuple[Path, Path]:
     art = tmp_path / "small.snuc"
@@ -518,7 +512,7 @@ def saved(tmp_path, example) -> tuple[Path, Path]:
 
 def test_snuc_run_with_the_simulator_prints_its_stats(saved, capsys):
     art, x = saved
-    status, _, err = _cli(capsys, "run", art, "--input", x, "--backend", "sim", "--mode", "pcm")
+    status, _, err = run_cli(capsys, "run", art, "--input", x, "--backend", "sim", "--mode", "pcm")
     assert status == 0, err
     got = np.load(x.with_name("x.out.npy"))
     want = snuc.load(art).run(np.load(x), backend="numpy", mode="pcm")
@@ -538,7 +532,7 @@ def test_snuc_run_with_a_bad_program_exits_2_with_one_line(tmp_path, example, ca
     bad.save(path)
     x = tmp_path / "x.npy"
     np.save(x, spikes((4, 1, 32)))
-    status, _, err = _cli(capsys, "run", path, "--input", x, "--backend", "sim")
+    status, _, err = run_cli(capsys, "run", path, "--input", x, "--backend", "sim")
     assert status == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("snuc: error: ") and "tile 9" in lines[0]
