@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -38,17 +37,6 @@ from snuc.datasets import (
     resolve_data_dir,
 )
 from snuc.ir.errors import SnucError
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The real data sets; skip only when none is configured, fail when SNUC_DATA is wrong."""
-    if os.environ.get("SNUC_DATA"):
-        return resolve_data_dir()
-    try:
-        return resolve_data_dir()
-    except SnucError as exc:
-        pytest.skip(f"data sets not available: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ from snuc.datasets import (  # noqa: E402
     load_mnist,
     pad_sequences,
     predictions_from_counts,
-    resolve_data_dir,
 )
 from snuc.frontend.export import export  # noqa: E402
 from snuc.frontend.layers import SNU, Readout, SNUNetwork  # noqa: E402
@@ -45,17 +43,6 @@ VOCAB = 20
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The real data sets; skip only when none is configured, fail when SNUC_DATA is wrong."""
-    if os.environ.get("SNUC_DATA"):
-        return resolve_data_dir()
-    try:
-        return resolve_data_dir()
-    except SnucError as exc:
-        pytest.skip(f"data sets not available: {exc}")
 
 
 def _export(net: SNUNetwork, path: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ from snuc.datasets import (  # noqa: E402
     load_ptb,
     pad_sequences,
     perplexity,
-    resolve_data_dir,
 )
 from snuc.evaluate import evaluate  # noqa: E402
 from snuc.frontend.onnx_import import import_onnx  # noqa: E402
@@ -51,17 +49,6 @@ def examples(request: pytest.FixtureRequest):
     import train_ptb
 
     return {"training": _training, "jsb": train_jsb, "mnist": train_mnist, "ptb": train_ptb}
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The real data sets; skip only when none is configured, fail when SNUC_DATA is wrong."""
-    if os.environ.get("SNUC_DATA"):
-        return resolve_data_dir()
-    try:
-        return resolve_data_dir()
-    except SnucError as exc:
-        pytest.skip(f"data sets not available: {exc}")
 
 
 def _smoke_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
