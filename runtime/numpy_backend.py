@@ -64,7 +64,14 @@ from snuc.runtime.interpreter import (
 )
 from snuc.runtime.plan_fusion import fuse_float_tiles
 from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Schedule, Shift, schedule
-from snuc.runtime.plan_tiles import NoiseStream, TileChip, Workspace, block_rows, program_tiles
+from snuc.runtime.plan_tiles import (
+    NoiseStream,
+    TileChip,
+    Workspace,
+    block_rows,
+    draw_ahead,
+    program_tiles,
+)
 
 __all__ = ["BLOCK_ELEMENTS", "Plan", "run_numpy"]
 
@@ -212,7 +219,10 @@ class Plan:
         scheduled = fuse_float_tiles(graph) if spec is None else graph
         order = schedule(scheduled, noisy_tiles=mode == "pcm")
         invariants = _fold_invariants(scheduled, order, chips)
-        programs = tuple(_compile(scheduled, step, invariants, chips) for step in order.steps)
+        spikes = frozenset(v for v, r in guaranteed_ranges(scheduled).items() if r.binary)
+        programs = tuple(
+            _compile(scheduled, step, invariants, chips, spikes) for step in order.steps
+        )
         shared = {v for p in programs for v in p.shared}
         chained = max((p.chained for p in programs), default=0)
         return cls(
@@ -382,7 +392,13 @@ class _Run:
             total = self._noise_total(chip.node.id)
             per_step = math.prod(self.shapes[chip.node.id])
             stream = NoiseStream(
-                self.plan.seed, chip.tile, total, self._pool, offset=self.offset, per_step=per_step
+                self.plan.seed,
+                chip.tile,
+                total,
+                self._pool,
+                offset=self.offset,
+                per_step=per_step,
+                ahead=False,
             )
             self._noise[chip.node.id] = stream
         return stream
@@ -436,8 +452,10 @@ class _Run:
             kit = self._kit()
         else:
             for node_id, stream in kit[2].items():
-                stream.restart(self._noise_total(node_id), self._pool, offset=self.offset)
-        runners, buffers, _ = kit
+                total = self._noise_total(node_id)
+                stream.restart(total, self._pool, offset=self.offset, ahead=False)
+        runners, buffers, streams = kit
+        draw_ahead(streams.values())  # in the order the blocks read them
         for t0 in range(0, self.steps, self.block):
             n = min(self.block, self.steps - t0)
             values = {v: a[t0 : t0 + n] for v, a in self.feeds.items()}
@@ -491,14 +509,17 @@ def _compile(
     step: Parallel | PerStep | Shift | Loop,
     invariants: Mapping[str, np.ndarray],
     chips: Mapping[str, TileChip],
+    spikes: frozenset[str],
 ) -> _Program:
+    """The program of one step of the schedule (``spikes``: the values that hold only 0
+    and 1, whose float crossbar products skip silent inputs)."""
     if isinstance(step, Parallel):
-        return _ParallelProgram(graph, step.node, invariants, chips)
+        return _ParallelProgram(graph, step.node, invariants, chips, spikes)
     if isinstance(step, PerStep):
         return _PerStepProgram(graph, step.node, invariants, chips)
     if isinstance(step, Shift):
         return _ShiftProgram(step.state, invariants)
-    return _LoopProgram(graph, step, invariants, chips)
+    return _LoopProgram(graph, step, invariants, chips, spikes)
 
 
 class _Slots:
@@ -574,6 +595,7 @@ class _ParallelProgram(_Program):
         node: Node,
         invariants: Mapping[str, np.ndarray],
         chips: Mapping[str, TileChip],
+        spikes: frozenset[str],
     ) -> None:
         self.node = node
         self.shared = frozenset(
@@ -592,6 +614,7 @@ class _ParallelProgram(_Program):
             invariants=invariants,
             chips=chips,
             alloc=self._slots,
+            spikes=spikes,
         )
 
     def start(self, run: _Run) -> Runner:
@@ -726,6 +749,7 @@ class _LoopProgram(_Program):
         loop: Loop,
         invariants: Mapping[str, np.ndarray],
         chips: Mapping[str, TileChip],
+        spikes: frozenset[str],
     ) -> None:
         types = graph.values()
         self._types = types
@@ -771,6 +795,7 @@ class _LoopProgram(_Program):
                     invariants=invariants,
                     chips=chips,
                     alloc=self._slots,
+                    spikes=spikes,
                 )
             )
         self._carry = [(self._index[s.name], self._index[s.next]) for s in loop.states]

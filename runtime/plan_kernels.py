@@ -23,6 +23,7 @@ import numpy as np
 from snuc.ir.graph import Node
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime.interpreter import evaluate_node
+from snuc.runtime.plan_sparse import spike_matmul
 from snuc.runtime.plan_tiles import TileChip
 
 Kernel = Callable[[list], None]
@@ -271,9 +272,20 @@ def concat(xs: Sequence[int], axis: int, out: int) -> Kernel:
     return kernel
 
 
-def matmul(x: int, weight: np.ndarray, out: int, rows: slice | None = None) -> Kernel:
+def matmul(
+    x: int, weight: np.ndarray, out: int, rows: slice | None = None, *, spikes: bool = False
+) -> Kernel:
     """``out = x[..., rows] @ weight`` (a float crossbar tile, a dense, or a digital matmul
-    with a constant right operand); ``rows`` None takes all of x."""
+    with a constant right operand); ``rows`` None takes all of x. ``spikes``: x holds only
+    0 and 1, so silent inputs and rows leave the product (:func:`plan_sparse.spike_matmul`)."""
+    if spikes:
+        k, n = weight.shape
+
+        def spiking(s: list) -> None:
+            xs = s[x] if rows is None else s[x][..., rows]
+            spike_matmul(xs.reshape(-1, k), weight, s[out].reshape(-1, n))
+
+        return spiking
     if rows is None:
 
         def kernel(s: list) -> None:
@@ -370,6 +382,7 @@ def node_kernel(
     invariants: Mapping[str, np.ndarray],
     chips: Mapping[str, TileChip],
     alloc: Allocator,
+    spikes: frozenset[str] = frozenset(),
 ) -> Kernel:
     """The kernel of ``node`` over the slots ``ins`` (operands) and ``outs`` (results).
 
@@ -383,6 +396,8 @@ def node_kernel(
             computed from constants only), by name.
         chips: the programmed tiles (quantized and pcm modes), by node id.
         alloc: gives the kernel its scratch slots.
+        spikes: the values guaranteed to hold only 0 and 1 (a float crossbar product of
+            one skips its silent inputs and rows).
     """
     name = node.op.NAME
     type_ = types[node.outputs[0]]
@@ -443,13 +458,14 @@ def node_kernel(
         return where(ins[0], ins[1], ins[2], out)
     if name == "dig.concat":
         return concat(ins, node.op.axis, out)
+    spiking = node.inputs[0] in spikes
     if name == "xbar.dense":
-        return matmul(ins[0], invariants[node.inputs[1]], out)
+        return matmul(ins[0], invariants[node.inputs[1]], out, spikes=spiking)
     if name == "xbar.mvm":
         weight = invariants[node.inputs[1]]
         (r0, r1), (c0, c1) = node.op.rows, node.op.cols
         rows = None if (r0, r1) == (0, weight.shape[0]) else slice(r0, r1)
-        return matmul(ins[0], weight[r0:r1, c0:c1], out, rows)
+        return matmul(ins[0], weight[r0:r1, c0:c1], out, rows, spikes=spiking)
     if name == "dig.matmul":
         return matmul_values(ins[0], ins[1], out)
     if name in ("dig.reshape", "dig.transpose"):
