@@ -868,7 +868,7 @@ class _LoopProgram(_Program):
         chained = self.chained > 0
         if self._snu is not None:
             by_name = {v: pair for (_, v), (_, pair) in zip(self._pingpong, pairs, strict=True)}
-            return self._snu_runner(slots, by_name, initial)
+            return self._snu_runner(slots, by_name, initial, frozenset(run._buffer_names))
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             if t0 == 0:
@@ -902,24 +902,41 @@ class _LoopProgram(_Program):
         slots: list,
         pairs: dict[str, tuple[np.ndarray, np.ndarray]],
         initial: list[tuple[int, np.ndarray]],
+        buffered: frozenset[str],
     ) -> Runner:
         """The runner of a one-layer SNU loop: one ``steps`` call per block, writing each
-        step's results straight into the block's arrays (or the pair whose turn it is)."""
+        step's results straight into the block's arrays (or the pair whose turn it is).
+
+        The steps of a block are handed over as lists of per-step views. Those of the
+        run's block arrays (``buffered``: the kit's, reused run after run) and of the
+        pairs are made once per block size and kept with the runner: making three views
+        a step cost about a tenth of a step of a 150-neuron layer at batch 1."""
         steps, a, s_next, y_next, s_slot, y_slot = self._snu
+        kept: dict[tuple[str, int, int], list[np.ndarray]] = {}
 
         def history(values: dict[str, np.ndarray], v: str, t0: int, n: int):
             pair = pairs.get(v)
-            if pair is None:
+            if pair is None and v not in buffered:
                 return values[v]
-            return [pair[(t0 + k) & 1] for k in range(n)]
+            key = (v, n, 0 if pair is None else t0 & 1)
+            views = kept.get(key)
+            if views is None:
+                # The block array's first n steps, or the pair's arrays in turn.
+                views = list(values[v]) if pair is None else [pair[(t0 + k) & 1] for k in range(n)]
+                kept[key] = views
+            return views
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             if t0 == 0:
                 for slot, zeros in initial:
                     slots[slot] = zeros
-            s_seq, y_seq = history(values, s_next, t0, n), history(values, y_next, t0, n)
             slots[s_slot], slots[y_slot] = steps(
-                slots, values[a], s_seq, y_seq, slots[s_slot], slots[y_slot]
+                slots,
+                history(values, a, t0, n),
+                history(values, s_next, t0, n),
+                history(values, y_next, t0, n),
+                slots[s_slot],
+                slots[y_slot],
             )
 
         return runner

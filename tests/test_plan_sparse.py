@@ -44,12 +44,14 @@ def _weight(k=200, n=96, seed=1):
 )
 def test_spike_products_equal_the_dense_product(block, want_rows, want_cols):
     x, w = _spike_block(**block), _weight()
-    rows, cols = plan_sparse.spike_support(x)
-    assert (rows is not None, cols is not None) == (want_rows, want_cols)
+    rows = plan_sparse.active_rows(x)
+    assert (rows is not None) == want_rows
     if rows is not None:
         np.testing.assert_array_equal(rows, np.flatnonzero(x.any(axis=1)))
-    if cols is not None:
-        np.testing.assert_array_equal(cols, np.flatnonzero(x.any(axis=0)))
+        cols = plan_sparse.active_columns(x[rows])
+        assert (cols is not None) == want_cols
+        if cols is not None:
+            np.testing.assert_array_equal(cols, np.flatnonzero(x.any(axis=0)))
     out = np.full((x.shape[0], w.shape[1]), np.nan, np.float32)
     plan_sparse.spike_matmul(x, w, out)
     np.testing.assert_allclose(out, x @ w, rtol=0, atol=1e-5)
@@ -57,9 +59,10 @@ def test_spike_products_equal_the_dense_product(block, want_rows, want_cols):
     assert not np.signbit(out[silent]).any() and not out[silent].any()
 
 
-def test_a_block_without_spikes_is_zeros_without_a_product():
+def test_a_block_without_spikes_is_zeros_without_a_product(monkeypatch):
     x, w = np.zeros((256, 200), np.float32), _weight()
-    assert plan_sparse.spike_support(x) is None
+    assert plan_sparse.active_rows(x).size == 0
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: pytest.fail("a product"))
     out = np.full((256, w.shape[1]), np.nan, np.float32)
     plan_sparse.spike_matmul(x, w, out)
     assert not out.any() and not np.signbit(out).any()
@@ -67,7 +70,7 @@ def test_a_block_without_spikes_is_zeros_without_a_product():
 
 def test_small_products_stay_dense(monkeypatch):
     """Below MIN_MULTIPLY_ADDS no support is searched at all."""
-    monkeypatch.setattr(plan_sparse, "spike_support", lambda x: pytest.fail("searched"))
+    monkeypatch.setattr(plan_sparse, "active_rows", lambda x: pytest.fail("searched"))
     x = _spike_block(m=8, k=16, silent_rows=0.9)
     w = _weight(k=16, n=4)
     out = np.empty((8, 4), np.float32)
@@ -76,25 +79,23 @@ def test_small_products_stay_dense(monkeypatch):
 
 
 def _counted(monkeypatch) -> dict[str, int]:
-    """Force the reductions onto every product and count the reduced ones."""
+    """Force the reductions onto every product and count the blocks found silent enough
+    (in float products and in tile reads)."""
     calls = {"float": 0, "tile": 0}
     monkeypatch.setattr(plan_sparse, "MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(plan_tiles, "SPARSE_MIN_MULTIPLY_ADDS", 0)
-    support = plan_sparse.spike_support
-    rows = plan_tiles.active_rows
+    rows = plan_sparse.active_rows
 
-    def counted_support(x):
-        found = support(x)
-        calls["float"] += found != (None, None)
-        return found
+    def counting(where):
+        def counted(x):
+            found = rows(x)
+            calls[where] += found is not None
+            return found
 
-    def counted_rows(x):
-        found = rows(x)
-        calls["tile"] += found is not None
-        return found
+        return counted
 
-    monkeypatch.setattr(plan_sparse, "spike_support", counted_support)
-    monkeypatch.setattr(plan_tiles, "active_rows", counted_rows)
+    monkeypatch.setattr(plan_sparse, "active_rows", counting("float"))
+    monkeypatch.setattr(plan_tiles, "active_rows", counting("tile"))
     return calls
 
 
