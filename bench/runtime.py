@@ -22,8 +22,17 @@ best repeat. Threads are pinned for everyone to ``--threads``: ``OMP_NUM_THREADS
 threadpoolctl limits them too when it is installed), ``torch.set_num_threads``, and
 onnxruntime's ``intra_op_num_threads`` (``inter_op_num_threads = 1``, sequential).
 
-A second table measures the choice for products with spike inputs: a dense BLAS matrix
-product against the sum of the weight rows that spike (``W[idx].sum(0)`` per row).
+Then, for the NumPy backend alone:
+
+* the spike rate of every layer on the benchmark's inputs, and the share of rows (a step
+  of one sequence) without any spike, from PyTorch on the frontend model;
+* **silent rows**: runs with the spike products that leave out silent rows and inputs
+  (``runtime/plan_sparse.py``, the default) against runs with every product dense, on
+  the two networks and, when the data directory is found (``--data-dir``, ``SNUC_DATA``
+  or ``../shared/data``), on the shipped trained models ``jsb_snu`` (a padded batch of
+  64 test chorales) and ``mnist_snu7`` (64 rate-coded test digits);
+* a dense BLAS matrix product against the sum of the weight rows that spike
+  (``W[idx].sum(0)`` per row).
 
 Usage::
 
@@ -45,6 +54,9 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (best is kept)")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--data-dir", help="data directory for the trained models' rows (default: as snuc)"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +72,7 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
+from contextlib import contextmanager, nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -221,6 +233,123 @@ def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[
     return rows
 
 
+def layer_rates(name: str) -> list[dict]:
+    """Spike rate and silent-row share of each layer's spikes on the benchmark's input
+    (rate 0.2 at batch 64), from PyTorch eager on the frontend model."""
+    import torch
+
+    features, steps, _ = NETWORKS[name]
+    net = build_network(name)
+    x = (np.random.default_rng(64).random((steps, 64, features)) < RATE).astype(np.float32)
+    h = torch.from_numpy(x)
+    rows = []
+    with torch.no_grad():
+        for index, layer in enumerate(net.layers):
+            state, outs = None, []
+            for x_t in h.unbind(0):
+                out, state = layer.step(x_t, state)
+                outs.append(out)
+            h = torch.stack(outs)
+            if type(layer).__name__ != "SNU":
+                continue
+            y = h.reshape(-1, h.shape[-1]).numpy()
+            rows.append(
+                {
+                    "network": name,
+                    "layer": index + 1,
+                    "units": y.shape[1],
+                    "rate": float(y.mean()),
+                    "silent_rows": float((y.max(axis=1) == 0).mean()),
+                }
+            )
+    return rows
+
+
+@contextmanager
+def dense_products():
+    """Every product dense: the search for silent rows switched off (float and tiles)."""
+    from snuc.runtime import plan_sparse, plan_tiles
+
+    saved = plan_sparse.MIN_MULTIPLY_ADDS, plan_tiles.SPARSE_MIN_MULTIPLY_ADDS
+    plan_sparse.MIN_MULTIPLY_ADDS = plan_tiles.SPARSE_MIN_MULTIPLY_ADDS = sys.maxsize
+    try:
+        yield
+    finally:
+        plan_sparse.MIN_MULTIPLY_ADDS, plan_tiles.SPARSE_MIN_MULTIPLY_ADDS = saved
+
+
+def _trained_cases(data_dir: str | None) -> list[tuple[str, object, np.ndarray]]:
+    """The shipped trained models with 64 test sequences each, or none without data."""
+    from snuc import datasets, driver
+    from snuc.ir.errors import SnucError
+
+    try:
+        root = datasets.resolve_data_dir(data_dir)
+    except SnucError as err:
+        print(f"trained models left out: {err}", file=sys.stderr)
+        return []
+    models = Path(__file__).resolve().parent.parent / "examples" / "models"
+    images, _ = datasets.load_mnist("test", root)
+    digits = datasets.rate_code(images[:64], 20, np.random.default_rng(0)).astype(np.float32)
+    chorales, _ = datasets.pad_sequences(datasets.load_jsb("test", root)[:64])
+    cases = []
+    for model, x in (("jsb_snu", chorales.astype(np.float32)), ("mnist_snu7", digits)):
+        graph = driver.compile_model(models / f"{model}.onnx", TARGET).graph
+        cases.append((f"{model} (trained)", graph, x))
+    return cases
+
+
+def silent_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Time per run with the spike products and with every product dense."""
+    from snuc import driver
+    from snuc.frontend.export import export
+    from snuc.runtime.numpy_backend import Plan
+
+    cases = []
+    for name in NETWORKS:
+        features, steps, _ = NETWORKS[name]
+        path = workdir / f"{name}.onnx"
+        if not path.exists():
+            export(
+                build_network(name),
+                path,
+                input_features=features,
+                check_lengths=(3,),
+                check_batches=(2,),
+            )
+        x = np.random.default_rng(64).random((steps, 64, features)) < RATE
+        cases.append((name, driver.compile_model(path, TARGET).graph, x.astype(np.float32)))
+    cases += _trained_cases(args.data_dir)
+    rows = []
+    for name, graph, x in cases:
+        for mode in ("float", "pcm"):
+            plan = Plan.build(graph, mode=mode, target=None if mode == "float" else TARGET)
+            for batch in BATCHES:
+                xb = np.ascontiguousarray(x[:, :batch])
+
+                def dense(plan=plan, xb=xb):
+                    with dense_products():
+                        plan.run(xb)
+
+                seconds = best_time(
+                    {"spikes": lambda plan=plan, xb=xb: plan.run(xb), "dense": dense},
+                    args.repeats,
+                    args.min_time,
+                )
+                rows.append(
+                    {
+                        "network": name,
+                        "mode": mode,
+                        "batch": batch,
+                        "steps": x.shape[0],
+                        "spikes_ms": seconds["spikes"] * 1e3,
+                        "dense_ms": seconds["dense"] * 1e3,
+                        "speedup": seconds["dense"] / seconds["spikes"],
+                    }
+                )
+    return rows
+
+
 def spike_products(repeats: int, min_time: float) -> list[dict]:
     """Dense product against sums of the weight rows that spike, at several rates and sizes.
 
@@ -318,6 +447,32 @@ def report(result: dict) -> str:
         "max |ours - ORT|",
     ]
     lines.append(_table(headers, rows))
+    lines += ["", "Spikes per layer on the benchmark's inputs (batch 64):", ""]
+    rate_rows = [
+        [
+            r["network"],
+            str(r["layer"]),
+            str(r["units"]),
+            f"{r['rate']:.3f}",
+            f"{100 * r['silent_rows']:.1f} %",
+        ]
+        for r in result["layer_rates"]
+    ]
+    lines.append(_table(["network", "layer", "units", "spike rate", "silent rows"], rate_rows))
+    lines += ["", "Silent rows left out of spike products, against every product dense:", ""]
+    silent = [
+        [
+            f"{r['network']} (T={r['steps']})",
+            r["mode"],
+            str(r["batch"]),
+            f"{r['dense_ms']:.3f}",
+            f"{r['spikes_ms']:.3f}",
+            f"{r['speedup']:.2f}x",
+        ]
+        for r in result["silent_rows"]
+    ]
+    headers = ["network", "mode", "batch", "dense ms", "spike products ms", "speed-up"]
+    lines.append(_table(headers, silent))
     lines += [
         "",
         "Spike inputs: dense product against summing the weight rows that spike (us):",
@@ -357,6 +512,8 @@ def main(args: argparse.Namespace) -> int:
     with limits, tempfile.TemporaryDirectory() as tmp:
         for name in NETWORKS:
             result["throughput"] += measure_network(name, args, Path(tmp))
+        result["layer_rates"] = [row for name in NETWORKS for row in layer_rates(name)]
+        result["silent_rows"] = silent_rows(args, Path(tmp))
         result["spike_products"] = spike_products(args.repeats, args.min_time)
     result["load_average_after"] = list(os.getloadavg())
     if args.json:
