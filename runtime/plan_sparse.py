@@ -6,7 +6,8 @@ after a short sequence in a batch (a trained JSB network's padded test batch has
 a layer that has fallen silent (the benchmark's random 7-layer network, from its fourth
 layer on). Its product ``x @ W`` is the sum of the weight rows whose input spiked.
 Summing gathered weight rows costs NumPy more than BLAS's dense product at every rate
-measured (``bench/runtime.py``'s second table), but these savings are exact and cheap:
+measured (``bench/runtime.py``'s table of spike products), but these savings are exact
+and cheap:
 
 * a block without any spike costs no product: its result is zeros;
 * rows of ``x`` without a spike leave the product, and their results are written as
@@ -23,10 +24,10 @@ savings apply only to values the graph guarantees to be 0 or 1
 (``ir.crossbar.guaranteed_ranges``): spikes never hold NaN, infinities or ``-0``.
 
 Looking for silent rows costs one matrix-vector product, paid by every block whose
-product is large enough (:data:`MIN_MULTIPLY_ADDS`):
-about 3 % of a dense run of the benchmark's JSB network at batch 64, against 11 % saved
-on the trained JSB model's padded batch and 24 % on the benchmark's MNIST network
-(docs/performance.md).
+product is large enough (:data:`MIN_MULTIPLY_ADDS`): about 2 % of a run of the
+benchmark's JSB network at batch 64, which finds none to leave out, against runs 1.12x
+as fast on the trained JSB model's padded batch and 1.29x on the benchmark's MNIST
+network (docs/performance.md, "Runtime throughput").
 """
 
 from __future__ import annotations
