@@ -42,7 +42,8 @@ def _weight(k=200, n=96, seed=1):
         (dict(rate=0.02, silent_rows=0.8, silent_cols=0.5), True, True),  # both
     ],
 )
-def test_spike_products_equal_the_dense_product(block, want_rows, want_cols):
+def test_spike_products_equal_the_dense_product(block, want_rows, want_cols, monkeypatch):
+    monkeypatch.setattr(plan_sparse, "MIN_MULTIPLY_ADDS", 0)
     x, w = _spike_block(**block), _weight()
     rows = plan_sparse.active_rows(x)
     assert (rows is not None) == want_rows
@@ -60,6 +61,7 @@ def test_spike_products_equal_the_dense_product(block, want_rows, want_cols):
 
 
 def test_a_block_without_spikes_is_zeros_without_a_product(monkeypatch):
+    monkeypatch.setattr(plan_sparse, "MIN_MULTIPLY_ADDS", 0)
     x, w = np.zeros((256, 200), np.float32), _weight()
     assert plan_sparse.active_rows(x).size == 0
     monkeypatch.setattr(np, "matmul", lambda *a, **k: pytest.fail("a product"))
