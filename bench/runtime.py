@@ -109,6 +109,28 @@ def build_network(name: str):
     return SNUNetwork(SNU(784, 256, bias_init=-0.5), *hidden, SNU(256, 10, bias_init=-0.5)).eval()
 
 
+def spike_input(name: str, batch: int) -> np.ndarray:
+    """The benchmark's input for ``name`` at ``batch``: spikes at rate :data:`RATE`,
+    ``[T, batch, features]`` float32, from a generator seeded with the batch size."""
+    features, steps, _ = NETWORKS[name]
+    x = np.random.default_rng(batch).random((steps, batch, features)) < RATE
+    return x.astype(np.float32)
+
+
+def compile_network(name: str, workdir: Path):
+    """``name``'s frontend model, its sequence-form ONNX file in ``workdir`` (written once)
+    and its graph compiled for :data:`TARGET`."""
+    from snuc import driver
+    from snuc.frontend.export import export
+
+    net = build_network(name)
+    path = workdir / f"{name}.onnx"
+    if not path.exists():
+        features = NETWORKS[name][0]
+        export(net, path, input_features=features, check_lengths=(3,), check_batches=(2,))
+    return net, path, driver.compile_model(path, TARGET).graph
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     model = platform.processor() or "unknown"
@@ -173,20 +195,10 @@ def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[
     import onnxruntime as ort
     import torch
 
-    from snuc import driver
-    from snuc.frontend.export import export
     from snuc.runtime.numpy_backend import Plan
 
-    features, steps, _ = NETWORKS[name]
-    net = build_network(name)
-    path = export(
-        net,
-        workdir / f"{name}.onnx",
-        input_features=features,
-        check_lengths=(3,),
-        check_batches=(2,),
-    )
-    graph = driver.compile_model(path, TARGET).graph
+    steps = NETWORKS[name][1]
+    net, path, graph = compile_network(name, workdir)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
@@ -199,8 +211,7 @@ def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[
     }
     rows = []
     for batch in BATCHES:
-        x = np.random.default_rng(batch).random((steps, batch, features)) < RATE
-        x = x.astype(np.float32)
+        x = spike_input(name, batch)
         xt = torch.from_numpy(x)
 
         def eager(xt=xt):
@@ -238,10 +249,8 @@ def layer_rates(name: str) -> list[dict]:
     (rate 0.2 at batch 64), from PyTorch eager on the frontend model."""
     import torch
 
-    features, steps, _ = NETWORKS[name]
     net = build_network(name)
-    x = (np.random.default_rng(64).random((steps, 64, features)) < RATE).astype(np.float32)
-    h = torch.from_numpy(x)
+    h = torch.from_numpy(spike_input(name, 64))
     rows = []
     with torch.no_grad():
         for index, layer in enumerate(net.layers):
@@ -301,31 +310,19 @@ def _trained_cases(data_dir: str | None) -> list[tuple[str, object, np.ndarray]]
 
 def silent_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
     """Time per run with the spike products and with every product dense."""
-    from snuc import driver
-    from snuc.frontend.export import export
     from snuc.runtime.numpy_backend import Plan
 
     cases = []
     for name in NETWORKS:
-        features, steps, _ = NETWORKS[name]
-        path = workdir / f"{name}.onnx"
-        if not path.exists():
-            export(
-                build_network(name),
-                path,
-                input_features=features,
-                check_lengths=(3,),
-                check_batches=(2,),
-            )
-        x = np.random.default_rng(64).random((steps, 64, features)) < RATE
-        cases.append((name, driver.compile_model(path, TARGET).graph, x.astype(np.float32)))
-    cases += _trained_cases(args.data_dir)
+        graph = compile_network(name, workdir)[2]
+        cases.append((name, graph, {b: spike_input(name, b) for b in BATCHES}))
+    for name, graph, x in _trained_cases(args.data_dir):
+        cases.append((name, graph, {b: np.ascontiguousarray(x[:, :b]) for b in BATCHES}))
     rows = []
-    for name, graph, x in cases:
+    for name, graph, inputs in cases:
         for mode in ("float", "pcm"):
             plan = Plan.build(graph, mode=mode, target=None if mode == "float" else TARGET)
-            for batch in BATCHES:
-                xb = np.ascontiguousarray(x[:, :batch])
+            for batch, xb in inputs.items():
 
                 def dense(plan=plan, xb=xb):
                     with dense_products():
@@ -341,7 +338,7 @@ def silent_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
                         "network": name,
                         "mode": mode,
                         "batch": batch,
-                        "steps": x.shape[0],
+                        "steps": xb.shape[0],
                         "spikes_ms": seconds["spikes"] * 1e3,
                         "dense_ms": seconds["dense"] * 1e3,
                         "speedup": seconds["dense"] / seconds["spikes"],
