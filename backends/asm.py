@@ -23,25 +23,20 @@ from importlib import resources
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from snuc.backends.isa import (
-    DIGITAL_OPS,
+from snuc.backends.isa import Block, Decl, Program, ProgramError, Tile
+from snuc.ir.errors import ParseError, SnucError, VerifyError
+from snuc.ir.machine import DIGITAL_OPS, Unit
+from snuc.ir.machine_isa import (
     Adc,
-    Block,
-    Decl,
     Instruction,
     Mvm,
-    Program,
-    ProgramError,
     Recv,
     Send,
     Sync,
-    Tile,
-    Unit,
     VectorOp,
     attr_noun,
     attr_types,
 )
-from snuc.ir.errors import ParseError, SnucError, VerifyError
 from snuc.ir.ops import REGISTRY
 from snuc.ir.target import PARAMS, TargetSpec
 from snuc.ir.text import syntax_error
@@ -201,7 +196,7 @@ def parse_program(text: str, *, filename: str = "<asm>") -> Program:
     """Parse assembly text back into a :class:`Program`.
 
     The program's structure is checked (every tile, unit and buffer it names exists);
-    its timing is checked by :meth:`Program.verify_schedule`.
+    its timing is checked by :func:`snuc.backends.timing.verify_timing`.
 
     Raises:
         ParseError: one line naming the file, line and column, and what is wrong.

@@ -1,53 +1,50 @@
-"""The modelled chip's instruction set: instructions, blocks and programs (docs/isa.md).
+"""Programs of the modelled chip: tiles, blocks and their structural rules (docs/isa.md).
 
 A :class:`Program` is one timestep of a model, modulo scheduled: one :class:`Block` per
-unit (a core or a chip's GDU) holding its buffer declarations and its instructions, each
-with the cycle at which it starts within the timestep. Timestep t runs an instruction
-starting at cycle c at ``t * ii + c``, so the steps overlap in a pipeline. Every
-instruction names the buffers it writes and reads (``%v`` a value, ``@c`` a constant,
-``$v`` the ADC codes of the tile computing ``%v``), so a simulator can execute it. An
-instruction tagged ``(K, j)`` runs only at the timesteps t with ``t mod K == j``: the work
-of copy j of a duplicated tile (docs/isa.md "Tile duplication").
+unit (a core or a chip's GDU) holding its buffer declarations and its instructions
+(:mod:`snuc.ir.machine_isa`), each with the cycle at which it starts within the timestep.
+Timestep t runs an instruction starting at cycle c at ``t * ii + c``, so the steps overlap
+in a pipeline. An instruction tagged ``(K, j)`` runs only at the timesteps t with
+``t mod K == j``: the work of copy j of a duplicated tile (docs/isa.md "Tile
+duplication").
 
-Instructions are frozen dataclasses that check their fields when built; a program checks
-on construction that every name it uses is declared (tiles, units, buffers, matching
-``send`` and ``recv``). :meth:`Program.verify_schedule` checks the timing: no resource
-runs two instructions at once in the repeating pattern, every operand is ready when read,
-and every buffer has enough copies for the timesteps in flight. The cycles and energy of
-each instruction come from the target, through the cost model of
-``snuc.passes.schedule``, so the program and the schedule it was emitted from agree.
+This module owns the program's structure: a program checks on construction that every
+name it uses is declared (tiles, units, buffers, matching ``send`` and ``recv``), and
+:meth:`Block.resolve` follows a name through the block's states to what holds its value
+(the one place states are resolved). The timing is checked by
+:func:`snuc.backends.timing.verify_timing`; the cycles and energy of each instruction come
+from the target through :mod:`snuc.ir.machine`, so the program and the schedule it was
+emitted from agree.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
-import typing
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from dataclasses import dataclass
 
 from snuc.ir.errors import SnucError, VerifyError
-from snuc.ir.ops import REGISTRY, Op
-from snuc.ir.target import TargetSpec
-from snuc.ir.types import BATCH, TensorType
-from snuc.passes.schedule import (
-    CORE,
-    DIGITAL_OPS,
-    ENERGY_COMPONENTS,
-    FREE,
-    GDU,
-    Cost,
-    Unit,
-    check_unit,
-    digital_cost,
-    fixed_ops,
-    mvm_cost,
-    transfer_cost,
+from snuc.ir.machine import CORE, DIGITAL_OPS, GDU, Unit, check_unit
+from snuc.ir.machine_isa import (
+    NAME,
+    Adc,
+    Instruction,
+    Mvm,
+    Recv,
+    Send,
+    Sync,
+    VectorOp,
+    busy_cycles,
+    check_int,
+    check_ref,
+    energy_pj_per_timestep,
 )
+from snuc.ir.target import TargetSpec
+from snuc.ir.types import TensorType
 
+# The instruction classes are re-exported: a program is read as blocks of them.
 __all__ = [
     "CORE",
     "DIGITAL_OPS",
@@ -60,16 +57,13 @@ __all__ = [
     "Program",
     "ProgramError",
     "Recv",
+    "Resolved",
     "Send",
     "Sync",
     "Tile",
     "Unit",
     "VectorOp",
-    "attr_noun",
-    "attr_types",
 ]
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 class ProgramError(SnucError):
@@ -83,349 +77,6 @@ class ProgramError(SnucError):
     def __init__(self, message: str, item: object = None) -> None:
         super().__init__(message)
         self.item = item
-
-
-def _check_ref(ref: object, sigils: str, what: str) -> None:
-    """Raise VerifyError unless ``ref`` is a sigil from ``sigils`` and an IR name."""
-    if not (isinstance(ref, str) and ref[:1] in sigils and _NAME.fullmatch(ref[1:])):
-        wanted = " or ".join(f"{s}name" for s in sigils)
-        raise VerifyError(f"{what} must be {wanted}, got {ref!r}")
-
-
-def _check_int(value: object, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise VerifyError(f"{what} must be an int >= {minimum}, got {value!r}")
-
-
-# --------------------------------------------------------------------------- instructions
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """Base of every instruction.
-
-    Attributes:
-        start: the cycle it starts at, counted from the start of its timestep.
-        tag: ``(K, j)``: it runs only at timesteps t with ``t mod K == j`` (the work of
-            copy j of a duplicated tile; ``when t mod K = j`` in the assembly); None: at
-            every timestep. A keyword argument.
-    """
-
-    MNEMONIC: ClassVar[str] = ""
-
-    start: int
-    tag: tuple[int, int] | None = field(default=None, kw_only=True)
-
-    def __post_init__(self) -> None:
-        _check_int(self.start, f"{self.MNEMONIC or 'instruction'} start cycle", 0)
-        if self.tag is not None:
-            tag = tuple(self.tag)
-            object.__setattr__(self, "tag", tag)
-            if not (
-                len(tag) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in tag)
-                and tag[0] >= 2
-                and 0 <= tag[1] < tag[0]
-            ):
-                raise VerifyError(
-                    f"{self.MNEMONIC or 'instruction'} runs at t mod K = j with K >= 2 and "
-                    f"0 <= j < K, got {tag}"
-                )
-        self.check()
-
-    def runs_at(self, step: int) -> bool:
-        """Whether it runs at timestep ``step`` (all of them when untagged)."""
-        return self.tag is None or step % self.tag[0] == self.tag[1]
-
-    def check(self) -> None:
-        """Check the fields; raise VerifyError. Default: nothing more to check."""
-
-    @property
-    def mnemonic(self) -> str:
-        return self.MNEMONIC
-
-    @property
-    def results(self) -> tuple[str, ...]:
-        """Buffers it writes on its unit."""
-        return ()
-
-    @property
-    def operands(self) -> tuple[str, ...]:
-        """Buffers it reads on its unit."""
-        return ()
-
-    def cost(self, target: TargetSpec, unit: Unit) -> Cost:
-        """Its cycles, latency, energy and resource reservations when run on ``unit``."""
-        return FREE
-
-
-@dataclass(frozen=True)
-class Mvm(Instruction):
-    """``mvm $y = %x {tile, rows, phases, vectors}``: the tile's crossbar MVM.
-
-    Drives the tile's ``rows`` rows with ``x`` through the DACs, ``phases`` times per
-    input vector (1 for spikes; ``input_phases`` for multi-bit inputs), for each of
-    ``vectors`` input vectors (one per batch entry; a convolution's patches), and leaves
-    the ADC codes of the tile's columns in ``$y``.
-    """
-
-    MNEMONIC: ClassVar[str] = "mvm"
-
-    result: str
-    operand: str
-    tile: int
-    rows: int
-    phases: int = 1
-    vectors: int = 1
-
-    def check(self) -> None:
-        _check_ref(self.result, "$", "mvm result")
-        _check_ref(self.operand, "%@", "mvm operand")
-        _check_int(self.tile, "mvm tile", 0)
-        for name in ("rows", "phases", "vectors"):
-            _check_int(getattr(self, name), f"mvm {name}", 1)
-
-    @property
-    def results(self) -> tuple[str, ...]:
-        return (self.result,)
-
-    @property
-    def operands(self) -> tuple[str, ...]:
-        return (self.operand,)
-
-    def cost(self, target: TargetSpec, unit: Unit) -> Cost:
-        return mvm_cost(target, unit.index, self.rows, self.phases, self.vectors)
-
-
-@dataclass(frozen=True)
-class Adc(Instruction):
-    """``adc %y = $y {tile, n}``: read the tile's ADC codes out into values.
-
-    ``y = code * adc_range / (2**(adc_bits-1) - 1) * s_j * alpha`` for each of the ``n``
-    elements (per-column digital scale ``s_j``, drift compensation ``alpha``), on the
-    digital unit of the block: the tile's core's LDU, or the unit the codes were sent to.
-    """
-
-    MNEMONIC: ClassVar[str] = "adc"
-
-    result: str
-    operand: str
-    tile: int
-    n: int
-
-    def check(self) -> None:
-        _check_ref(self.result, "%", "adc result")
-        _check_ref(self.operand, "$", "adc operand")
-        _check_int(self.tile, "adc tile", 0)
-        _check_int(self.n, "adc n", 1)
-
-    @property
-    def results(self) -> tuple[str, ...]:
-        return (self.result,)
-
-    @property
-    def operands(self) -> tuple[str, ...]:
-        return (self.operand,)
-
-    def cost(self, target: TargetSpec, unit: Unit) -> Cost:
-        return digital_cost(target, unit, self.n, 1)
-
-
-@dataclass(frozen=True)
-class VectorOp(Instruction):
-    """``<opcode> %r, ... = %a, @c, ... {<IR attributes>, n, ops}``: digital vector work.
-
-    ``opcode`` is a key of :data:`DIGITAL_OPS`; the instruction computes that entry's IR
-    op with the attributes ``attrs`` from the buffers ``srcs`` into ``dsts``, over ``n``
-    elements per batch entry, in ``ops`` passes (operations per element).
-    """
-
-    opcode: str
-    dsts: tuple[str, ...]
-    srcs: tuple[str, ...]
-    n: int
-    ops: int
-    attrs: tuple[tuple[str, object], ...] = ()
-
-    def check(self) -> None:
-        info = DIGITAL_OPS.get(self.opcode)
-        if info is None:
-            raise VerifyError(
-                f"unknown instruction {self.opcode!r}; expected mvm, adc, send, recv, sync "
-                f"or one of {', '.join(DIGITAL_OPS)}"
-            )
-        cls = REGISTRY[info.ir_name]
-        object.__setattr__(self, "dsts", tuple(self.dsts))
-        object.__setattr__(self, "srcs", tuple(self.srcs))
-        for r in self.dsts:
-            _check_ref(r, "%", f"{self.opcode} result")
-        for o in self.srcs:
-            _check_ref(o, "%@", f"{self.opcode} operand")
-        lo, hi = cls.OPERANDS
-        if len(self.srcs) < lo or (hi is not None and len(self.srcs) > hi):
-            want = f"{lo}" if lo == hi else f"{lo} or more"
-            raise VerifyError(f"{self.opcode} takes {want} operands, got {len(self.srcs)}")
-        if len(self.dsts) != cls.RESULTS:
-            raise VerifyError(f"{self.opcode} has {cls.RESULTS} results, got {len(self.dsts)}")
-        object.__setattr__(self, "attrs", _normalized_attrs(self.opcode, cls, self.attrs))
-        _check_int(self.n, f"{self.opcode} n", 0)
-        _check_int(self.ops, f"{self.opcode} ops", 0)
-        expected = fixed_ops(self.opcode, dict(self.attrs))
-        if expected is not None and self.ops != expected:
-            raise VerifyError(f"{self.opcode} takes {expected} ops per element, got {self.ops}")
-        if expected is None and self.ops < 1:
-            raise VerifyError(f"{self.opcode} ops must be >= 1, got {self.ops}")
-
-    @property
-    def mnemonic(self) -> str:
-        return self.opcode
-
-    @property
-    def results(self) -> tuple[str, ...]:
-        return self.dsts
-
-    @property
-    def operands(self) -> tuple[str, ...]:
-        return self.srcs
-
-    def ir_op(self) -> Op:
-        """The IR op the instruction computes."""
-        return REGISTRY[DIGITAL_OPS[self.opcode].ir_name](**dict(self.attrs))
-
-    def cost(self, target: TargetSpec, unit: Unit) -> Cost:
-        return digital_cost(target, unit, self.n, self.ops)
-
-
-@dataclass(frozen=True)
-class Send(Instruction):
-    """``send %v -> <unit> {bytes[, window]}``: stream a buffer to another unit.
-
-    Holds each link of the route for ``ceil(bytes / noc_bytes_per_cycle)`` cycles; the
-    destination's ``recv`` of the same buffer starts when the last byte arrives. With a
-    ``window = [lo, hi]`` only elements ``lo:hi`` of the last axis move: the rows that
-    the destination's crossbar tiles read, and nothing else there may read the buffer.
-    """
-
-    MNEMONIC: ClassVar[str] = "send"
-
-    value: str
-    dst: Unit
-    nbytes: int
-    window: tuple[int, int] | None = None
-
-    def check(self) -> None:
-        _check_ref(self.value, "%$", "send operand")
-        if not isinstance(self.dst, Unit):
-            raise VerifyError(f"send destination must be a Unit, got {self.dst!r}")
-        _check_int(self.nbytes, "send bytes", 1)
-        if self.window is not None:
-            window = tuple(self.window)
-            object.__setattr__(self, "window", window)
-            if not (
-                len(window) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in window)
-                and 0 <= window[0] < window[1]
-            ):
-                raise VerifyError(f"send window must be [lo, hi] with 0 <= lo < hi, got {window}")
-
-    @property
-    def operands(self) -> tuple[str, ...]:
-        return (self.value,)
-
-    def cost(self, target: TargetSpec, unit: Unit) -> Cost:
-        return transfer_cost(target, unit, self.dst, self.nbytes)
-
-
-@dataclass(frozen=True)
-class Recv(Instruction):
-    """``recv %v <- <unit>``: the buffer sent from ``src`` is complete from this cycle on."""
-
-    MNEMONIC: ClassVar[str] = "recv"
-
-    value: str
-    src: Unit
-
-    def check(self) -> None:
-        _check_ref(self.value, "%$", "recv result")
-        if not isinstance(self.src, Unit):
-            raise VerifyError(f"recv source must be a Unit, got {self.src!r}")
-
-    @property
-    def results(self) -> tuple[str, ...]:
-        return (self.value,)
-
-
-@dataclass(frozen=True)
-class Sync(Instruction):
-    """``sync``: a timestep boundary. At cycle ``k * ii`` of step t, step t + k starts;
-    the instructions after it (until the next ``sync``) are pipeline stage k."""
-
-    MNEMONIC: ClassVar[str] = "sync"
-
-    def check(self) -> None:
-        if self.tag is not None:
-            raise VerifyError("sync marks every timestep's boundary; it takes no when t mod K")
-
-
-# --------------------------------------------------------------------------- IR attributes
-
-
-_SCALARS = (bool, int, float, str)
-
-
-def attr_types(cls: type[Op]) -> dict[str, object]:
-    """An IR op class's attribute names and types, in declaration order."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls)}
-
-
-def _normalized_attrs(
-    opcode: str, cls: type[Op], attrs: Iterable[tuple[str, object]]
-) -> tuple[tuple[str, object], ...]:
-    """Every attribute of the IR op, in declaration order, each of its declared type."""
-    given = dict(attrs)
-    types = attr_types(cls)
-    for key in given:
-        if key not in types:
-            known = ", ".join(types) or "none"
-            raise VerifyError(f"{opcode} has no attribute {key!r} (it has: {known})")
-    values = {key: _typed(opcode, key, value, types[key]) for key, value in given.items()}
-    try:
-        op = cls(**values)
-    except VerifyError as exc:
-        raise VerifyError(f"{opcode}: {exc}") from None
-    return tuple(op.attrs().items())
-
-
-def _typed(opcode: str, key: str, value: object, hint: object) -> object:
-    """``value`` as type ``hint`` (an int as a float where a float is declared)."""
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, tuple | list):
-            raise VerifyError(f"{opcode} attribute {key} takes a list, got {value!r}")
-        element = typing.get_args(hint)[0]
-        return tuple(_typed(opcode, key, v, element) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in _SCALARS:
-        ok = isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
-    else:  # a dimension: an int or the batch
-        ok = value == BATCH or (isinstance(value, int) and not isinstance(value, bool))
-    if not ok:
-        raise VerifyError(f"{opcode} attribute {key} takes {attr_noun(hint)}, got {value!r}")
-    return value
-
-
-_NOUNS: dict[object, str] = {
-    bool: "true or false",
-    int: "an int",
-    float: "a float",
-    str: "a string",
-}
-
-
-def attr_noun(hint: object) -> str:
-    """How an error names what an attribute of type ``hint`` takes: ``an int``, ..."""
-    return _NOUNS.get(hint, "an int or B")
 
 
 # --------------------------------------------------------------------------- tiles, blocks
@@ -463,15 +114,15 @@ class Tile:
     copy: int = 0
 
     def __post_init__(self) -> None:
-        _check_int(self.number, "tile number", 0)
-        _check_int(self.copy_of, f"tile {self.number} copy_of", -1)
-        _check_int(self.copy, f"tile {self.number} copy", 0)
+        check_int(self.number, "tile number", 0)
+        check_int(self.copy_of, f"tile {self.number} copy_of", -1)
+        check_int(self.copy, f"tile {self.number} copy", 0)
         if (self.copy_of >= 0) != (self.copy >= 1):
             raise VerifyError(
                 f"tile {self.number}: a copy has copy_of >= 0 and copy >= 1, any other tile "
                 f"neither; got copy_of = {self.copy_of}, copy = {self.copy}"
             )
-        if not (isinstance(self.weight, str) and _NAME.fullmatch(self.weight)):
+        if not (isinstance(self.weight, str) and NAME.fullmatch(self.weight)):
             raise VerifyError(f"tile {self.number}: weight {self.weight!r} is not a name")
         if not isinstance(self.layer, str):
             raise VerifyError(f"tile {self.number}: layer must be a string")
@@ -485,7 +136,7 @@ class Tile:
                     f"tile {self.number}: {name} must be (start, stop) with start < stop"
                 )
         for name in ("crossbar", "xbar_row", "xbar_col"):
-            _check_int(getattr(self, name), f"tile {self.number} {name}", 0)
+            check_int(getattr(self, name), f"tile {self.number} {name}", 0)
         dac = tuple(float(v) for v in self.dac)
         object.__setattr__(self, "dac", dac)
         if len(dac) != 2 or not (math.isfinite(dac[0]) and math.isfinite(dac[1])):
@@ -538,22 +189,39 @@ class Decl:
     def __post_init__(self) -> None:
         if self.kind not in DECL_KINDS:
             raise VerifyError(f"unknown declaration {self.kind!r}; expected one of {DECL_KINDS}")
-        _check_ref(self.name, _DECL_SIGILS[self.kind], f"{self.kind} name")
+        check_ref(self.name, _DECL_SIGILS[self.kind], f"{self.kind} name")
         if self.kind == "output" and self.type is not None:
             raise VerifyError(f"output {self.name} takes no type")
         if self.kind != "output" and not isinstance(self.type, TensorType):
             raise VerifyError(f"{self.kind} {self.name}: type must be a TensorType")
         if self.kind == "state":
-            _check_ref(self.next, "%@", f"state {self.name} next value")
+            check_ref(self.next, "%@", f"state {self.name} next value")
         elif self.next:
             raise VerifyError(f"{self.kind} {self.name} cannot have a next value")
-        _check_int(self.copies, f"{self.kind} {self.name} copies", 1)
+        check_int(self.copies, f"{self.kind} {self.name} copies", 1)
         if self.copies != 1 and self.kind != "buf":
             raise VerifyError(f"only a buf has copies, not {self.kind} {self.name}")
 
 
 def _decl_rank(decl: Decl) -> int:
     return DECL_KINDS.index(decl.kind)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a name a block reads holds at timestep t: ``name``'s value of step t - distance.
+
+    Attributes:
+        kind: ``"buf"`` (a buffer an instruction of the block writes), ``"input"`` (a
+            sequence input, GDU 0), ``"const"`` (a constant) or ``"zero"`` (a state that
+            only ever holds zeros: a loop of states).
+        name: the buffer, input or constant (with its sigil).
+        distance: timesteps back (through states); before the first, the value is zeros.
+    """
+
+    kind: str
+    name: str
+    distance: int = 0
 
 
 @dataclass(frozen=True)
@@ -578,6 +246,20 @@ class Block:
 
     def declared(self, kind: str) -> Iterator[Decl]:
         return (d for d in self.decls if d.kind == kind)
+
+    def resolve(self, name: str) -> Resolved:
+        """Follow ``name`` through the block's states to what holds its value."""
+        decls = {d.name: d for d in self.decls if d.kind != "output"}
+        distance = 0
+        seen: set[str] = set()
+        while name in decls and decls[name].kind == "state":
+            if name in seen:
+                return Resolved("zero", name, distance)
+            seen.add(name)
+            name = decls[name].next
+            distance += 1
+        decl = decls.get(name)
+        return Resolved(decl.kind if decl is not None else "const", name, distance)
 
 
 # --------------------------------------------------------------------------- the program
@@ -612,14 +294,14 @@ class Program:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiles", tuple(self.tiles))
         object.__setattr__(self, "blocks", tuple(self.blocks))
-        if not (isinstance(self.name, str) and _NAME.fullmatch(self.name)):
+        if not (isinstance(self.name, str) and NAME.fullmatch(self.name)):
             raise ProgramError(f"program name {self.name!r} is not a name")
         if not isinstance(self.target, TargetSpec):
             raise ProgramError("program target must be a TargetSpec")
         try:
-            _check_int(self.ii, "ii", 1)
-            _check_int(self.latency_cycles, "latency", 0)
-            _check_int(self.lower_bound, "lower_bound", 1)
+            check_int(self.ii, "ii", 1)
+            check_int(self.latency_cycles, "latency", 0)
+            check_int(self.lower_bound, "lower_bound", 1)
         except VerifyError as exc:
             raise ProgramError(f"program @{self.name}: {exc}") from None
         _Checker(self).check()
@@ -648,59 +330,12 @@ class Program:
     def busy_cycles(self) -> dict[str, int]:
         """Busy cycles per timestep of every resource used, by name (a tagged instruction,
         which runs at every K-th timestep, counts 1/K; rounded up)."""
-        k = self.duplicate
-        busy: dict[str, int] = defaultdict(int)
-        for unit, instr in self.instructions():
-            weight = k if instr.tag is None else 1
-            for resource, _, cycles in instr.cost(self.target, unit).reservations:
-                busy[resource] += weight * cycles
-        return {resource: -(-total // k) for resource, total in busy.items()}
+        return busy_cycles(self.instructions(), self.target, self.duplicate)
 
     def energy_pj_per_timestep(self) -> dict[str, float]:
         """Energy of one timestep (batch 1): ``total`` and each component (a tagged
         instruction counts 1/K)."""
-        parts = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
-        for unit, instr in self.instructions():
-            for component, energy in instr.cost(self.target, unit).energy_pj:
-                parts[component] += energy if instr.tag is None else energy / instr.tag[0]
-        return {"total": sum(parts.values()), **parts}
-
-    def verify_schedule(self) -> None:
-        """Check the timing of the program; raise VerifyError naming the first fault.
-
-        * no instruction holds a resource longer than ``ii``, and no two instructions
-          hold one resource at the same cycle of the repeating ``ii``-cycle pattern
-          (with duplicated tiles, of the ``K * ii``-cycle pattern of K timesteps, in
-          which an instruction tagged ``(K, j)`` runs in the j-th ``ii`` cycles only and
-          may hold a resource up to ``K * ii`` cycles);
-        * every operand is ready when read: after its writer ends in the same timestep,
-          or, through a state, ``ii`` cycles per timestep of distance earlier (every
-          writer that serves the timestep read);
-        * each ``recv`` starts when its ``send``'s last byte arrives;
-        * each buffer has copies for all the timesteps whose values it holds at once;
-        * ``latency_cycles`` is the end of the last instruction, and
-          ``lower_bound <= ii``.
-        """
-        _check_resources(self)
-        for block in self.blocks:
-            _check_block_timing(self, block)
-        end = max(
-            (
-                instr.start + instr.cost(self.target, unit).latency
-                for unit, instr in self.instructions()
-                if not isinstance(instr, Sync)
-            ),
-            default=0,
-        )
-        if end != self.latency_cycles:
-            raise VerifyError(
-                f"program @{self.name} declares latency {self.latency_cycles}, but its last "
-                f"instruction ends at cycle {end}"
-            )
-        if self.lower_bound > self.ii:
-            raise VerifyError(
-                f"program @{self.name}: ii {self.ii} is below its lower bound {self.lower_bound}"
-            )
+        return energy_pj_per_timestep(self.instructions(), self.target)
 
 
 class _Checker:
@@ -855,7 +490,7 @@ class _Checker:
             if isinstance(instr, Adc) and not all(
                 self.codes_of(w, instr.tile)
                 for w in writers[instr.operand]
-                if _feeds(w.tag, instr.tag, 0)
+                if feeds(w.tag, instr.tag, 0)
             ):
                 raise self.fail(
                     instr,
@@ -870,12 +505,12 @@ class _Checker:
         writers serve only their own timesteps)."""
         k = self.duplicate
         for operand in instr.operands:
-            found = _resolve(block, operand)
-            if found is None or k == 1:
+            found = block.resolve(operand)
+            if found.kind != "buf" or k == 1:
                 continue
-            name, distance = found
-            written = {j for w in writers[name] for j in _steps(w.tag, k)}
-            needed = {(j - distance) % k for j in _steps(instr.tag, k)}
+            name, distance = found.name, found.distance
+            written = {j for w in writers[name] for j in tag_steps(w.tag, k)}
+            needed = {(j - distance) % k for j in tag_steps(instr.tag, k)}
             if not needed <= written:
                 missing = min(needed - written)
                 raise self.fail(
@@ -973,8 +608,8 @@ class _Checker:
         dst = self.units[send.dst]
         for instr in dst.instructions:
             for name in instr.operands:
-                found = _resolve(dst, name)
-                if found is None or found[0] != send.value:
+                found = dst.resolve(name)
+                if found.kind != "buf" or found.name != send.value:
                     continue
                 tile = tiles.get(instr.tile) if isinstance(instr, Mvm) else None
                 if tile is None or not lo <= tile.rows[0] < tile.rows[1] <= hi:
@@ -985,7 +620,7 @@ class _Checker:
                     )
 
 
-def _steps(tag: tuple[int, int] | None, k: int) -> Iterable[int]:
+def tag_steps(tag: tuple[int, int] | None, k: int) -> Iterable[int]:
     """The timesteps mod ``k`` at which an instruction of ``tag`` runs."""
     return range(k) if tag is None else (tag[1],)
 
@@ -995,7 +630,7 @@ def _disjoint(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
     return a is not None and b is not None and a[1] != b[1]
 
 
-def _feeds(writer: tuple[int, int] | None, reader: tuple[int, int] | None, distance: int) -> bool:
+def feeds(writer: tuple[int, int] | None, reader: tuple[int, int] | None, distance: int) -> bool:
     """Whether a reader of tag ``reader`` can read, ``distance`` timesteps back, a value
     a writer of tag ``writer`` made."""
     if writer is None or reader is None:
@@ -1011,126 +646,3 @@ def _overlap(a: Tile, b: Tile, target: TargetSpec) -> bool:
         and a.xbar_col < b.xbar_col + bw
         and b.xbar_col < a.xbar_col + aw
     )
-
-
-# --------------------------------------------------------------------------- timing checks
-
-
-def _check_resources(program: Program) -> None:
-    """The pattern repeats every ``K * ii`` cycles (K timesteps): a tagged instruction
-    holds its resources in its own ``ii``-cycle window of it, any other in all K."""
-    ii, k = program.ii, program.duplicate
-    period = k * ii
-    uses: dict[str, list[tuple[int, int, Unit, Instruction]]] = defaultdict(list)
-    for unit, instr in program.instructions():
-        longest = ii if instr.tag is None else period
-        for resource, offset, cycles in instr.cost(program.target, unit).reservations:
-            if cycles > longest:
-                raise VerifyError(
-                    f"{unit}: {instr.mnemonic} at cycle {instr.start} holds {resource} for "
-                    f"{cycles} cycles, more than "
-                    + (f"ii = {ii}" if instr.tag is None else f"K * ii = {period}")
-                )
-            for j in _steps(instr.tag, k):
-                a = (instr.start + offset + j * ii) % period
-                pieces = [(a, min(a + cycles, period))] + (
-                    [(0, a + cycles - period)] if a + cycles > period else []
-                )
-                for lo, hi in pieces:
-                    if hi > lo:
-                        uses[resource].append((lo, hi, unit, instr))
-    for resource, spans in uses.items():
-        spans.sort(key=lambda s: (s[0], s[1]))
-        for (_, hi, unit_a, a), (lo, _, unit_b, b) in zip(spans, spans[1:], strict=False):
-            if lo < hi:
-                raise VerifyError(
-                    f"{unit_a}: {a.mnemonic} at cycle {a.start} and {unit_b}: {b.mnemonic} at "
-                    f"cycle {b.start} both hold {resource} at cycle {lo} of the "
-                    f"{period}-cycle pattern"
-                )
-
-
-def _resolve(block: Block, name: str) -> tuple[str, int] | None:
-    """The buffer that holds ``name``'s value and how many timesteps earlier it was
-    written; None when no instruction writes it (an input, a constant, a state that only
-    ever holds zeros)."""
-    states = {d.name: d for d in block.declared("state")}
-    distance = 0
-    seen = set()
-    while name in states:
-        if name in seen:
-            return None
-        seen.add(name)
-        name = states[name].next
-        distance += 1
-    if any(d.name == name and d.kind == "buf" for d in block.decls):
-        return name, distance
-    return None
-
-
-def buffer_lifetimes(program: Program, block: Block) -> dict[str, int]:
-    """Cycles from when each buffer's writer starts (its earliest, for the tagged
-    writers of one buffer) until its last reader is done, counting reads in later
-    timesteps (through states) as ``ii`` cycles per step."""
-    target, unit, ii = program.target, block.unit, program.ii
-    first: dict[str, int] = {}
-    for instr in block.instructions:
-        for r in instr.results:
-            first[r] = min(first.get(r, instr.start), instr.start)
-    last = dict(first)
-    for instr in block.instructions:
-        busy = instr.cost(target, unit).cycles
-        for operand in instr.operands:
-            found = _resolve(block, operand)
-            if found is not None:
-                name, distance = found
-                last[name] = max(last[name], instr.start + ii * distance + busy)
-    return {name: last[name] - first[name] for name in first}
-
-
-def _check_block_timing(program: Program, block: Block) -> None:
-    target, unit, ii = program.target, block.unit, program.ii
-    writers: dict[str, list[Instruction]] = defaultdict(list)
-    for instr in block.instructions:
-        for r in instr.results:
-            writers[r].append(instr)
-    for instr in block.instructions:
-        for operand in instr.operands:
-            found = _resolve(block, operand)
-            if found is None:
-                continue
-            name, distance = found
-            for writer in writers[name]:
-                if not _feeds(writer.tag, instr.tag, distance):
-                    continue
-                ready = writer.start + writer.cost(target, unit).latency - ii * distance
-                if instr.start < ready:
-                    step = f" of the timestep {distance} before" if distance else ""
-                    raise VerifyError(
-                        f"{unit}: {instr.mnemonic} at cycle {instr.start} reads {operand}, but "
-                        f"{writer.mnemonic} at cycle {writer.start} makes {name}{step} ready "
-                        f"only at cycle {ready}"
-                    )
-        if isinstance(instr, Send):
-            recv = next(
-                r
-                for r in program.block(instr.dst).instructions
-                if isinstance(r, Recv)
-                and r.value == instr.value
-                and r.src == unit
-                and r.tag == instr.tag
-            )
-            arrival = instr.start + instr.cost(target, unit).latency
-            if recv.start != arrival:
-                raise VerifyError(
-                    f"{unit}: send of {instr.value} at cycle {instr.start} arrives at "
-                    f"{instr.dst} at cycle {arrival}, but its recv is at cycle {recv.start}"
-                )
-    lifetimes = buffer_lifetimes(program, block)
-    for decl in block.declared("buf"):
-        needed = max(1, math.ceil(lifetimes[decl.name] / ii))
-        if decl.copies < needed:
-            raise VerifyError(
-                f"{unit}: buf {decl.name} lives {lifetimes[decl.name]} cycles, so it needs "
-                f"{needed} copies at ii = {ii}, not {decl.copies}"
-            )

@@ -1,7 +1,7 @@
 """A picture of a mapping: the crossbars used, with each tile drawn where it sits.
 
 :func:`plot_crossbars` reads only the report dict (``report.json`` or
-:func:`snuc.passes.report.mapping_report`), so an artefact's report can be drawn without
+``mapping_report`` of passes/report.py), so an artefact's report can be drawn without
 the compiler. matplotlib is an optional extra (``pip install snuc[plot]``); it is
 imported only when a picture is drawn, and only its object-oriented API is used, so
 drawing never touches pyplot's global state or the user's backend.

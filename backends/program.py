@@ -1,11 +1,11 @@
 """Emit the simulator program of a scheduled graph (SPEC §4, docs/isa.md).
 
-:func:`emit_program` turns a :class:`~snuc.passes.schedule.Schedule` into a
+:func:`emit_program` turns a :class:`~snuc.backends.schedule.ModuloSchedule` into a
 :class:`~snuc.backends.isa.Program`: one block per unit, with the buffers, constants,
-states, inputs and outputs it holds, every scheduled operation as an instruction at its
-start cycle, a ``recv`` on the destination of every ``send``, and a ``sync`` at each
-timestep boundary (every ``ii`` cycles). Buffers get the copies their lifetimes need.
-The program's timing is the schedule's, instruction for instruction.
+states, inputs and outputs it holds, every scheduled instruction at its start cycle, a
+``recv`` on the destination of every ``send``, and a ``sync`` at each timestep boundary
+(every ``ii`` cycles). Buffers get the copies their lifetimes need. The program's timing
+is the schedule's, instruction for instruction, and checked as it is emitted.
 """
 
 from __future__ import annotations
@@ -13,27 +13,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from snuc.backends.isa import (
-    GDU,
-    Adc,
-    Block,
-    Decl,
-    Instruction,
-    Mvm,
-    Program,
-    Recv,
-    Send,
-    Sync,
-    Tile,
-    VectorOp,
-    buffer_lifetimes,
-)
+from snuc.backends.isa import GDU, Block, Decl, Instruction, Program, Recv, Send, Sync, Tile
+from snuc.backends.schedule import ModuloSchedule, schedule_graph
+from snuc.backends.timing import buffer_lifetimes, verify_timing
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
+from snuc.ir.machine import HOST, Unit
 from snuc.ir.ops import CrossbarMVM
 from snuc.ir.target import TargetSpec
 from snuc.ir.types import TensorType
-from snuc.passes.schedule import HOST, Schedule, ScheduledOp, Unit, schedule_graph
 
 
 def compile_program(graph: Graph, target: TargetSpec | None) -> Program:
@@ -41,11 +29,13 @@ def compile_program(graph: Graph, target: TargetSpec | None) -> Program:
     return emit_program(graph, schedule_graph(graph, target))
 
 
-def emit_program(graph: Graph, schedule: Schedule) -> Program:
+def emit_program(graph: Graph, schedule: ModuloSchedule) -> Program:
     """The program that runs ``schedule`` (made by ``schedule_graph(graph, ...)``).
 
     Raises:
         SnucError: ``schedule`` was made for another graph.
+        VerifyError: the program breaks its timing (a scheduler bug: the one timing check,
+            :func:`~snuc.backends.timing.verify_timing`, checks every emitted program).
     """
     if schedule.graph != graph.name:
         raise SnucError(
@@ -56,11 +46,10 @@ def emit_program(graph: Graph, schedule: Schedule) -> Program:
     # what starts in the new stage, and an arrival (rank 1) before its use (rank 2).
     instructions: dict[Unit, list[tuple[tuple[int, int, int], Instruction]]] = {HOST: []}
     for op in schedule.ops:
-        instructions.setdefault(op.unit, []).append(((op.start, 2, op.index), _instruction(op)))
-        if op.mnemonic == "send":
-            arrival = op.end
-            recv = Recv(arrival, op.operands[0], op.unit, tag=op.tag)
-            instructions.setdefault(op.dst, []).append(((arrival, 1, op.index), recv))  # type: ignore[arg-type]
+        instructions.setdefault(op.unit, []).append(((op.start, 2, op.index), op.instr))
+        if isinstance(op.instr, Send):
+            recv = Recv(op.end, op.instr.value, op.unit, tag=op.tag)
+            instructions.setdefault(op.instr.dst, []).append(((op.end, 1, op.index), recv))
     boundaries = [k * schedule.ii for k in range(1, schedule.stages + 1)]
     blocks = []
     for unit in sorted(instructions, key=lambda u: (u.kind != GDU, u.index)):
@@ -76,27 +65,9 @@ def emit_program(graph: Graph, schedule: Schedule) -> Program:
         tiles=_tiles(graph),
         blocks=tuple(blocks),
     )
-    return _with_copies(program)
-
-
-def _instruction(op: ScheduledOp) -> Instruction:
-    tag = op.tag
-    if op.mnemonic == "mvm":
-        return Mvm(
-            op.start,
-            op.results[0],
-            op.operands[0],
-            op.tile,
-            op.rows,
-            op.phases,
-            op.vectors,
-            tag=tag,
-        )
-    if op.mnemonic == "adc":
-        return Adc(op.start, op.results[0], op.operands[0], op.tile, op.n, tag=tag)
-    if op.mnemonic == "send":
-        return Send(op.start, op.operands[0], op.dst, op.nbytes, op.window, tag=tag)  # type: ignore[arg-type]
-    return VectorOp(op.start, op.mnemonic, op.results, op.operands, op.n, op.ops, op.attrs, tag=tag)
+    program = _with_copies(program)
+    verify_timing(program)  # the scheduler's self-check
+    return program
 
 
 def _tiles(graph: Graph) -> tuple[Tile, ...]:

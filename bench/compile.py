@@ -78,11 +78,11 @@ def measure(weights: int, target_name: str, until: str) -> dict:
     """Build one model and compile it; the row of the table (run in a fresh process)."""
     from snuc.backends.asm import print_program
     from snuc.backends.program import emit_program
+    from snuc.backends.schedule import schedule_graph
     from snuc.ir.target import parse_target, with_overrides
     from snuc.passes import DEFAULT_PIPELINE, get_pass, run_pipeline
     from snuc.passes.placement import crossbars_bound
     from snuc.passes.report import mapping_report
-    from snuc.passes.schedule import schedule_graph
 
     baseline = _rss_bytes()
     start = time.perf_counter()

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from snuc.backends.schedule import schedule_graph
 from snuc.driver import build_report, lower, resolve_target
 from snuc.frontend.onnx_import import import_onnx
 from snuc.ir import Graph, SnucError, TensorType
 from snuc.ir.ops import Dense, SNULayer
 from snuc.passes.placement import PLACEMENTS
-from snuc.passes.schedule import schedule_graph
 from snuc.reporting import format_table
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

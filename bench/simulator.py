@@ -40,11 +40,11 @@ def build_artefact(target_name: str, seed: int = 0):
 
     from snuc.backends.asm import print_program
     from snuc.backends.program import emit_program
+    from snuc.backends.schedule import schedule_graph
     from snuc.driver import build_report, lower
     from snuc.ir import Graph, TensorType
     from snuc.ir.ops import Add, Dense, Sigmoid, SNULayer
     from snuc.ir.target import parse_target
-    from snuc.passes.schedule import schedule_graph
     from snuc.runtime.artefact import Artefact
 
     rng = np.random.default_rng(seed)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
+from snuc.ir.machine import crossbar_work
 from snuc.ir.ops import CrossbarMVM
 from snuc.passes.base import Pass, register_pass
 from snuc.passes.tiling import target_or_default
@@ -155,7 +156,7 @@ def duplicate_crossbars(graph: Graph, target: TargetSpec, duplicate: int) -> Gra
     """``graph`` (placed) with every busy crossbar's tiles copied onto spare crossbars.
 
     A crossbar whose MVM cycles per timestep are more than ``1 / duplicate`` of the
-    busiest crossbar's (:func:`~snuc.passes.schedule.crossbar_work`) gets ``duplicate - 1``
+    busiest crossbar's (:func:`~snuc.ir.machine.crossbar_work`) gets ``duplicate - 1``
     copies, each on a crossbar of its own after the ones in use (the copies of the first
     such crossbar first), holding copies of all its tiles at their positions. Each copy
     of a tile takes a new tile number after the largest in use, in order of tile number
@@ -164,8 +165,6 @@ def duplicate_crossbars(graph: Graph, target: TargetSpec, duplicate: int) -> Gra
     Raises:
         SnucError: the copies need more crossbars than ``cores * chips``.
     """
-    from snuc.passes.schedule import crossbar_work  # placement comes before scheduling
-
     tiles = sorted(
         (n for n in graph.nodes() if isinstance(n.op, CrossbarMVM)), key=lambda n: n.op.tile
     )

@@ -36,6 +36,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from snuc.ir.graph import Graph, Node, State
+from snuc.ir.scc import strongly_connected
 from snuc.ir.types import BATCH, TensorType
 
 
@@ -179,51 +180,11 @@ def _augmented_graph(
 def _strongly_connected(
     vertices: Sequence[Vertex], edges: dict[Vertex, list[Vertex]]
 ) -> list[list[Vertex]]:
-    """Tarjan's strongly connected components, iteratively (graphs may be deep)."""
-    index: dict[Vertex, int] = {}
-    low: dict[Vertex, int] = {}
-    on_stack: set[Vertex] = set()
-    stack: list[Vertex] = []
-    components: list[list[Vertex]] = []
-    counter = 0
-    for root in vertices:
-        if root in index:
-            continue
-        work = [(root, iter(edges[root]))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            vertex, successors = work[-1]
-            advanced = False
-            for succ in successors:
-                if succ not in index:
-                    index[succ] = low[succ] = counter
-                    counter += 1
-                    stack.append(succ)
-                    on_stack.add(succ)
-                    work.append((succ, iter(edges[succ])))
-                    advanced = True
-                    break
-                if succ in on_stack:
-                    low[vertex] = min(low[vertex], index[succ])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[vertex])
-            if low[vertex] == index[vertex]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == vertex:
-                        break
-                components.append(component)
-    return components
+    """The strongly connected components of the state-augmented graph
+    (:func:`snuc.ir.scc.strongly_connected` on the vertices' positions)."""
+    position = {v: i for i, v in enumerate(vertices)}
+    succ = [[position[w] for w in edges[v]] for v in vertices]
+    return [[vertices[i] for i in comp] for comp in strongly_connected(len(vertices), succ)]
 
 
 def _topological(

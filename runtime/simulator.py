@@ -3,10 +3,10 @@
 ``snuc run --backend sim`` (SPEC §6, §7) executes the artefact's program (docs/isa.md:
 one timestep per unit, modulo scheduled) on a simulated chip. Every instruction of
 timestep t starts at absolute cycle ``t * ii + start`` and holds its resource (crossbar,
-LDU, GDU, network links) for its cost; :func:`~snuc.runtime.sim_timing.simulate_timing`
-lays the timesteps out on that time line and checks that no two instructions share a
-resource at once, that every operand is ready when read, that data arrives where the
-``recv`` says, and that no buffer copy is overwritten while still read. The instructions
+LDU, GDU, network links) for its cost; :func:`~snuc.backends.timing.verify_timing`, the
+compiler's one timing check, checks on the repeating pattern that no two instructions
+share a resource at once, that every operand is ready when read, that data arrives where
+the ``recv`` says, and that no buffer copy is overwritten while still read. The instructions
 then run in the order of their absolute cycles, timesteps overlapping as on the chip:
 layer k of step t beside layer k + 1 of step t - 1, each buffer in ``copies`` copies
 (timestep t uses copy ``t mod copies``), states reading the previous timestep's copy.
@@ -52,19 +52,21 @@ from typing import Any
 
 import numpy as np
 
-# The runtime reads the chip's instruction set and assembly: plain data and parsing
-# (backends/isa.py, backends/asm.py); it emits a program only for a graph that comes
-# without one (backends/program.py), and takes transfer routes from the cost model.
+# The runtime reads the chip's program and assembly (backends/isa.py, backends/asm.py)
+# and its timing check (backends/timing.py); it emits a program only for a graph that
+# comes without one (backends/program.py), and takes transfer routes from the machine.
 from snuc.backends.asm import parse_program
-from snuc.backends.isa import GDU, Adc, Block, Mvm, Program, Recv, Send, Sync, Unit, VectorOp
+from snuc.backends.isa import Block, Program
 from snuc.backends.program import compile_program
+from snuc.backends.timing import Timing, program_timing
 from snuc.ir.crossbar import guaranteed_ranges
-from snuc.ir.errors import SnucError
+from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
+from snuc.ir.machine import GDU, Unit, route
+from snuc.ir.machine_isa import Adc, Mvm, Recv, Send, Sync, VectorOp
 from snuc.ir.ops import CrossbarMVM
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
 from snuc.ir.types import BATCH, Dim, TensorType
-from snuc.passes.schedule import route
 from snuc.runtime import sim_ops as ops
 from snuc.runtime.interpreter import (
     bind_inputs,
@@ -75,9 +77,8 @@ from snuc.runtime.interpreter import (
 from snuc.runtime.plan_tiles import NoiseStream, TileChip, program_tiles
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
 from snuc.runtime.sim_stats import COMPONENTS, EnergyRow, LayerSpikes, SimStats, format_stats
-from snuc.runtime.sim_timing import Timing, resolve, simulate_timing
 
-__all__ = ["SimPlan", "SimStats", "format_stats", "run_sim"]
+__all__ = ["SimPlan", "SimStats", "SimulationError", "format_stats", "run_sim"]
 
 _PROGRESS_EVERY = 32
 """Windows between updates of the progress bar."""
@@ -140,7 +141,7 @@ class _Transfer:
 
 @dataclass(frozen=True)
 class _Output:
-    """A graph output: what holds it (:func:`resolve`) and the history that records it."""
+    """A graph output: what holds it (:meth:`Block.resolve`) and the history that records it."""
 
     name: str
     kind: str
@@ -227,7 +228,7 @@ class SimPlan:
         graph.verify()
         program = _the_program(graph, program, spec)
         spec = program.target
-        timing = simulate_timing(program)
+        timing = _checked_timing(program)
         chips: dict[int, TileChip] = {}
         _check_tiles(graph, program)
         if mode != "float":
@@ -346,6 +347,19 @@ class SimPlan:
             energy=tuple(EnergyRow(c, int(a), float(e)) for c, (a, e) in energy.items()),
             spikes=tuple(spikes),
         )
+
+
+class SimulationError(RuntimeError):
+    """The program breaks its own timing (an internal error: programs are verified)."""
+
+
+def _checked_timing(program: Program) -> Timing:
+    """The program's timing, checked by the one timing check of the compiler
+    (:func:`~snuc.backends.timing.verify_timing`); a fault is an internal error here."""
+    try:
+        return program_timing(program)
+    except VerifyError as exc:
+        raise SimulationError(str(exc)) from None
 
 
 def _the_program(graph: Graph, program: Program | None, spec: TargetSpec | None) -> Program:
@@ -547,7 +561,7 @@ class _Compiler:
 
     def operand(self, block: Block, name: str) -> Slot:
         """What ``name`` holds in ``block`` at timestep t."""
-        found = resolve(block, name)
+        found = block.resolve(name)
         if found.kind == "buf":
             return Slot("copy", block.unit, found.name, found.distance)
         if found.kind == "input":
@@ -811,7 +825,7 @@ class _Compiler:
 
     def is_output(self, block: Block, name: str) -> bool:
         """Whether an output of the block is ``name``'s value (now or through states)."""
-        held = [resolve(block, d.name) for d in block.declared("output")]
+        held = [block.resolve(d.name) for d in block.declared("output")]
         return any(h.kind == "buf" and h.name == name for h in held)
 
     def outputs(self) -> list[_Output]:
@@ -829,7 +843,7 @@ class _Compiler:
         result = []
         for name in dict.fromkeys(self.graph.outputs):
             ref = next(d for d in declared if d[1:] == name)
-            found = resolve(block, ref)
+            found = block.resolve(ref)
             result.append(
                 _Output(name, found.kind, found.name, found.distance, self.graph.type_of(name))
             )

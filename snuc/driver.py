@@ -13,6 +13,7 @@ import numpy as np
 
 from snuc.backends.asm import print_program
 from snuc.backends.program import emit_program
+from snuc.backends.schedule import ModuloSchedule, schedule_graph
 from snuc.frontend.onnx_import import import_onnx
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
@@ -22,7 +23,6 @@ from snuc.passes import DEFAULT_PIPELINE, Pass, default_pipeline, run_pipeline
 from snuc.passes.placement import Place, check_duplicate
 from snuc.passes.quantize import Quantize
 from snuc.passes.report import mapping_report
-from snuc.passes.schedule import Schedule, schedule_graph
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.calibration import calibrate
 from snuc.runtime.io import read_array
@@ -91,7 +91,7 @@ def lower(
     return run_pipeline(graph, target, passes[split:], after=after)
 
 
-def build_report(graph: Graph, target: TargetSpec, schedule: Schedule) -> dict:
+def build_report(graph: Graph, target: TargetSpec, schedule: ModuloSchedule) -> dict:
     """report.json: the mapping's and the schedule's figures (SPEC §7)."""
     return {**mapping_report(graph, target), **schedule.summary()}
 

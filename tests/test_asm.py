@@ -3,7 +3,7 @@
 Golden assembly of scheduled graphs (``SNUC_UPDATE_GOLDEN=1`` rewrites it), round trips
 of golden and random programs, one-line parse errors with line and column, the
 structural rules a program keeps when built, and the timing rules
-``Program.verify_schedule`` checks.
+``verify_timing`` checks.
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ from snuc.backends.isa import (
     VectorOp,
 )
 from snuc.backends.program import compile_program, emit_program
+from snuc.backends.schedule import schedule_graph
+from snuc.backends.timing import verify_timing
 from snuc.ir import REGISTRY, Graph, ParseError, SnucError, TensorType, VerifyError
+from snuc.ir.machine import HOST
 from snuc.ir.target import with_overrides
 from snuc.ir.text import parse_graph
-from snuc.passes.schedule import HOST, schedule_graph
 
 GOLDEN = Path(__file__).parent / "golden" / "asm"
 HERE = Path(__file__).parent
@@ -71,7 +73,7 @@ def test_golden_assembly(case):
     """The program of each graph prints as its golden file, which round-trips."""
     path = GOLDEN / f"{case}.s"
     program = compile_program(GOLDEN_GRAPHS[case](), TARGET)
-    program.verify_schedule()
+    verify_timing(program)
     if os.environ.get("SNUC_UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(print_program(program))
@@ -80,7 +82,7 @@ def test_golden_assembly(case):
     parsed = parse_program(text, filename=str(path))
     assert parsed == program
     assert print_program(parsed) == text
-    parsed.verify_schedule()
+    verify_timing(parsed)
 
 
 def test_program_follows_the_schedule():
@@ -567,49 +569,49 @@ def _retimed(program: Program, unit: Unit, mnemonic: str, start: int) -> Program
     return replace(program, blocks=tuple(blocks))
 
 
-def test_verify_schedule_catches_an_operand_read_too_early():
+def test_verify_timing_catches_an_operand_read_too_early():
     program = compile_program(snu_stack(), TARGET)
-    program.verify_schedule()
+    verify_timing(program)
     early = _retimed(program, Unit(CORE, 1), "snu", 0)
     with pytest.raises(VerifyError, match=r"core 1: snu at cycle 0 reads %a1_t, but adc at cycle"):
-        early.verify_schedule()
+        verify_timing(early)
 
 
-def test_verify_schedule_catches_a_crossbar_used_twice():
+def test_verify_timing_catches_a_crossbar_used_twice():
     graph = snu_stack((32, 64, 64, 32), crossbars=(0, 0, 0), chip=Chip())
     program = compile_program(graph, TARGET)
-    program.verify_schedule()
+    verify_timing(program)
     mvms = [i for i in program.block(Unit(CORE, 0)).instructions if isinstance(i, Mvm)]
     clash = _retimed(program, Unit(CORE, 0), "mvm", mvms[1].start + 1)
     with pytest.raises(VerifyError, match=r"both hold xbar 0 at cycle"):
-        clash.verify_schedule()
+        verify_timing(clash)
 
 
-def test_verify_schedule_catches_a_late_recv_and_a_wrong_latency():
+def test_verify_timing_catches_a_late_recv_and_a_wrong_latency():
     program = compile_program(snu_stack(), TARGET)
     late = _retimed(program, Unit(CORE, 0), "recv", 99)
     with pytest.raises(VerifyError, match=r"send of %x at cycle 0 arrives at core 0 at cycle 4"):
-        late.verify_schedule()
+        verify_timing(late)
     with pytest.raises(VerifyError, match="declares latency 1, but its last instruction ends"):
-        replace(program, latency_cycles=1).verify_schedule()
+        verify_timing(replace(program, latency_cycles=1))
     with pytest.raises(VerifyError, match="below its lower bound"):
-        replace(program, lower_bound=program.ii + 1).verify_schedule()
+        verify_timing(replace(program, lower_bound=program.ii + 1))
 
 
-def test_verify_schedule_catches_too_few_buffer_copies():
+def test_verify_timing_catches_too_few_buffer_copies():
     program = compile_program(snu_stack(), TARGET)
     blocks = []
     for block in program.blocks:
         decls = tuple(replace(d, copies=1) if d.kind == "buf" else d for d in block.decls)
         blocks.append(replace(block, decls=decls))
     with pytest.raises(VerifyError, match=r"needs 2 copies at ii = 133, not 1"):
-        replace(program, blocks=tuple(blocks)).verify_schedule()
+        verify_timing(replace(program, blocks=tuple(blocks)))
 
 
-def test_verify_schedule_catches_a_longer_hold_than_ii():
+def test_verify_timing_catches_a_longer_hold_than_ii():
     program = compile_program(snu_stack(), TARGET)
     with pytest.raises(VerifyError, match="holds xbar 0 for 133 cycles, more than ii = 100"):
-        replace(program, ii=100, lower_bound=1).verify_schedule()
+        verify_timing(replace(program, ii=100, lower_bound=1))
 
 
 def test_gdu_instructions_and_codes_transfers_round_trip():

@@ -24,11 +24,12 @@ from equivalence import assert_same  # tests/ is on sys.path under pytest
 import snuc
 from snuc.backends.asm import parse_program, print_program
 from snuc.backends.program import emit_program
+from snuc.backends.schedule import schedule_graph
+from snuc.backends.timing import verify_timing
 from snuc.cli import main
 from snuc.ir import ParseError, SnucError
 from snuc.ir.target import TargetSpec
 from snuc.ir.text import large_constants, parse_graph, print_graph
-from snuc.passes.schedule import schedule_graph
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.interpreter import run as interpret
 
@@ -140,7 +141,7 @@ def test_one_copy_is_the_compiler_without_duplication(example) -> None:
 @pytest.mark.parametrize("k", [2, 3])
 def test_the_program_checks_its_timing(example, k: int) -> None:
     program = parse_program(example[k].program)
-    program.verify_schedule()
+    verify_timing(program)
     assert program.duplicate == k
     assert program.ii == example[k].report["cycles_per_timestep"]
     assert program.busy_cycles() == schedule_graph(example[k].graph, program.target).busy_cycles()

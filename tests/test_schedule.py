@@ -1,4 +1,4 @@
-"""The machine model and the ``schedule`` pass (passes/schedule.py, docs/isa.md).
+"""The machine model and the scheduler (ir/machine.py, backends/schedule.py, docs/isa.md).
 
 Graphs are built with the Graph API and placed by hand (``xbar.mvm`` tiles with their
 crossbars), so these tests do not depend on the ``tile`` and ``place`` passes. Every
@@ -19,23 +19,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snuc.backends.schedule import ModuloSchedule, schedule_graph
 from snuc.ir import REGISTRY, Graph, SnucError, TensorType
-from snuc.ir.ops import CrossbarMVM, Dense, SNULayer
-from snuc.ir.target import parse_target, with_overrides
-from snuc.passes import get_pass, pass_names
-from snuc.passes.schedule import (
+from snuc.ir.machine import (
     CORE,
     GDU,
     HOST,
-    Schedule,
     Unit,
     check_unit,
     digital_cost,
     mvm_cost,
     route,
-    schedule_graph,
     transfer_cost,
 )
+from snuc.ir.ops import CrossbarMVM, Dense, SNULayer
+from snuc.ir.target import parse_target, with_overrides
+from snuc.passes import get_pass, pass_names
 
 TARGET = parse_target("pcm-256x256")
 
@@ -103,7 +102,7 @@ def snu_stack(
     return g
 
 
-def check(schedule: Schedule) -> None:
+def check(schedule: ModuloSchedule) -> None:
     """Fail unless ``schedule`` keeps the rules of a modulo schedule."""
     ii = schedule.ii
     ops = schedule.ops
@@ -129,7 +128,7 @@ def check(schedule: Schedule) -> None:
     assert schedule.latency_cycles == max(op.end for op in ops)
 
 
-def by_mnemonic(schedule: Schedule, mnemonic: str) -> list:
+def by_mnemonic(schedule: ModuloSchedule, mnemonic: str) -> list:
     return [op for op in schedule.ops if op.mnemonic == mnemonic]
 
 
@@ -263,8 +262,8 @@ def test_recurrence_bound_dominates_when_the_loop_is_long():
     assert add.unit == Unit(CORE, 1)
     # W x is read out where it is added: its 8-bit ADC codes travel, not float32 values.
     sends = {op.operands[0]: op for op in by_mnemonic(schedule, "send")}
-    assert sends["$a_t"].nbytes == 100 and sends["$a_t"].dst == Unit(CORE, 1)
-    assert sends["%y_new"].nbytes == math.ceil(100 / 8)  # spikes travel as bits
+    assert sends["$a_t"].instr.nbytes == 100 and sends["$a_t"].instr.dst == Unit(CORE, 1)
+    assert sends["%y_new"].instr.nbytes == math.ceil(100 / 8)  # spikes travel as bits
 
 
 def split_recurrent_layer() -> Graph:
@@ -306,7 +305,7 @@ def test_dependencies_include_transfers_between_cores():
     for mvm in by_mnemonic(schedule, "mvm"):
         (dep, distance), *_ = mvm.deps
         assert ops[dep].mnemonic == "send" and distance == 0
-        assert ops[dep].dst == mvm.unit
+        assert ops[dep].instr.dst == mvm.unit
         assert mvm.start >= ops[dep].end
 
 
@@ -319,7 +318,7 @@ def test_states_are_read_one_timestep_later():
 def test_spikes_into_crossbars_take_one_phase_and_real_values_input_phases():
     target = with_overrides(TARGET, input_phases=4)
     schedule = schedule_graph(snu_stack(), target)
-    phases = {op.node: op.phases for op in by_mnemonic(schedule, "mvm")}
+    phases = {op.node: op.instr.phases for op in by_mnemonic(schedule, "mvm")}
     assert phases == {"a0_t": 4, "a1_t": 1, "a2_t": 1}
     check(schedule)
 
@@ -328,9 +327,9 @@ def test_inputs_arrive_and_outputs_leave_at_gdu_0():
     schedule = schedule_graph(snu_stack(), TARGET)
     sends = by_mnemonic(schedule, "send")
     assert sends[0].unit == HOST and sends[0].operands == ("%x",)
-    assert any(op.dst == HOST and op.operands == ("%y2_new",) for op in sends)
+    assert any(op.instr.dst == HOST and op.operands == ("%y2_new",) for op in sends)
     # x only feeds a crossbar: it travels as 8-bit DAC codes.
-    assert sends[0].nbytes == 64
+    assert sends[0].instr.nbytes == 64
 
 
 def test_row_split_partial_sums_are_read_out_where_they_are_added():
@@ -348,7 +347,9 @@ def test_row_split_partial_sums_are_read_out_where_they_are_added():
     assert acc.unit == Unit(CORE, 0)
     adcs = {op.node: op.unit for op in by_mnemonic(schedule, "adc")}
     assert adcs == {"fc_t": Unit(CORE, 0), "fc_t_1": Unit(CORE, 0)}
-    windows = {op.dst: (op.window, op.nbytes) for op in by_mnemonic(schedule, "send")}
+    windows = {
+        op.instr.dst: (op.instr.window, op.instr.nbytes) for op in by_mnemonic(schedule, "send")
+    }
     # Each core gets only the rows its tile drives, as 8-bit DAC codes.
     assert windows[Unit(CORE, 0)] == ((0, 256), 256)
     assert windows[Unit(CORE, 1)] == ((256, 300), 44)
@@ -363,7 +364,7 @@ def test_convolution_patches_are_mvm_vectors():
     g.outputs.append(y)
     schedule = schedule_graph(g, TARGET)
     (mvm,) = by_mnemonic(schedule, "mvm")
-    assert mvm.vectors == 25
+    assert mvm.instr.vectors == 25
     assert mvm.cost.cycles == 25 * 133
     check(schedule)
 
@@ -375,7 +376,7 @@ def test_gdu_only_work_runs_on_a_gdu():
     schedule = schedule_graph(g, TARGET)
     (softmax,) = by_mnemonic(schedule, "softmax")
     assert softmax.unit == HOST
-    assert softmax.ops == 4
+    assert softmax.instr.ops == 4
     check(schedule)
 
 

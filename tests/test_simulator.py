@@ -33,8 +33,7 @@ from snuc.ir.target import TargetSpec, parse_target
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.interpreter import run as interpret
 from snuc.runtime.numpy_backend import run_numpy
-from snuc.runtime.sim_timing import SimulationError
-from snuc.runtime.simulator import SimPlan, SimStats, format_stats, run_sim
+from snuc.runtime.simulator import SimPlan, SimStats, SimulationError, format_stats, run_sim
 
 MODES = ("float", "quantized", "pcm")
 SMALL = "pcm-16x16"  # small crossbars: layers split into row and column tiles
