@@ -485,5 +485,3 @@ def _slot(
             return t
         t += shift
     return None
-
-

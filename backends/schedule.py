@@ -109,7 +109,6 @@ def digital_work(graph: Graph, node: Node, mnemonic: str) -> tuple[int, int]:
     return n, ops
 
 
-
 # --------------------------------------------------------------------------- the schedule
 
 
@@ -122,7 +121,7 @@ class ModuloSchedule:
     Attributes:
         graph: the scheduled graph's name.
         target: the chip.
-        ops: every operation, in creation order (graph order, then transfers).
+        ops: every placed instruction, in creation order (graph order, then transfers).
         ii: the initiation interval: cycles per timestep in steady state.
         latency_cycles: from the step's start (inputs at GDU 0) until its last op ends.
         resource_bound: the busiest resource's busy cycles per timestep.
@@ -423,9 +422,7 @@ class _Planner:
         n = self.graph.type_of(node.id).static_size()
         codes = mvm
         if readout != unit:
-            codes = self.add_op(
-                Send(0, f"${node.id}", readout, self._code_bytes(n), tag=tag), unit
-            )
+            codes = self.add_op(Send(0, f"${node.id}", readout, self._code_bytes(n), tag=tag), unit)
             self.deps[codes].append((mvm, 0))
         adc = self.add_op(
             Adc(0, f"%{node.id}", f"${node.id}", op.copy_tile(j), n, tag=tag), readout, node.id
@@ -522,7 +519,6 @@ class _Planner:
         return index
 
 
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -599,4 +595,3 @@ def schedule_graph(graph: Graph, target: TargetSpec | None) -> ModuloSchedule:
         duplicate=duplicate,
         duplicated_crossbars=duplicated,
     )
-

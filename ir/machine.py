@@ -279,7 +279,6 @@ def crossbar_work(graph: Graph, target: TargetSpec) -> dict[int, int]:
     return dict(work)
 
 
-
 # --------------------------------------------------------------------------- digital work
 
 
@@ -344,7 +343,6 @@ DIGITAL_OPS: Mapping[str, DigitalOp] = MappingProxyType(
 """Every vector instruction, by mnemonic. ``ops`` counts one pass over the elements per
 operation: the fused SNU update is 7 (6 with g = identity), a softmax 4 (max, exp, sum,
 divide); a pooling window of k elements k; a digital matrix product K per output."""
-
 
 
 def fixed_ops(mnemonic: str, attrs: Mapping[str, object]) -> int | None:

@@ -54,7 +54,6 @@ def check_int(value: object, what: str, minimum: int) -> None:
         raise VerifyError(f"{what} must be an int >= {minimum}, got {value!r}")
 
 
-
 # --------------------------------------------------------------------------- instructions
 
 
@@ -384,7 +383,6 @@ _NOUNS: dict[object, str] = {
 def attr_noun(hint: object) -> str:
     """How an error names what an attribute of type ``hint`` takes: ``an int``, ..."""
     return _NOUNS.get(hint, "an int or B")
-
 
 
 # --------------------------------------------------------------------------- totals

@@ -65,4 +65,3 @@ def strongly_connected(n: int, succ: Sequence[Sequence[int]]) -> list[list[int]]
                         break
                 comps.append(sorted(comp))
     return comps
-

@@ -1,17 +1,23 @@
 """What a simulator run measured (SPEC §7): cycles, energy by component, spikes by layer.
 
 :class:`SimStats` is the result of ``SimPlan.run_with_stats`` (and ``SimPlan.last_stats``,
-``Artefact.last_stats``); :func:`format_stats` prints it as ``snuc run --backend sim``
-shows it on stderr.
+``Artefact.last_stats``), made by :func:`run_stats` from what the run counted;
+:func:`format_stats` prints it as ``snuc run --backend sim`` shows it on stderr.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["COMPONENTS", "EnergyRow", "LayerSpikes", "SimStats", "format_stats"]
+from snuc.backends.isa import Program
+from snuc.backends.timing import Timing
+
+if TYPE_CHECKING:  # the plan's layout; only its type is named here
+    from snuc.runtime.simulator import _Layout
+
+__all__ = ["COMPONENTS", "EnergyRow", "LayerSpikes", "SimStats", "format_stats", "run_stats"]
 
 COMPONENTS: Mapping[str, str] = {
     "crossbar": "crossbar MVM",
@@ -168,6 +174,48 @@ class SimStats:
                 for s in self.spikes
             ],
         }
+
+
+def run_stats(
+    layout: _Layout, program: Program, timing: Timing, steps: int, sequences: int, tally: list[int]
+) -> SimStats:
+    """A run's statistics from the plan's layout and the run's tally (driven rows and
+    spikes) of ``sequences`` sequences of ``steps`` timesteps of ``program``."""
+    runs = steps * sequences
+    energy = {c: [a * runs, e * runs] for c, (a, e) in layout.static.items()}
+    energy["crossbar"][0] = layout.mvm_phases * runs
+    rows_available = layout.mvm_rows * runs
+    for j, (static, phases, mvm_rows) in layout.tagged.items():
+        served = sequences * len(range(j, steps, layout.duplicate))
+        for c, (a, e) in static.items():
+            energy[c][0] += a * served
+            energy[c][1] += e * served
+        energy["crossbar"][0] += phases * served
+        rows_available += mvm_rows * served
+    spikes = []
+    rows = 0
+    for (kind, what), counted in zip(layout.tallies, tally, strict=True):
+        count = int(counted)
+        if kind == "rows":
+            energy["crossbar"][1] += count * what
+            rows += count
+        else:
+            value, neurons = what
+            spikes.append(LayerSpikes(value, neurons, count, neurons * runs))
+    return SimStats(
+        program=program.name,
+        target=program.target.name,
+        clock_ghz=program.target.clock_ghz,
+        timesteps=steps,
+        sequences=sequences,
+        cycles_per_timestep=timing.cycles_per_timestep,
+        latency_cycles=timing.latency_cycles,
+        total_cycles=timing.total_cycles(steps, sequences),
+        rows_driven=rows,
+        rows_available=rows_available,
+        energy=tuple(EnergyRow(c, int(a), float(e)) for c, (a, e) in energy.items()),
+        spikes=tuple(spikes),
+    )
 
 
 def format_stats(stats: SimStats) -> str:

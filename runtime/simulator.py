@@ -35,12 +35,8 @@ it drives with a non-zero input (a row without a spike costs nothing), while rea
 vector operations and transfers cost what the target says per element or byte. Spikes
 are counted per spiking layer.
 
-Speed: the program is compiled once into a list of kernels with precomputed slots; the
-time loop walks windows of ``ii`` cycles, each running the kernels whose timestep is in
-flight, with their buffers bound once per pattern of copies (the steady state repeats).
-The arrays and bindings of a run at one batch size are kept by the plan for its next run
-(:class:`_Kit`), so a run allocates only its outputs; the timing is checked once, when
-the plan is built (it does not depend on the data).
+Speed: the program is compiled once (:class:`_Compiler`) into a list of kernels with
+precomputed slots; :mod:`snuc.runtime.sim_run` runs them, window by window.
 """
 
 from __future__ import annotations
@@ -66,7 +62,7 @@ from snuc.ir.machine import GDU, Unit, route
 from snuc.ir.machine_isa import Adc, Mvm, Recv, Send, Sync, VectorOp
 from snuc.ir.ops import CrossbarMVM
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
-from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.ir.types import Dim, TensorType
 from snuc.runtime import sim_ops as ops
 from snuc.runtime.interpreter import (
     bind_inputs,
@@ -74,14 +70,12 @@ from snuc.runtime.interpreter import (
     check_run_options,
     sequence_extent,
 )
-from snuc.runtime.plan_tiles import NoiseStream, TileChip, program_tiles
+from snuc.runtime.plan_tiles import TileChip, program_tiles
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
-from snuc.runtime.sim_stats import COMPONENTS, EnergyRow, LayerSpikes, SimStats, format_stats
+from snuc.runtime.sim_run import Clock, Kit, Output, Run, batch_slice, join
+from snuc.runtime.sim_stats import COMPONENTS, SimStats, format_stats, run_stats
 
 __all__ = ["SimPlan", "SimStats", "SimulationError", "format_stats", "run_sim"]
-
-_PROGRESS_EVERY = 32
-"""Windows between updates of the progress bar."""
 
 # --------------------------------------------------------------------------- the plan
 
@@ -139,17 +133,6 @@ class _Transfer:
     window: tuple[int, int] | None
 
 
-@dataclass(frozen=True)
-class _Output:
-    """A graph output: what holds it (:meth:`Block.resolve`) and the history that records it."""
-
-    name: str
-    kind: str
-    source: str
-    distance: int
-    type: TensorType
-
-
 class SimPlan:
     """A program compiled for the simulator in one mode on one chip: build once, run often.
 
@@ -186,8 +169,8 @@ class SimPlan:
         self.chips = chips
         self.last_stats: SimStats | None = None
         self._layout = _Compiler(graph, program, mode, chips).compile()
-        self._clock = _Clock.of(self._layout)
-        self._idle: dict[int, list[_Kit]] = {}  # by batch size
+        self._clock = Clock.of(self._layout)
+        self._idle: dict[int, list[Kit]] = {}  # by batch size
 
     @classmethod
     def build(
@@ -298,55 +281,18 @@ class SimPlan:
         results = []
         with progress_bar(progress, len(chunks) * steps) as bar:
             for lo, hi in chunks:
-                chunk = {n: _batch_slice(self.graph, n, a, lo, hi) for n, a in feeds.items()}
-                run = _Run(self, chunk, steps, hi - lo if batched else 1, bar, batch_offset + lo)
+                chunk = {n: batch_slice(self.graph, n, a, lo, hi) for n, a in feeds.items()}
+                run = Run(self, chunk, steps, hi - lo if batched else 1, bar, batch_offset + lo)
                 results.append(run.outputs())
                 tally = [a + b for a, b in zip(tally, run.tally, strict=True)]
         outputs = results[0]
         if len(results) > 1:
-            outputs = {v: _join(self.graph, v, [r[v] for r in results]) for v in outputs}
-        stats = self._stats(steps, batch if batched else 1, tally)
+            outputs = {v: join(self.graph, v, [r[v] for r in results]) for v in outputs}
+        stats = run_stats(
+            self._layout, self.program, self.timing, steps, batch if batched else 1, tally
+        )
         self.last_stats = stats
         return outputs, stats
-
-    def _stats(self, steps: int, sequences: int, tally: list[int]) -> SimStats:
-        """The run's statistics from its tally (driven rows and spikes)."""
-        layout = self._layout
-        runs = steps * sequences
-        energy = {c: [a * runs, e * runs] for c, (a, e) in layout.static.items()}
-        energy["crossbar"][0] = layout.mvm_phases * runs
-        rows_available = layout.mvm_rows * runs
-        for j, (static, phases, mvm_rows) in layout.tagged.items():
-            served = sequences * len(range(j, steps, layout.duplicate))
-            for c, (a, e) in static.items():
-                energy[c][0] += a * served
-                energy[c][1] += e * served
-            energy["crossbar"][0] += phases * served
-            rows_available += mvm_rows * served
-        spikes = []
-        rows = 0
-        for (kind, what), counted in zip(layout.tallies, tally, strict=True):
-            count = int(counted)
-            if kind == "rows":
-                energy["crossbar"][1] += count * what
-                rows += count
-            else:
-                value, neurons = what
-                spikes.append(LayerSpikes(value, neurons, count, neurons * runs))
-        return SimStats(
-            program=self.program.name,
-            target=self.target.name,
-            clock_ghz=self.target.clock_ghz,
-            timesteps=steps,
-            sequences=sequences,
-            cycles_per_timestep=self.timing.cycles_per_timestep,
-            latency_cycles=self.timing.latency_cycles,
-            total_cycles=self.timing.total_cycles(steps, sequences),
-            rows_driven=rows,
-            rows_available=rows_available,
-            energy=tuple(EnergyRow(c, int(a), float(e)) for c, (a, e) in energy.items()),
-            spikes=tuple(spikes),
-        )
 
 
 class SimulationError(RuntimeError):
@@ -427,28 +373,12 @@ def _check_tiles(graph: Graph, program: Program) -> None:
             )
 
 
-def _batch_slice(graph: Graph, name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    type_ = graph.type_of(name)
-    if not type_.has_batch:
-        return array
-    index = [slice(None)] * array.ndim
-    index[1 + type_.shape.index(BATCH)] = slice(lo, hi)
-    return array[tuple(index)]
-
-
-def _join(graph: Graph, name: str, parts: list[np.ndarray]) -> np.ndarray:
-    type_ = graph.type_of(name)
-    if not type_.has_batch:
-        return parts[0]
-    return np.concatenate(parts, axis=1 + type_.shape.index(BATCH))
-
-
 # --------------------------------------------------------------------------- compiling
 
 
 @dataclass(frozen=True, eq=False)
 class _Layout:
-    """A program compiled for runs: what :class:`_Run` executes and allocates.
+    """A program compiled for runs: what :class:`~snuc.runtime.sim_run.Run` executes and allocates.
 
     Attributes:
         ops: the instructions' kernels, in their order within a window of ``ii`` cycles.
@@ -471,7 +401,7 @@ class _Layout:
     slot_count: int
     buffers: Mapping[tuple[Unit, str], tuple[int, TensorType, np.dtype]]
     rings: Mapping[str, tuple[int, tuple[Dim, ...], np.dtype]]
-    outputs: tuple[_Output, ...]
+    outputs: tuple[Output, ...]
     tallies: tuple[tuple[str, Any], ...]
     static: Mapping[str, tuple[int, float]]
     mvm_phases: int
@@ -585,7 +515,7 @@ class _Compiler:
             return self.rings[slot.name][2]
         if slot.kind == "feed":
             return self.graph.type_of(slot.name).np_dtype
-        if slot.kind == "history":  # as _Run allocates it
+        if slot.kind == "history":  # as Run allocates it
             return next(o.type.np_dtype for o in self.outputs() if o.source == slot.name)
         if slot.kind == "const":
             return self.graph.constants[slot.name].dtype
@@ -828,7 +758,7 @@ class _Compiler:
         held = [block.resolve(d.name) for d in block.declared("output")]
         return any(h.kind == "buf" and h.name == name for h in held)
 
-    def outputs(self) -> list[_Output]:
+    def outputs(self) -> list[Output]:
         """Every graph output: what holds it on GDU 0."""
         block = self.program.block(Unit(GDU, 0))
         declared = [d.name for d in block.declared("output")]
@@ -845,7 +775,7 @@ class _Compiler:
             ref = next(d for d in declared if d[1:] == name)
             found = block.resolve(ref)
             result.append(
-                _Output(name, found.kind, found.name, found.distance, self.graph.type_of(name))
+                Output(name, found.kind, found.name, found.distance, self.graph.type_of(name))
             )
         return result
 
@@ -853,303 +783,3 @@ class _Compiler:
 def _rows_per_step(x_type: TensorType) -> Any:
     """Rows an MVM reads per timestep at batch b: every vector of its operand."""
     return lambda batch: math.prod(x_type.concrete(batch)[:-1])
-
-
-# --------------------------------------------------------------------------- one run
-
-
-@dataclass(frozen=True)
-class _Clock:
-    """Where the windows of a plan's runs repeat.
-
-    Attributes:
-        first, last: the lowest and highest stage: a run of T timesteps walks T + last
-            windows, window k running the instructions of stage s for timestep k - s.
-        steady_from: the first window in which every state reads a timestep of the run
-            (none of the zeros before it); the steady state lasts to window T - 1 + first.
-        period: windows after which the bindings of the steady state repeat (the
-            buffers' copies, the rings' messages and the duplicated tiles' K).
-    """
-
-    first: int
-    last: int
-    steady_from: int
-    period: int
-
-    @classmethod
-    def of(cls, layout: _Layout) -> _Clock:
-        stages = [op.stage for op in layout.ops]
-        steady_from = max(
-            (op.stage + max((s.distance for _, s in op.slots), default=0) for op in layout.ops),
-            default=0,
-        )
-        sizes = [copies for copies, _, _ in layout.buffers.values()]
-        sizes += [size for size, _, _ in layout.rings.values()]
-        return cls(
-            first=min(stages, default=0),
-            last=max(stages, default=0),
-            steady_from=steady_from,
-            period=math.lcm(layout.duplicate, *sizes),
-        )
-
-
-_CACHED_BATCH_SIZES = 8
-"""A plan keeps idle runs' arrays (:class:`_Kit`) for this many batch sizes."""
-
-_Window = tuple[list, list, list]
-"""A window of ``ii`` cycles, prepared: its slots, its kernels in order, and its moving
-bindings ``(slot number, sequence key, back)``: the slot holds row ``k - back`` of a
-sequence of the run (an input or a recorded output, :meth:`_Run._sequence`)."""
-
-
-class _Kit:
-    """What runs at one batch size allocate and bind, kept by the plan for its next runs.
-
-    Buffers, messages, scratch and the windows' bindings do not depend on the data, so
-    a plan keeps them for its next run at the same batch size, as the NumPy backend keeps
-    its runners; a run takes an idle kit (runs on several threads never share one) and
-    brings its inputs, the histories of its outputs and its read-noise streams' start.
-    Each run starts from zeroed buffers and messages, as a fresh kit does.
-
-    Attributes:
-        plan: the plan.
-        batch: B, the sequences run together.
-        steps, offset: the run the kit serves now: T and its first sequence (read noise).
-        tally: the list in the tally slot (counts of the run).
-        base: the slots every window starts from (the fixed arrays and objects).
-        windows: prepared windows of the steady state, by ``k mod period``.
-        edges: prepared windows before and after the steady state, by k (for runs of
-            :attr:`edges_steps` timesteps).
-    """
-
-    def __init__(self, plan: SimPlan, batch: int, steps: int, offset: int) -> None:
-        self.plan = plan
-        self.layout = layout = plan._layout
-        self.batch = batch
-        self.steps = steps
-        self.offset = offset
-        self.tally = [0] * len(layout.tallies)
-        self._noise: dict[int, tuple[NoiseStream, int]] = {}
-        self._step_noise: dict[int, ops.StepNoise] = {}
-        self.buffers = {
-            key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
-            for key, (copies, type_, dtype) in layout.buffers.items()
-        }
-        self.zeros = {
-            key: np.zeros(type_.concrete(batch), dtype)
-            for key, (_, type_, dtype) in layout.buffers.items()
-        }
-        self.rings = {
-            name: [np.zeros(ops.concrete(shape, batch), dtype) for _ in range(size)]
-            for name, (size, shape, dtype) in layout.rings.items()
-        }
-        self.base: list[Any] = [None] * layout.slot_count
-        self.base[ops.TALLY] = self.tally
-        for op in layout.ops:
-            for number, slot in op.slots:
-                if slot.kind == "fixed":
-                    self.base[number] = slot.make(self)
-        self.windows: dict[int, _Window] = {}
-        self.edges: dict[int, _Window] = {}
-        self.edges_steps = steps
-
-    def start(self, steps: int, offset: int) -> None:
-        """Serve a new run: zero the tally, the buffers and the messages, start the read
-        noise over for it."""
-        self.tally[:] = [0] * len(self.tally)
-        for arrays in (*self.buffers.values(), *self.rings.values()):
-            for array in arrays:
-                array.fill(0)
-        if steps != self.edges_steps:
-            self.edges.clear()
-            self.edges_steps = steps
-        for stream, per_step in self._noise.values():
-            stream.restart(max(1, steps * per_step), offset=offset)
-        for shared in self._step_noise.values():
-            shared.restart()
-        self.steps, self.offset = steps, offset
-
-    def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
-        """The read-noise stream of a tile (created on first use)."""
-        found = self._noise.get(chip.tile)
-        if found is None:
-            stream = NoiseStream(
-                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
-            )
-            found = self._noise[chip.tile] = (stream, per_step)
-        return found[0]
-
-    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
-        """The read noise of a duplicated tile by timestep, which its copies share
-        (created on first use)."""
-        found = self._step_noise.get(chip.tile)
-        if found is None:
-            found = self._step_noise[chip.tile] = ops.StepNoise(
-                self.noise(chip, per_step), per_step
-            )
-        return found
-
-    def window(self, k: int) -> _Window:
-        """The slots, kernels and moving bindings of window k of a run of :attr:`steps`."""
-        steps = self.steps
-        slots = list(self.base)
-        kernels = []
-        moving = []
-        for op in self.layout.ops:
-            t = k - op.stage
-            if not 0 <= t < steps or (op.tag is not None and t % op.tag[0] != op.tag[1]):
-                continue
-            kernels.append(op.kernel)
-            for number, slot in op.slots:
-                if slot.kind == "fixed":
-                    continue
-                if slot.kind == "history" or (slot.kind == "feed" and t >= slot.distance):
-                    key = (slot.kind, slot.name, slot.matrix)
-                    moving.append((number, key, op.stage + slot.distance))
-                else:
-                    slots[number] = self._bind(slot, t)
-        return slots, kernels, moving
-
-    def _bind(self, slot: Slot, t: int) -> Any:
-        """What ``slot`` holds at timestep t."""
-        value = self._value(slot, t)
-        return value.reshape(-1, value.shape[-1]) if slot.matrix else value
-
-    def _value(self, slot: Slot, t: int) -> Any:
-        u = t - slot.distance
-        if slot.kind == "copy":
-            if u < 0:
-                return self.zeros[(slot.unit, slot.name)]
-            copies = self.buffers[(slot.unit, slot.name)]
-            return copies[u % len(copies)]
-        if slot.kind == "ring":
-            ring = self.rings[slot.name]
-            return ring[t % len(ring)]
-        if slot.kind == "feed":  # before the input's first step (a later one moves)
-            type_ = self.plan.graph.type_of(slot.name)
-            return np.zeros(type_.concrete(self.batch), type_.np_dtype)
-        value = self.plan.graph.constants[slot.name]  # a constant through a state
-        return value if u >= 0 else np.zeros_like(value)
-
-
-class _Run:
-    """One run of a plan over one chunk of the batch.
-
-    The time loop walks windows of ``ii`` cycles: in window k an instruction of stage s
-    runs for timestep ``k - s``. Slots are bound per window: in the steady state (every
-    instruction's timestep in the run, every state past its zeros) the binding depends
-    only on ``k`` modulo the copies' and rings' periods, so those windows reuse bindings
-    made once; inputs and recorded outputs, which move with k, are rebound each window.
-    The bindings live in a :class:`_Kit` that the plan keeps for its next runs.
-    """
-
-    def __init__(
-        self,
-        plan: SimPlan,
-        feeds: dict[str, np.ndarray],
-        steps: int,
-        batch: int,
-        bar: Any,
-        offset: int = 0,
-    ) -> None:
-        """``offset``: the chunk's first sequence within the whole batch (keys read noise)."""
-        self.plan = plan
-        self.offset = offset
-        self.layout = layout = plan._layout
-        self.feeds = feeds
-        self.steps = steps
-        self.batch = batch
-        self.bar = bar
-        self.tally = [0] * len(layout.tallies)
-        self.history = {
-            out.source: np.zeros((steps, *out.type.concrete(batch)), out.type.np_dtype)
-            for out in layout.outputs
-            if out.kind == "buf"
-        }
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        if self.steps > 0:
-            kit = self._take_kit()
-            with np.errstate(all="ignore"):
-                self._loop(kit)
-            self.tally = list(kit.tally)
-            self._give_back(kit)
-        return {out.name: self._output(out) for out in self.layout.outputs}
-
-    def _take_kit(self) -> _Kit:
-        """An idle kit of the plan for this batch size, started for this run, or a new one."""
-        idle = self.plan._idle.get(self.batch)
-        try:
-            kit = idle.pop() if idle else None
-        except IndexError:  # another thread took the last one
-            kit = None
-        if kit is None:
-            return _Kit(self.plan, self.batch, self.steps, self.offset)
-        kit.start(self.steps, self.offset)
-        return kit
-
-    def _give_back(self, kit: _Kit) -> None:
-        idle = self.plan._idle
-        if len(idle) >= _CACHED_BATCH_SIZES and self.batch not in idle:
-            idle.clear()
-        idle.setdefault(self.batch, []).append(kit)
-
-    def _output(self, out: _Output) -> np.ndarray:
-        shape = (self.steps, *out.type.concrete(self.batch))
-        if out.kind == "buf":
-            values = self.history[out.source]
-        elif out.kind == "input":
-            values = self.feeds[out.source[1:]]
-        elif out.kind == "const":
-            values = np.broadcast_to(self.plan.graph.constants[out.source[1:]], shape)
-        else:
-            values = np.zeros(shape, out.type.np_dtype)
-        d = out.distance
-        if d == 0:
-            return values if out.kind == "buf" else values.copy()
-        shifted = np.zeros(shape, out.type.np_dtype)
-        shifted[d:] = values[: max(0, self.steps - d)]
-        return shifted
-
-    def _loop(self, kit: _Kit) -> None:
-        steps, clock = self.steps, self.plan._clock
-        steady_from, period = clock.steady_from, clock.period
-        steady_to = steps - 1 + clock.first
-        steady: list[_Window | None] = [None] * period
-        bar, done = self.bar, 0
-        for k in range(steps + clock.last):
-            if steady_from <= k <= steady_to:
-                window = steady[k % period]
-                if window is None:
-                    window = steady[k % period] = self._prepared(kit, kit.windows, k % period, k)
-            else:
-                window = self._prepared(kit, kit.edges, k, k)
-            slots, kernels, moving = window
-            for number, sequence, back in moving:
-                slots[number] = sequence[k - back]
-            for kernel in kernels:
-                kernel(slots)
-            if bar is not None and (k % _PROGRESS_EVERY == _PROGRESS_EVERY - 1 or k == steps - 1):
-                finished = min(k + 1, steps)
-                bar.update(finished - done)
-                done = finished
-
-    def _prepared(self, kit: _Kit, cache: dict[int, _Window], key: int, k: int) -> _Window:
-        """Window k of the kit (prepared once, kept under ``key``), its moving bindings
-        taking rows of this run's sequences."""
-        window = cache.get(key)
-        if window is None:
-            window = cache[key] = kit.window(k)
-        slots, kernels, moving = window
-        return slots, kernels, [(n, self._sequence(seq), back) for n, seq, back in moving]
-
-    def _sequence(self, key: tuple[str, str, bool]) -> np.ndarray:
-        """The sequence ``(kind, name, matrix)`` of the run: an input (``[T, M, K]`` for a
-        crossbar) or an output's history."""
-        kind, name, matrix = key
-        if kind == "history":
-            return self.history[name]
-        sequence = self.feeds[name]
-        if matrix:
-            return sequence.reshape(sequence.shape[0], -1, sequence.shape[-1])
-        return sequence

@@ -1,0 +1,357 @@
+"""One run of a simulator plan: the time loop over windows of ``ii`` cycles.
+
+:class:`~snuc.runtime.simulator.SimPlan` compiles a program once into a list of kernels
+with precomputed slots (its layout); this module runs them. The time loop walks windows
+of ``ii`` cycles, each running the kernels whose timestep is in flight, with their buffers
+bound once per pattern of copies (the steady state repeats, :class:`Clock`). The arrays
+and bindings of a run at one batch size are kept by the plan for its next run
+(:class:`Kit`), so a run allocates only its outputs; the timing is checked once, when the
+plan is built (it does not depend on the data). :class:`Run` runs one chunk of a batch
+(:func:`batch_slice`, :func:`join`) and records the graph's outputs (:class:`Output`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from snuc.ir.graph import Graph
+from snuc.ir.types import BATCH, TensorType
+from snuc.runtime import sim_ops as ops
+from snuc.runtime.plan_tiles import NoiseStream, TileChip
+from snuc.runtime.sim_ops import Slot
+
+if TYPE_CHECKING:  # the plan owns its runs; only its type is named here
+    from snuc.runtime.simulator import SimPlan, _Layout
+
+__all__ = ["Clock", "Kit", "Output", "Run", "batch_slice", "join"]
+
+PROGRESS_EVERY = 32
+"""Windows between updates of the progress bar."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """A graph output: what holds it (:meth:`Block.resolve`) and the history that records it."""
+
+    name: str
+    kind: str
+    source: str
+    distance: int
+    type: TensorType
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where the windows of a plan's runs repeat.
+
+    Attributes:
+        first, last: the lowest and highest stage: a run of T timesteps walks T + last
+            windows, window k running the instructions of stage s for timestep k - s.
+        steady_from: the first window in which every state reads a timestep of the run
+            (none of the zeros before it); the steady state lasts to window T - 1 + first.
+        period: windows after which the bindings of the steady state repeat (the
+            buffers' copies, the rings' messages and the duplicated tiles' K).
+    """
+
+    first: int
+    last: int
+    steady_from: int
+    period: int
+
+    @classmethod
+    def of(cls, layout: _Layout) -> Clock:
+        stages = [op.stage for op in layout.ops]
+        steady_from = max(
+            (op.stage + max((s.distance for _, s in op.slots), default=0) for op in layout.ops),
+            default=0,
+        )
+        sizes = [copies for copies, _, _ in layout.buffers.values()]
+        sizes += [size for size, _, _ in layout.rings.values()]
+        return cls(
+            first=min(stages, default=0),
+            last=max(stages, default=0),
+            steady_from=steady_from,
+            period=math.lcm(layout.duplicate, *sizes),
+        )
+
+
+_CACHED_BATCH_SIZES = 8
+"""A plan keeps idle runs' arrays (:class:`Kit`) for this many batch sizes."""
+
+Window = tuple[list, list, list]
+"""A window of ``ii`` cycles, prepared: its slots, its kernels in order, and its moving
+bindings ``(slot number, sequence key, back)``: the slot holds row ``k - back`` of a
+sequence of the run (an input or a recorded output, :meth:`Run._sequence`)."""
+
+
+class Kit:
+    """What runs at one batch size allocate and bind, kept by the plan for its next runs.
+
+    Buffers, messages, scratch and the windows' bindings do not depend on the data, so
+    a plan keeps them for its next run at the same batch size, as the NumPy backend keeps
+    its runners; a run takes an idle kit (runs on several threads never share one) and
+    brings its inputs, the histories of its outputs and its read-noise streams' start.
+    Each run starts from zeroed buffers and messages, as a fresh kit does.
+
+    Attributes:
+        plan: the plan.
+        batch: B, the sequences run together.
+        steps, offset: the run the kit serves now: T and its first sequence (read noise).
+        tally: the list in the tally slot (counts of the run).
+        base: the slots every window starts from (the fixed arrays and objects).
+        windows: prepared windows of the steady state, by ``k mod period``.
+        edges: prepared windows before and after the steady state, by k (for runs of
+            :attr:`edges_steps` timesteps).
+    """
+
+    def __init__(self, plan: SimPlan, batch: int, steps: int, offset: int) -> None:
+        self.plan = plan
+        self.layout = layout = plan._layout
+        self.batch = batch
+        self.steps = steps
+        self.offset = offset
+        self.tally = [0] * len(layout.tallies)
+        self._noise: dict[int, tuple[NoiseStream, int]] = {}
+        self._step_noise: dict[int, ops.StepNoise] = {}
+        self.buffers = {
+            key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
+            for key, (copies, type_, dtype) in layout.buffers.items()
+        }
+        self.zeros = {
+            key: np.zeros(type_.concrete(batch), dtype)
+            for key, (_, type_, dtype) in layout.buffers.items()
+        }
+        self.rings = {
+            name: [np.zeros(ops.concrete(shape, batch), dtype) for _ in range(size)]
+            for name, (size, shape, dtype) in layout.rings.items()
+        }
+        self.base: list[Any] = [None] * layout.slot_count
+        self.base[ops.TALLY] = self.tally
+        for op in layout.ops:
+            for number, slot in op.slots:
+                if slot.kind == "fixed":
+                    self.base[number] = slot.make(self)
+        self.windows: dict[int, Window] = {}
+        self.edges: dict[int, Window] = {}
+        self.edges_steps = steps
+
+    def start(self, steps: int, offset: int) -> None:
+        """Serve a new run: zero the tally, the buffers and the messages, start the read
+        noise over for it."""
+        self.tally[:] = [0] * len(self.tally)
+        for arrays in (*self.buffers.values(), *self.rings.values()):
+            for array in arrays:
+                array.fill(0)
+        if steps != self.edges_steps:
+            self.edges.clear()
+            self.edges_steps = steps
+        for stream, per_step in self._noise.values():
+            stream.restart(max(1, steps * per_step), offset=offset)
+        for shared in self._step_noise.values():
+            shared.restart()
+        self.steps, self.offset = steps, offset
+
+    def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
+        """The read-noise stream of a tile (created on first use)."""
+        found = self._noise.get(chip.tile)
+        if found is None:
+            stream = NoiseStream(
+                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
+            )
+            found = self._noise[chip.tile] = (stream, per_step)
+        return found[0]
+
+    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
+        """The read noise of a duplicated tile by timestep, which its copies share
+        (created on first use)."""
+        found = self._step_noise.get(chip.tile)
+        if found is None:
+            found = self._step_noise[chip.tile] = ops.StepNoise(
+                self.noise(chip, per_step), per_step
+            )
+        return found
+
+    def window(self, k: int) -> Window:
+        """The slots, kernels and moving bindings of window k of a run of :attr:`steps`."""
+        steps = self.steps
+        slots = list(self.base)
+        kernels = []
+        moving = []
+        for op in self.layout.ops:
+            t = k - op.stage
+            if not 0 <= t < steps or (op.tag is not None and t % op.tag[0] != op.tag[1]):
+                continue
+            kernels.append(op.kernel)
+            for number, slot in op.slots:
+                if slot.kind == "fixed":
+                    continue
+                if slot.kind == "history" or (slot.kind == "feed" and t >= slot.distance):
+                    key = (slot.kind, slot.name, slot.matrix)
+                    moving.append((number, key, op.stage + slot.distance))
+                else:
+                    slots[number] = self._bind(slot, t)
+        return slots, kernels, moving
+
+    def _bind(self, slot: Slot, t: int) -> Any:
+        """What ``slot`` holds at timestep t."""
+        value = self._value(slot, t)
+        return value.reshape(-1, value.shape[-1]) if slot.matrix else value
+
+    def _value(self, slot: Slot, t: int) -> Any:
+        u = t - slot.distance
+        if slot.kind == "copy":
+            if u < 0:
+                return self.zeros[(slot.unit, slot.name)]
+            copies = self.buffers[(slot.unit, slot.name)]
+            return copies[u % len(copies)]
+        if slot.kind == "ring":
+            ring = self.rings[slot.name]
+            return ring[t % len(ring)]
+        if slot.kind == "feed":  # before the input's first step (a later one moves)
+            type_ = self.plan.graph.type_of(slot.name)
+            return np.zeros(type_.concrete(self.batch), type_.np_dtype)
+        value = self.plan.graph.constants[slot.name]  # a constant through a state
+        return value if u >= 0 else np.zeros_like(value)
+
+
+class Run:
+    """One run of a plan over one chunk of the batch.
+
+    The time loop walks windows of ``ii`` cycles: in window k an instruction of stage s
+    runs for timestep ``k - s``. Slots are bound per window: in the steady state (every
+    instruction's timestep in the run, every state past its zeros) the binding depends
+    only on ``k`` modulo the copies' and rings' periods, so those windows reuse bindings
+    made once; inputs and recorded outputs, which move with k, are rebound each window.
+    The bindings live in a :class:`Kit` that the plan keeps for its next runs.
+    """
+
+    def __init__(
+        self,
+        plan: SimPlan,
+        feeds: dict[str, np.ndarray],
+        steps: int,
+        batch: int,
+        bar: Any,
+        offset: int = 0,
+    ) -> None:
+        """``offset``: the chunk's first sequence within the whole batch (keys read noise)."""
+        self.plan = plan
+        self.offset = offset
+        self.layout = layout = plan._layout
+        self.feeds = feeds
+        self.steps = steps
+        self.batch = batch
+        self.bar = bar
+        self.tally = [0] * len(layout.tallies)
+        self.history = {
+            out.source: np.zeros((steps, *out.type.concrete(batch)), out.type.np_dtype)
+            for out in layout.outputs
+            if out.kind == "buf"
+        }
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        if self.steps > 0:
+            kit = self._take_kit()
+            with np.errstate(all="ignore"):
+                self._loop(kit)
+            self.tally = list(kit.tally)
+            self._give_back(kit)
+        return {out.name: self._output(out) for out in self.layout.outputs}
+
+    def _take_kit(self) -> Kit:
+        """An idle kit of the plan for this batch size, started for this run, or a new one."""
+        idle = self.plan._idle.get(self.batch)
+        try:
+            kit = idle.pop() if idle else None
+        except IndexError:  # another thread took the last one
+            kit = None
+        if kit is None:
+            return Kit(self.plan, self.batch, self.steps, self.offset)
+        kit.start(self.steps, self.offset)
+        return kit
+
+    def _give_back(self, kit: Kit) -> None:
+        idle = self.plan._idle
+        if len(idle) >= _CACHED_BATCH_SIZES and self.batch not in idle:
+            idle.clear()
+        idle.setdefault(self.batch, []).append(kit)
+
+    def _output(self, out: Output) -> np.ndarray:
+        shape = (self.steps, *out.type.concrete(self.batch))
+        if out.kind == "buf":
+            values = self.history[out.source]
+        elif out.kind == "input":
+            values = self.feeds[out.source[1:]]
+        elif out.kind == "const":
+            values = np.broadcast_to(self.plan.graph.constants[out.source[1:]], shape)
+        else:
+            values = np.zeros(shape, out.type.np_dtype)
+        d = out.distance
+        if d == 0:
+            return values if out.kind == "buf" else values.copy()
+        shifted = np.zeros(shape, out.type.np_dtype)
+        shifted[d:] = values[: max(0, self.steps - d)]
+        return shifted
+
+    def _loop(self, kit: Kit) -> None:
+        steps, clock = self.steps, self.plan._clock
+        steady_from, period = clock.steady_from, clock.period
+        steady_to = steps - 1 + clock.first
+        steady: list[Window | None] = [None] * period
+        bar, done = self.bar, 0
+        for k in range(steps + clock.last):
+            if steady_from <= k <= steady_to:
+                window = steady[k % period]
+                if window is None:
+                    window = steady[k % period] = self._prepared(kit, kit.windows, k % period, k)
+            else:
+                window = self._prepared(kit, kit.edges, k, k)
+            slots, kernels, moving = window
+            for number, sequence, back in moving:
+                slots[number] = sequence[k - back]
+            for kernel in kernels:
+                kernel(slots)
+            if bar is not None and (k % PROGRESS_EVERY == PROGRESS_EVERY - 1 or k == steps - 1):
+                finished = min(k + 1, steps)
+                bar.update(finished - done)
+                done = finished
+
+    def _prepared(self, kit: Kit, cache: dict[int, Window], key: int, k: int) -> Window:
+        """Window k of the kit (prepared once, kept under ``key``), its moving bindings
+        taking rows of this run's sequences."""
+        window = cache.get(key)
+        if window is None:
+            window = cache[key] = kit.window(k)
+        slots, kernels, moving = window
+        return slots, kernels, [(n, self._sequence(seq), back) for n, seq, back in moving]
+
+    def _sequence(self, key: tuple[str, str, bool]) -> np.ndarray:
+        """The sequence ``(kind, name, matrix)`` of the run: an input (``[T, M, K]`` for a
+        crossbar) or an output's history."""
+        kind, name, matrix = key
+        if kind == "history":
+            return self.history[name]
+        sequence = self.feeds[name]
+        if matrix:
+            return sequence.reshape(sequence.shape[0], -1, sequence.shape[-1])
+        return sequence
+
+
+def batch_slice(graph: Graph, name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    type_ = graph.type_of(name)
+    if not type_.has_batch:
+        return array
+    index = [slice(None)] * array.ndim
+    index[1 + type_.shape.index(BATCH)] = slice(lo, hi)
+    return array[tuple(index)]
+
+
+def join(graph: Graph, name: str, parts: list[np.ndarray]) -> np.ndarray:
+    type_ = graph.type_of(name)
+    if not type_.has_batch:
+        return parts[0]
+    return np.concatenate(parts, axis=1 + type_.shape.index(BATCH))
