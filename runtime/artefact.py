@@ -39,7 +39,9 @@ import numpy as np
 
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
+from snuc.ir.target import TargetSpec
 from snuc.ir.text import large_constants, parse_graph, print_graph
+from snuc.runtime.config import RunConfig, run_config
 
 FORMAT_VERSION = 1
 """The artefact layout this snuc writes and reads; bump it on any incompatible change."""
@@ -105,22 +107,55 @@ def _value_spec(graph: Graph, name: str) -> IOSpec:
 # --------------------------------------------------------------------------- the artefact
 
 
-def _numpy_plan(graph: Graph, program: str | None = None, **options: Any) -> Any:
+def _numpy_plan(
+    graph: Graph, config: RunConfig, target: TargetSpec, program: str | None = None
+) -> Any:
     from snuc.runtime.numpy_backend import Plan
 
-    return Plan.build(graph, **options)  # it runs the graph, not the program
+    return Plan.build(graph, config, target=target)  # it runs the graph, not the program
 
 
-def _sim_plan(graph: Graph, program: str | None = None, **options: Any) -> Any:
+def _sim_plan(
+    graph: Graph, config: RunConfig, target: TargetSpec, program: str | None = None
+) -> Any:
     from snuc.runtime.simulator import SimPlan
 
-    return SimPlan.build(graph, program=program, **options)
+    return SimPlan.build(graph, config, target=target, program=program)
 
 
 BACKENDS: dict[str, Callable[..., Any]] = {"numpy": _numpy_plan, "sim": _sim_plan}
-"""Plan builders by backend name: ``build(graph, program=, mode=, target=, seed=, ...) ->
-plan`` (``program``: the artefact's assembly, or None) whose ``plan.run(inputs,
-batch_size=, progress=, batch_offset=)`` returns outputs by name."""
+"""Plan builders by backend name: ``build(graph, config, target, program) -> plan``
+(``program``: the artefact's assembly, or None) whose ``plan.run(inputs, config,
+progress=)`` returns outputs by name."""
+
+_RUN_KEYWORDS = {
+    "mode": "mode",
+    "seed": "seed",
+    "t_inference": "t_inference_s",
+    "drift_compensation": "drift_compensation",
+    "batch_size": "batch_size",
+    "batch_offset": "batch_offset",
+}
+"""``Artefact.run``'s keyword options (SPEC §8) by the RunConfig field each sets."""
+
+
+def artefact_run_config(config: RunConfig | None, options: Mapping[str, Any]) -> RunConfig:
+    """The configuration ``Artefact.run`` gets: ``config`` (default: ``pcm`` mode) with
+    the keyword options replaced; ``drift_compensation`` may also be True (``"global"``)
+    or False (None).
+
+    Raises:
+        SnucError: the result is not a valid configuration.
+        TypeError: an unknown keyword.
+    """
+    unknown = sorted(options.keys() - _RUN_KEYWORDS.keys())
+    if unknown:
+        raise TypeError(f"Artefact.run() got an unexpected keyword argument {unknown[0]!r}")
+    fields = {_RUN_KEYWORDS[k]: v for k, v in options.items()}
+    compensation = fields.get("drift_compensation")
+    if isinstance(compensation, bool):
+        fields["drift_compensation"] = "global" if compensation else None
+    return run_config(config or RunConfig(mode="pcm"), fields)
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,57 +224,54 @@ class Artefact:
     def run(
         self,
         inputs: np.ndarray | Mapping[str, np.ndarray],
+        config: RunConfig | None = None,
         *,
         backend: str = "numpy",
-        mode: str = "pcm",
-        seed: int = 0,
-        t_inference: float = 3600.0,
-        drift_compensation: bool | str = True,
-        batch_size: int | None = None,
         progress: bool = False,
-        batch_offset: int = 0,
+        **options: Any,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Run sequences ``[T, B, ...]`` on the simulated chip (SPEC §6, §8).
 
+        ``art.run(x, mode="pcm", seed=0, t_inference=86400.0)`` and
+        ``art.run(x, config=RunConfig(mode="pcm", seed=0, t_inference_s=86400.0))`` are
+        the same run.
+
         Args:
             inputs: the sequence input, or a dict by input name.
+            config: the run's :class:`~snuc.runtime.config.RunConfig`; default: ``pcm``
+                mode on chip 0, one hour after programming, global drift compensation.
             backend: ``"numpy"`` (fast) or ``"sim"`` (the cycle-level simulator).
-            mode: ``"float"``, ``"quantized"`` or ``"pcm"``.
-            seed: names one simulated chip (programming noise, drift exponents, read noise).
-            t_inference: seconds after programming.
-            drift_compensation: True (global), False/None (off), or ``"global"``/``"column"``.
-            batch_size: run the batch in chunks of this many sequences; pcm read noise is
-                drawn per chunk, keyed also by the chunk's first sequence, so chunks do
-                not repeat each other's noise.
             progress: show a progress bar on stderr.
-            batch_offset: pcm: the index of ``inputs``' first sequence when they are a
-                chunk of a larger batch that the caller runs chunk by chunk (0: a whole
-                batch); it keys the read noise as ``batch_size``'s chunks are keyed.
+            **options: fields of ``config`` to replace, by keyword:
+                ``mode``: ``"float"``, ``"quantized"`` or ``"pcm"``.
+                ``seed``: names one simulated chip (programming noise, drift exponents,
+                read noise).
+                ``t_inference``: seconds after programming.
+                ``drift_compensation``: True (global), False/None (off), or
+                ``"global"``/``"column"``.
+                ``batch_size``: run the batch in chunks of this many sequences; pcm read
+                noise is drawn per chunk, keyed also by the chunk's first sequence, so
+                chunks do not repeat each other's noise.
+                ``batch_offset``: pcm: the index of ``inputs``' first sequence when they
+                are a chunk of a larger batch that the caller runs chunk by chunk (0: a
+                whole batch); it keys the read noise as ``batch_size``'s chunks are keyed.
 
         Returns:
             The output ``[T, B, ...]``, or a dict by output name when there are several.
-        """
-        from snuc.ir.target import TargetSpec
 
+        Raises:
+            SnucError: an unknown backend, a bad configuration, inputs that do not fit.
+        """
         if backend not in BACKENDS:
             raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        compensation = {True: "global", False: None}.get(drift_compensation, drift_compensation)
-        key = (backend, mode, seed, float(t_inference), compensation)
+        config = artefact_run_config(config, options)
+        key = (backend, config.plan_config)
         plans = self._plans
         if key not in plans:
             plans.clear()  # one chip at a time: a plan holds every tile's conductances
-            plans[key] = BACKENDS[backend](
-                self.graph,
-                program=self.program,
-                mode=mode,
-                target=TargetSpec.from_dict(self.target),
-                seed=seed,
-                t_inference_s=t_inference,
-                drift_compensation=compensation,
-            )
-        outputs = plans[key].run(
-            inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset
-        )
+            target = TargetSpec.from_dict(self.target)
+            plans[key] = BACKENDS[backend](self.graph, config, target, self.program)
+        outputs = plans[key].run(inputs, config, progress=progress)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
     @property

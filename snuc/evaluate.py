@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -86,6 +87,15 @@ from snuc.ir.types import BATCH
 from snuc.reporting import format_table
 from snuc.runtime.artefact import BACKENDS, TIME, Artefact
 from snuc.runtime.artefact import load as load_artefact
+from snuc.runtime.config import (
+    DETERMINISTIC_MODES,
+    MODES,
+    RunConfig,
+    check_batch_size,
+    check_mode,
+    check_seed,
+    check_t_inference_s,
+)
 
 __all__ = [
     "AGGREGATE_FIELDS",
@@ -112,8 +122,6 @@ __all__ = [
     "write_text_atomic",
 ]
 
-MODES = ("float", "quantized", "pcm")
-DETERMINISTIC_MODES = ("float", "quantized")
 DEFAULT_T_INFERENCE_S = (1.0, 3600.0, 86400.0, 31_536_000.0)
 """1 s, 1 h, 1 day and 1 year after programming (SPEC §11)."""
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -514,53 +522,47 @@ TASKS: dict[str, Task] = {
 # --------------------------------------------------------------------------- the sweep
 
 
-@dataclass(frozen=True)
-class _Config:
-    """One configuration of the sweep: one plan of the artefact."""
-
-    mode: str
-    seed: int | None = None
-    t_inference_s: float | None = None
-    compensation: str | None = None
-
-    def run_options(self) -> dict[str, Any]:
-        if self.mode in DETERMINISTIC_MODES:
-            return {"mode": self.mode}
-        return {
-            "mode": self.mode,
-            "seed": self.seed,
-            "t_inference": self.t_inference_s,
-            "drift_compensation": self.compensation,
-        }
-
-    def describe(self) -> str:
-        if self.mode in DETERMINISTIC_MODES:
-            return self.mode
-        return (
-            f"pcm t={format_duration(self.t_inference_s)} "
-            f"compensation={_compensation_text(self.compensation)} seed={self.seed}"
-        )
-
-
 def _configs(
     modes: Sequence[str],
     seeds: Sequence[int],
     times_s: Sequence[float],
     compensations: Sequence[str | None],
-) -> list[_Config]:
-    """The sweep of one target, in run order: each configuration is a distinct plan."""
+) -> list[RunConfig]:
+    """The sweep of one target, in run order: each configuration is a distinct plan (the
+    deterministic modes once each, with the default pcm options, which they ignore)."""
     configs = []
     for mode in modes:
         if mode in DETERMINISTIC_MODES:
-            configs.append(_Config(mode))
+            configs.append(RunConfig(mode))
             continue
         configs.extend(
-            _Config(mode, seed, t, compensation)
+            RunConfig(mode, seed, t, compensation)
             for seed in seeds
             for t in times_s
             for compensation in compensations
         )
     return configs
+
+
+def _chip_fields(config: RunConfig) -> dict[str, Any]:
+    """The row fields of a configuration's chip: None in the deterministic modes."""
+    if config.mode in DETERMINISTIC_MODES:
+        return {"t_inference_s": None, "drift_compensation": None, "seed": None}
+    return {
+        "t_inference_s": config.t_inference_s,
+        "drift_compensation": _compensation_text(config.drift_compensation),
+        "seed": config.seed,
+    }
+
+
+def _describe(config: RunConfig) -> str:
+    """A configuration in a progress line."""
+    if config.mode in DETERMINISTIC_MODES:
+        return config.mode
+    return (
+        f"pcm t={format_duration(config.t_inference_s)} "
+        f"compensation={_compensation_text(config.drift_compensation)} seed={config.seed}"
+    )
 
 
 def evaluate(
@@ -637,7 +639,7 @@ def evaluate(
     seed_list = _checked_seeds(_as_list(seeds)) if "pcm" in modes else ()
     compensations = _checked_compensations(_as_list(drift_compensation)) if "pcm" in modes else ()
     options = _Options(
-        batch_size=_optional_positive(batch_size, "batch_size"),
+        batch_size=None if batch_size is None else int(check_batch_size(batch_size)),
         limit=_optional_positive(limit, "limit"),
         steps=_positive(steps, "steps"),
         columns=_positive(columns, "columns"),
@@ -663,13 +665,7 @@ def evaluate(
                     "target": target_name,
                     "backend": backend,
                     "mode": config.mode,
-                    "t_inference_s": config.t_inference_s,
-                    "drift_compensation": (
-                        None
-                        if config.mode in DETERMINISTIC_MODES
-                        else _compensation_text(config.compensation)
-                    ),
-                    "seed": config.seed,
+                    **_chip_fields(config),
                     "metric": spec.metric,
                     "value": value,
                     "count": count,
@@ -677,23 +673,23 @@ def evaluate(
                 }
                 rows.append(row)
                 report(
-                    f"{spec.name} {target_name} {config.describe()}: "
+                    f"{spec.name} {target_name} {_describe(config)}: "
                     f"{spec.metric} {value:.{spec.digits + 1}f}"
                 )
     return rows
 
 
 def _score(
-    art: Artefact, task: Task, pieces: list[_Piece], config: _Config, backend: str = "numpy"
+    art: Artefact, task: Task, pieces: list[_Piece], config: RunConfig, backend: str = "numpy"
 ) -> tuple[float, int, dict[str, float | None]]:
     """One configuration's metric: every chunk run on the same plan, the scores pooled;
     and, on the simulator, its energy and time per step (the ``RUN_FIELDS`` they fill)."""
     total, count = 0.0, 0
-    options = {**config.run_options(), "backend": backend}
     first = 0  # the piece's first sequence: keys its read noise apart from the others'
     energy_pj, steps, timestep_ns = 0.0, 0, None
     for piece in pieces:
-        outputs = art.run(task.feed(piece, art), batch_offset=first, **options)
+        chunk = dataclasses.replace(config, batch_offset=first)
+        outputs = art.run(task.feed(piece, art), chunk, backend=backend)
         first += piece.x.shape[1]
         if backend == "sim":
             stats = art.last_stats
@@ -808,23 +804,13 @@ def _checked_modes(modes: Sequence[str]) -> tuple[str, ...]:
     if not modes:
         raise SnucError(f"the list of modes is empty; name some of {', '.join(MODES)}")
     for mode in modes:
-        if mode not in MODES:
-            raise SnucError(f"unknown mode {mode!r}; expected some of {', '.join(MODES)}")
+        check_mode(mode)
     _no_duplicates(modes, "mode")
     return modes
 
 
 def _checked_times(times: Sequence[float]) -> tuple[float, ...]:
-    checked = []
-    for t in times:
-        if isinstance(t, bool) or not isinstance(t, int | float | np.number):
-            raise SnucError(f"t_inference {t!r} is not a number of seconds")
-        if not math.isfinite(t) or t < 0:
-            raise SnucError(
-                f"t_inference {t!r} must be a finite, non-negative time in seconds since "
-                "programming"
-            )
-        checked.append(float(t))
+    checked = [float(check_t_inference_s(t)) for t in times]
     if not checked:
         raise SnucError("the list of t_inference times is empty; give at least one")
     _no_duplicates(checked, "t_inference")
@@ -832,7 +818,7 @@ def _checked_times(times: Sequence[float]) -> tuple[float, ...]:
 
 
 def _checked_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-    checked = tuple(_non_negative(s, "seed") for s in seeds)
+    checked = tuple(int(check_seed(s)) for s in seeds)
     if not checked:
         raise SnucError("the list of seeds is empty; give at least one")
     _no_duplicates(checked, "seed")
