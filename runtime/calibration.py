@@ -24,6 +24,7 @@ from snuc.ir.crossbar import dac_quantize, dac_range, guaranteed_ranges, tile_co
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.target import TargetSpec
+from snuc.runtime.config import RunConfig
 from snuc.runtime.interpreter import bind_inputs, run, sequence_extent
 
 _CROSSBAR_OPS = ("xbar.mvm", "xbar.dense", "xbar.conv")
@@ -133,7 +134,7 @@ def calibrate(
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             # Ranges observed through NaN or Inf would be meaningless; say so, not fall back.
             raise SnucError(f"calibration samples: input %{name} holds NaN or Inf")
-    _, traced = run(graph, feeds, mode="float", trace=True)
+    _, traced = run(graph, feeds, RunConfig(mode="float"), trace=True)
     steps, batch = sequence_extent(graph, feeds)
     if steps * batch == 0:
         raise SnucError(

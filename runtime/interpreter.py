@@ -28,9 +28,8 @@ conductance pairs (``snuc.ir.crossbar``), the ADC and, in ``pcm``, the PCM devic
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -39,21 +38,15 @@ from snuc.ir.crossbar import adc_quantize, dac_quantize, tile_conductances
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.ops import Op
-from snuc.ir.target import TargetSpec, parse_target
+from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH, DTYPES, TensorType
 from snuc.runtime import pcm
+from snuc.runtime.config import RunConfig, run_config, run_target
 
 Semantics = Callable[..., tuple[np.ndarray, ...]]
 
 OP_SEMANTICS: dict[str, Semantics] = {}
 """By op name, ``f(op, *operands) -> results``: the meaning of every registered op."""
-
-MODES = ("float", "quantized", "pcm")
-"""The run modes (SPEC §6): exact weights; deterministic conductances, DAC and ADC; and
-``quantized`` plus the PCM device model."""
-
-DRIFT_COMPENSATIONS = ("global", "column", None)
-"""Drift compensation in ``pcm`` mode: one factor per tile, one per column, or none."""
 
 
 def _defines(name: str) -> Callable[[Semantics], Semantics]:
@@ -618,57 +611,6 @@ def _tiles(
     return tiles
 
 
-def check_run_options(
-    mode: str,
-    target: TargetSpec | str | None,
-    seed: int,
-    t_inference_s: float,
-    drift_compensation: str | None,
-) -> TargetSpec | None:
-    """Check the mode's options; the target as a TargetSpec (None in ``float`` mode)."""
-    if mode not in MODES:
-        raise SnucError(f"mode {mode!r} is not a run mode; expected one of: {', '.join(MODES)}")
-    if mode == "float":
-        return None
-    if target is None:
-        raise SnucError(
-            f"mode {mode!r} needs the target the graph was compiled for "
-            "(target=TargetSpec or a name such as 'pcm-256x256')"
-        )
-    if isinstance(target, str):
-        target = parse_target(target)
-    if not isinstance(target, TargetSpec):
-        raise SnucError(f"target {target!r} is not a TargetSpec or a target name")
-    if mode == "pcm":
-        if drift_compensation not in DRIFT_COMPENSATIONS:
-            raise SnucError(
-                f"drift_compensation {drift_compensation!r} is not valid; expected "
-                "'global', 'column' or None"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise SnucError(f"seed {seed!r} is not valid; expected a non-negative integer")
-        t = float(t_inference_s)
-        if not (math.isfinite(t) and t >= 0):
-            raise SnucError(
-                f"t_inference_s = {t_inference_s!r} is not valid; expected a finite number of "
-                "seconds >= 0 after programming"
-            )
-    return target
-
-
-def check_batch_offset(batch_offset: int) -> None:
-    """Check a run's ``batch_offset``: the index of its first sequence within the batch
-    it is a chunk of, a non-negative integer (it keys pcm's read noise, SPEC §6)."""
-    if (
-        isinstance(batch_offset, bool)
-        or not isinstance(batch_offset, numbers.Integral)
-        or batch_offset < 0
-    ):
-        raise SnucError(
-            f"batch_offset {batch_offset!r} is not valid; expected a non-negative integer"
-        )
-
-
 # --------------------------------------------------------------------------- the time loop
 
 
@@ -676,14 +618,11 @@ def check_batch_offset(batch_offset: int) -> None:
 def run(
     graph: Graph,
     inputs: np.ndarray | Mapping[str, np.ndarray],
+    config: RunConfig | None = ...,
     *,
-    mode: str = ...,
     target: TargetSpec | str | None = ...,
-    seed: int = ...,
-    t_inference_s: float = ...,
-    drift_compensation: str | None = ...,
     trace: Literal[False] = ...,
-    batch_offset: int = ...,
+    **options: Any,
 ) -> dict[str, np.ndarray]: ...
 
 
@@ -691,28 +630,22 @@ def run(
 def run(
     graph: Graph,
     inputs: np.ndarray | Mapping[str, np.ndarray],
+    config: RunConfig | None = ...,
     *,
-    mode: str = ...,
     target: TargetSpec | str | None = ...,
-    seed: int = ...,
-    t_inference_s: float = ...,
-    drift_compensation: str | None = ...,
     trace: Literal[True],
-    batch_offset: int = ...,
+    **options: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
 
 
 def run(
     graph: Graph,
     inputs: np.ndarray | Mapping[str, np.ndarray],
+    config: RunConfig | None = None,
     *,
-    mode: str = "float",
     target: TargetSpec | str | None = None,
-    seed: int = 0,
-    t_inference_s: float = 3600.0,
-    drift_compensation: str | None = "global",
     trace: bool = False,
-    batch_offset: int = 0,
+    **options: Any,
 ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run a step graph over whole sequences (SPEC §1): the reference time loop.
 
@@ -728,28 +661,17 @@ def run(
             input's float dtype, so float64 is rounded to float32 for an ``f32`` input);
             integer inputs (token ids) must have an integer dtype (cast, range-checked);
             bool inputs must be bool. All inputs share T and B.
-        mode: how crossbar work computes (SPEC §6); digital ops are the same in every mode.
-            ``"float"``: exact weights (``xbar.mvm`` is the exact window product).
-            ``"quantized"``: every ``xbar.mvm`` through its DAC, quantised conductances
-            summed in float64, ADC and digital scale; deterministic.
-            ``"pcm"``: ``quantized`` on the chip ``seed`` names, ``t_inference_s`` after
-            programming, with read noise. Both need a graph compiled with the ``tile``
-            and ``quantize`` passes (no ``xbar.dense`` or ``xbar.conv`` left) and its
-            target. docs/quantization.md gives the order of operations.
+        config: the mode, the chip and its age (:class:`~snuc.runtime.config.RunConfig`;
+            default: ``float``); ``quantized`` and ``pcm`` need a graph compiled with the
+            ``tile`` and ``quantize`` passes (no ``xbar.dense`` or ``xbar.conv`` left).
+            Digital ops are the same in every mode; ``float``'s ``xbar.mvm`` is the exact
+            window product; docs/quantization.md gives the order of operations of the
+            others. The interpreter runs the batch whole: ``batch_size`` is not used,
+            ``batch_offset`` keys the read noise.
         target: the chip the graph was compiled for (a TargetSpec or a target name);
             required by ``quantized`` and ``pcm``, ignored by ``float``.
-        seed: ``pcm``: the simulated chip. It alone fixes the programming noise and every
-            device's drift exponent (so runs at several ``t_inference_s`` age one chip)
-            and, with the tile, the read-noise stream.
-        t_inference_s: ``pcm``: seconds between programming and inference.
-        drift_compensation: ``pcm``: ``"global"`` (one factor per tile), ``"column"``
-            (one per output column) or None (off).
         trace: also return every node result stacked over time.
-        batch_offset: ``pcm``: the index of the batch's first sequence when it is a chunk
-            of a larger batch run chunk by chunk (as the backends' ``batch_size`` does);
-            with the seed and the tile it keys the read-noise stream, so that chunks do
-            not repeat each other's noise. 0 (a whole batch) keeps the ``(seed, tile)``
-            stream.
+        **options: fields of ``config`` to replace, by name (``mode="pcm", seed=1``).
 
     Returns:
         Every graph output stacked over time, ``[T, B, ...]``, by output name; with
@@ -757,14 +679,13 @@ def run(
         stacked the same way, by value name.
 
     Raises:
-        SnucError: an unknown mode or a bad option of it, a missing target, a graph not
-            compiled for the mode, a missing, unknown or badly typed input, a bad
-            ``batch_offset``, or a run-time error of a node (see :func:`evaluate_node`).
-            Each message is one line.
+        SnucError: a bad configuration, a missing target, a graph not compiled for the
+            mode, a missing, unknown or badly typed input, or a run-time error of a node
+            (see :func:`evaluate_node`). Each message is one line.
         VerifyError: the graph is malformed.
     """
-    spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
-    check_batch_offset(batch_offset)
+    config = run_config(config, options)
+    spec = run_target(config, target)
     graph.verify()
     feeds = bind_inputs(graph, inputs)
     steps, batch = sequence_extent(graph, feeds)
@@ -776,13 +697,13 @@ def run(
         else _tiles(
             graph,
             nodes,
-            mode=mode,
+            mode=config.mode,
             target=spec,
-            seed=seed,
-            t_inference_s=t_inference_s,
-            drift_compensation=drift_compensation,
+            seed=config.seed,
+            t_inference_s=config.t_inference_s,
+            drift_compensation=config.drift_compensation,
             batch=batch,
-            batch_offset=batch_offset,
+            batch_offset=config.batch_offset,
         )
     )
 

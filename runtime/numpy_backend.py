@@ -50,18 +50,13 @@ from typing import Any
 import numpy as np
 
 from snuc.ir.crossbar import guaranteed_ranges
-from snuc.ir.errors import SnucError, VerifyError
+from snuc.ir.errors import VerifyError
 from snuc.ir.graph import Graph, Node, State
 from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import plan_kernels as kernels
-from snuc.runtime.interpreter import (
-    bind_inputs,
-    check_batch_offset,
-    check_run_options,
-    evaluate_node,
-    sequence_extent,
-)
+from snuc.runtime.config import RunConfig, plan_run_config, run_config, run_target
+from snuc.runtime.interpreter import bind_inputs, evaluate_node, sequence_extent
 from snuc.runtime.plan_fusion import fuse_float_tiles
 from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Schedule, Shift, schedule
 from snuc.runtime.plan_tiles import (
@@ -89,28 +84,22 @@ below, starting the thread costs more than it saves."""
 def run_numpy(
     graph: Graph,
     inputs: np.ndarray | Mapping[str, np.ndarray],
+    config: RunConfig | None = None,
     *,
-    mode: str = "float",
     target: TargetSpec | str | None = None,
-    seed: int = 0,
-    t_inference_s: float = 3600.0,
-    drift_compensation: str | None = "global",
-    batch_size: int | None = None,
     progress: bool = False,
-    batch_offset: int = 0,
+    **options: Any,
 ) -> dict[str, np.ndarray]:
     """Run a step graph over whole sequences: ``interpreter.run``'s results, faster.
 
     Arguments, checks and results are those of :func:`snuc.runtime.interpreter.run`
-    (without ``trace``), plus:
+    (without ``trace``), except that ``config.batch_size`` cuts the batch into chunks of
+    at most that many sequences, each chunk a run of its own (SPEC §6: pcm's read noise
+    is drawn per run as ``[T, chunk, ...]``, so results depend on the chunk size), keyed
+    also by the chunk's first sequence (``batch_offset + lo``), so that chunks do not
+    repeat each other's noise: the first chunk is the run of its sequences alone. Also:
 
     Args:
-        batch_size: run the batch in chunks of at most this many sequences, each chunk a
-            run of its own (SPEC §6: pcm's read noise is drawn per run as
-            ``[T, chunk, ...]``, so results depend on the chunk size), keyed also by the
-            chunk's first sequence (``batch_offset + lo``), so that chunks do not repeat
-            each other's noise: the first chunk is the run of its sequences alone.
-            None: one run.
         progress: show a progress bar over the steps on stderr (needs tqdm; silently
             none without it). The caller decides whether stderr is a terminal.
 
@@ -118,19 +107,11 @@ def run_numpy(
         Every graph output stacked over time, ``[T, B, ...]``, by output name.
 
     Raises:
-        SnucError: as ``interpreter.run``; also a ``batch_size`` that is not a positive
-            integer. One line each.
+        SnucError: as ``interpreter.run``. One line each.
         VerifyError: the graph is malformed.
     """
-    plan = Plan.build(
-        graph,
-        mode=mode,
-        target=target,
-        seed=seed,
-        t_inference_s=t_inference_s,
-        drift_compensation=drift_compensation,
-    )
-    return plan.run(inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset)
+    config = run_config(config, options)
+    return Plan.build(graph, config, target=target).run(inputs, config, progress=progress)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,9 +120,8 @@ class Plan:
 
     Attributes:
         graph: the verified step graph.
-        mode: ``"float"``, ``"quantized"`` or ``"pcm"``.
+        config: the configuration it is built for; its batch options are ``run``'s default.
         target: the chip's parameters (None in float mode).
-        seed, t_inference_s, drift_compensation: the pcm chip and its age.
         schedule: the order of work (:func:`snuc.runtime.plan_schedule.schedule`) of
             the graph as the plan runs it (in float mode with each tiled layer as one
             product: :func:`snuc.runtime.plan_fusion.fuse_float_tiles`).
@@ -151,11 +131,8 @@ class Plan:
     """
 
     graph: Graph
-    mode: str
+    config: RunConfig
     target: TargetSpec | None
-    seed: int
-    t_inference_s: float
-    drift_compensation: str | None
     schedule: Schedule
     invariants: Mapping[str, np.ndarray]
     chips: Mapping[str, TileChip]
@@ -181,13 +158,11 @@ class Plan:
     def build(
         cls,
         graph: Graph,
+        config: RunConfig | None = None,
         *,
-        mode: str = "float",
         target: TargetSpec | str | None = None,
-        seed: int = 0,
-        t_inference_s: float = 3600.0,
-        drift_compensation: str | None = "global",
         noise_thread: bool = True,
+        **options: Any,
     ) -> Plan:
         """Check the options, verify the graph, schedule it and program its chip.
 
@@ -200,7 +175,8 @@ class Plan:
                 compiled for the mode (one line each).
             VerifyError: the graph is malformed.
         """
-        spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
+        config = run_config(config, options)
+        spec = run_target(config, target)
         graph.verify()
         chips: dict[str, TileChip] = {}
         if spec is not None:
@@ -208,16 +184,16 @@ class Plan:
             chips = program_tiles(
                 graph,
                 graph.nodes(),
-                mode=mode,
+                mode=config.mode,
                 target=spec,
-                seed=seed,
-                t_inference_s=t_inference_s,
-                drift_compensation=drift_compensation,
+                seed=config.seed,
+                t_inference_s=config.t_inference_s,
+                drift_compensation=config.drift_compensation,
                 binary_values=[v for v, r in ranges.items() if r.binary],
             )
         # Float tiles are exact window products: a tiled layer is its one product.
         scheduled = fuse_float_tiles(graph) if spec is None else graph
-        order = schedule(scheduled, noisy_tiles=mode == "pcm")
+        order = schedule(scheduled, noisy_tiles=config.mode == "pcm")
         invariants = _fold_invariants(scheduled, order, chips)
         spikes = frozenset(v for v, r in guaranteed_ranges(scheduled).items() if r.binary)
         programs = tuple(
@@ -227,11 +203,8 @@ class Plan:
         chained = max((p.chained for p in programs), default=0)
         return cls(
             graph=graph,
-            mode=mode,
+            config=config,
             target=spec,
-            seed=seed,
-            t_inference_s=float(t_inference_s),
-            drift_compensation=drift_compensation,
             schedule=order,
             invariants=invariants,
             chips=chips,
@@ -245,18 +218,22 @@ class Plan:
     def run(
         self,
         inputs: np.ndarray | Mapping[str, np.ndarray],
+        config: RunConfig | None = None,
         *,
-        batch_size: int | None = None,
         progress: bool = False,
-        batch_offset: int = 0,
+        **options: Any,
     ) -> dict[str, np.ndarray]:
         """Run the plan over whole sequences; see :func:`run_numpy`.
 
+        ``config`` (default: the plan's) with ``options`` replaced gives the run's batch
+        options; its other options must be the plan's.
+
         Raises:
-            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size`` or
-                ``batch_offset``.
+            SnucError: a missing, unknown or badly typed input, a bad ``batch_size`` or
+                ``batch_offset``, or a configuration that needs another plan.
         """
-        check_batch_offset(batch_offset)
+        config = plan_run_config(self.config, config, options)
+        batch_size, batch_offset = config.batch_size, config.batch_offset
         feeds = bind_inputs(self.graph, inputs)
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)
@@ -287,11 +264,8 @@ class Plan:
 
 
 def batch_chunks(batch: int, batch_size: int | None, batched: bool) -> list[tuple[int, int]]:
-    """``[lo, hi)`` ranges of the batch that run separately."""
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise SnucError(f"batch_size {batch_size!r} is not valid; expected a positive integer")
+    """``[lo, hi)`` ranges of the batch that run separately (``batch_size`` as checked by
+    :class:`~snuc.runtime.config.RunConfig`)."""
     if batch_size is None or not batched or batch <= batch_size:
         return [(0, batch)]
     return [(lo, min(lo + batch_size, batch)) for lo in range(0, batch, batch_size)]
@@ -392,7 +366,7 @@ class _Run:
             total = self._noise_total(chip.node.id)
             per_step = math.prod(self.shapes[chip.node.id])
             stream = NoiseStream(
-                self.plan.seed,
+                self.plan.config.seed,
                 chip.tile,
                 total,
                 self._pool,

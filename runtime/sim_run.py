@@ -160,7 +160,7 @@ class Kit:
         found = self._noise.get(chip.tile)
         if found is None:
             stream = NoiseStream(
-                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
+                self.plan.config.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
             )
             found = self._noise[chip.tile] = (stream, per_step)
         return found[0]

@@ -64,12 +64,8 @@ from snuc.ir.ops import CrossbarMVM
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
 from snuc.ir.types import Dim, TensorType
 from snuc.runtime import sim_ops as ops
-from snuc.runtime.interpreter import (
-    bind_inputs,
-    check_batch_offset,
-    check_run_options,
-    sequence_extent,
-)
+from snuc.runtime.config import RunConfig, plan_run_config, run_config, run_target
+from snuc.runtime.interpreter import bind_inputs, sequence_extent
 from snuc.runtime.plan_tiles import TileChip, program_tiles
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
 from snuc.runtime.sim_run import Clock, Kit, Output, Run, batch_slice, join
@@ -83,16 +79,12 @@ __all__ = ["SimPlan", "SimStats", "SimulationError", "format_stats", "run_sim"]
 def run_sim(
     graph: Graph,
     inputs: np.ndarray | Mapping[str, np.ndarray],
+    config: RunConfig | None = None,
     *,
-    mode: str = "float",
     target: TargetSpec | str | None = None,
-    seed: int = 0,
-    t_inference_s: float = 3600.0,
-    drift_compensation: str | None = "global",
     program: Program | str | None = None,
-    batch_size: int | None = None,
     progress: bool = False,
-    batch_offset: int = 0,
+    **options: Any,
 ) -> tuple[dict[str, np.ndarray], SimStats]:
     """Simulate a compiled graph's program over whole sequences.
 
@@ -102,18 +94,9 @@ def run_sim(
         The outputs ``[T, B, ...]`` by name (the NumPy backend's, to ``1e-5``) and the
         run's statistics.
     """
-    plan = SimPlan.build(
-        graph,
-        mode=mode,
-        target=target,
-        seed=seed,
-        t_inference_s=t_inference_s,
-        drift_compensation=drift_compensation,
-        program=program,
-    )
-    return plan.run_with_stats(
-        inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset
-    )
+    config = run_config(config, options)
+    plan = SimPlan.build(graph, config, target=target, program=program)
+    return plan.run_with_stats(inputs, config, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -139,8 +122,7 @@ class SimPlan:
     Attributes:
         graph: the compiled graph (its constants, tiles and types).
         program: the program the simulator executes.
-        mode, target, seed, t_inference_s, drift_compensation: as the NumPy backend's
-            :class:`~snuc.runtime.numpy_backend.Plan`.
+        config, target: as the NumPy backend's :class:`~snuc.runtime.numpy_backend.Plan`.
         timing: the measured and checked timing of the program.
         chips: the programmed tiles by tile number (quantized and pcm).
         last_stats: the statistics of the most recent run (None before the first).
@@ -150,25 +132,19 @@ class SimPlan:
         self,
         graph: Graph,
         program: Program,
-        mode: str,
+        config: RunConfig,
         target: TargetSpec,
-        seed: int,
-        t_inference_s: float,
-        drift_compensation: str | None,
         timing: Timing,
         chips: Mapping[int, TileChip],
     ) -> None:
         self.graph = graph
         self.program = program
-        self.mode = mode
+        self.config = config
         self.target = target
-        self.seed = seed
-        self.t_inference_s = t_inference_s
-        self.drift_compensation = drift_compensation
         self.timing = timing
         self.chips = chips
         self.last_stats: SimStats | None = None
-        self._layout = _Compiler(graph, program, mode, chips).compile()
+        self._layout = _Compiler(graph, program, config.mode, chips).compile()
         self._clock = Clock.of(self._layout)
         self._idle: dict[int, list[Kit]] = {}  # by batch size
 
@@ -176,25 +152,24 @@ class SimPlan:
     def build(
         cls,
         graph: Graph,
+        config: RunConfig | None = None,
         *,
-        mode: str = "float",
         target: TargetSpec | str | None = None,
-        seed: int = 0,
-        t_inference_s: float = 3600.0,
-        drift_compensation: str | None = "global",
         program: Program | str | None = None,
+        **options: Any,
     ) -> SimPlan:
         """Check the options, read (or emit) the program, check its timing, program the chip.
 
         Args:
             graph: the compiled graph (after ``tile``, ``place`` and ``quantize``).
-            mode: ``"float"``, ``"quantized"`` or ``"pcm"`` (SPEC §6).
+            config: the mode, the pcm chip and its age, as for
+                :func:`snuc.runtime.interpreter.run`; its batch options are :meth:`run`'s
+                default.
             target: the chip the graph was compiled for (a TargetSpec or a name); None:
                 the program's.
-            seed, t_inference_s, drift_compensation: the pcm chip and its age, as for
-                :func:`snuc.runtime.interpreter.run`.
             program: the program: a :class:`Program`, its assembly text (an artefact's
                 ``program.s``), or None to schedule the graph and emit it here.
+            **options: fields of ``config`` to replace, by name.
 
         Raises:
             SnucError: a bad mode or option; malformed assembly (a ParseError naming line
@@ -207,72 +182,63 @@ class SimPlan:
             program = parse_program(program, filename="program.s")
         if target is None and isinstance(program, Program):
             target = program.target
-        spec = check_run_options(mode, target, seed, t_inference_s, drift_compensation)
+        config = run_config(config, options)
+        spec = run_target(config, target)
         graph.verify()
         program = _the_program(graph, program, spec)
         spec = program.target
         timing = _checked_timing(program)
         chips: dict[int, TileChip] = {}
         _check_tiles(graph, program)
-        if mode != "float":
+        if config.mode != "float":
             binary = [v for v, r in guaranteed_ranges(graph).items() if r.binary]
             by_node = program_tiles(
                 graph,
                 graph.nodes(),
-                mode=mode,
+                mode=config.mode,
                 target=spec,
-                seed=seed,
-                t_inference_s=t_inference_s,
-                drift_compensation=drift_compensation,
+                seed=config.seed,
+                t_inference_s=config.t_inference_s,
+                drift_compensation=config.drift_compensation,
                 binary_values=binary,
             )
             chips = _chips_by_tile(graph, by_node)
-        return cls(
-            graph,
-            program,
-            mode,
-            spec,
-            seed,
-            float(t_inference_s),
-            drift_compensation,
-            timing,
-            chips,
-        )
+        return cls(graph, program, config, spec, timing, chips)
 
     def run(
         self,
         inputs: np.ndarray | Mapping[str, np.ndarray],
+        config: RunConfig | None = None,
         *,
-        batch_size: int | None = None,
         progress: bool = False,
-        batch_offset: int = 0,
+        **options: Any,
     ) -> dict[str, np.ndarray]:
         """Run sequences ``[T, B, ...]``; their statistics go to :attr:`last_stats`.
 
-        Arguments and results are those of the NumPy backend's ``Plan.run``: ``batch_size``
-        runs the batch in chunks (pcm's read noise is drawn per chunk, keyed also by the
-        chunk's first sequence ``batch_offset + lo``), ``progress`` shows a bar on stderr.
+        Arguments and results are those of the NumPy backend's ``Plan.run``: the batch
+        options of ``config`` (default: the plan's) with ``options`` replaced cut the
+        batch into chunks (pcm's read noise is drawn per chunk, keyed also by the chunk's
+        first sequence ``batch_offset + lo``), ``progress`` shows a bar on stderr.
 
         Raises:
-            SnucError: a missing, unknown or badly typed input, or a bad ``batch_size`` or
-                ``batch_offset``.
+            SnucError: a missing, unknown or badly typed input, a bad ``batch_size`` or
+                ``batch_offset``, or a configuration that needs another plan.
         """
-        return self.run_with_stats(
-            inputs, batch_size=batch_size, progress=progress, batch_offset=batch_offset
-        )[0]
+        return self.run_with_stats(inputs, config, progress=progress, **options)[0]
 
     def run_with_stats(
         self,
         inputs: np.ndarray | Mapping[str, np.ndarray],
+        config: RunConfig | None = None,
         *,
-        batch_size: int | None = None,
         progress: bool = False,
-        batch_offset: int = 0,
+        **options: Any,
     ) -> tuple[dict[str, np.ndarray], SimStats]:
         """:meth:`run`, returning the statistics beside the outputs."""
         from snuc.runtime.numpy_backend import batch_chunks, progress_bar
 
-        check_batch_offset(batch_offset)
+        config = plan_run_config(self.config, config, options)
+        batch_size, batch_offset = config.batch_size, config.batch_offset
         feeds = bind_inputs(self.graph, inputs)
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)

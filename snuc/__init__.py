@@ -4,6 +4,7 @@ import snuc
 art = snuc.compile("model.onnx", target="pcm-256x256")   # an Artefact, in memory
 art.save("model.snuc");  art = snuc.load("model.snuc")
 art.report                                              # the dict of report.json
+art.run(x, mode="pcm", seed=0)                          # = art.run(x, snuc.RunConfig("pcm"))
 """
 
 from snuc.ir.errors import SnucError
@@ -11,6 +12,7 @@ from snuc.ir.errors import SnucError
 __version__ = "0.1.0"
 
 from snuc.runtime.artefact import Artefact, load  # noqa: E402 -- after __version__
+from snuc.runtime.config import RunConfig  # noqa: E402
 
 
 def compile(model, target=None, **options):  # noqa: A001 -- SPEC §8 names it compile
@@ -20,4 +22,4 @@ def compile(model, target=None, **options):  # noqa: A001 -- SPEC §8 names it c
     return compile_model(model, target, **options)
 
 
-__all__ = ["Artefact", "SnucError", "__version__", "compile", "load"]
+__all__ = ["Artefact", "RunConfig", "SnucError", "__version__", "compile", "load"]

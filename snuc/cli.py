@@ -17,6 +17,7 @@ from pathlib import Path
 
 from snuc import __version__
 from snuc.ir.errors import SnucError
+from snuc.runtime.config import MODES, RunConfig
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
@@ -121,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="default: <input>.out.npy beside the input",
     )
     run.add_argument("--backend", choices=["numpy", "sim"], default="numpy")
-    run.add_argument("--mode", choices=["float", "quantized", "pcm"], default="pcm")
+    run.add_argument("--mode", choices=MODES, default="pcm")
     run.add_argument("--seed", type=int, default=0, help="names one simulated chip (default 0)")
     run.add_argument(
         "--t-inference",
@@ -247,19 +248,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     art = load(args.artefact)
     x = read_input(args.input)
     out = Path(args.output) if args.output else default_output_path(args.input, len(art.outputs))
-    options = {
-        "mode": args.mode,
-        "seed": args.seed,
-        "t_inference": args.t_inference,
-        "drift_compensation": not args.no_drift_compensation,
-    }
-    y = art.run(
-        x,
-        backend=args.backend,
+    config = RunConfig(
+        mode=args.mode,
+        seed=args.seed,
+        t_inference_s=args.t_inference,
+        drift_compensation=None if args.no_drift_compensation else "global",
         batch_size=args.batch_size,
-        progress=sys.stderr.isatty(),
-        **options,
     )
+    y = art.run(x, config, backend=args.backend, progress=sys.stderr.isatty())
     written = write_outputs(out, y)
     print(f"wrote {written}", file=sys.stderr)
     if args.backend == "sim":
@@ -270,15 +266,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from snuc.diagnostics import format_diagnostics, layer_diagnostics
         from snuc.ir.target import TargetSpec
 
-        rows = layer_diagnostics(
-            art.graph,
-            x,
-            mode=args.mode,
-            target=TargetSpec.from_dict(art.target),
-            seed=args.seed,
-            t_inference_s=args.t_inference,
-            drift_compensation=None if args.no_drift_compensation else "global",
-        )
+        rows = layer_diagnostics(art.graph, x, config, TargetSpec.from_dict(art.target))
         sys.stdout.write(format_diagnostics(rows, args.mode))
     return EXIT_OK
 

@@ -18,31 +18,19 @@ from snuc.ir.graph import Graph
 from snuc.ir.ops import SNULayer
 from snuc.ir.target import TargetSpec
 from snuc.reporting import format_table
+from snuc.runtime.config import RunConfig
 from snuc.runtime.interpreter import run
 
 
 def layer_diagnostics(
     graph: Graph,
     inputs: np.ndarray | Mapping[str, np.ndarray],
-    *,
-    mode: str,
+    config: RunConfig,
     target: TargetSpec,
-    seed: int = 0,
-    t_inference_s: float = 3600.0,
-    drift_compensation: str | None = "global",
 ) -> list[dict[str, Any]]:
     """One row per SNU layer, then one per output (see the module docstring)."""
-    _, exact = run(graph, inputs, mode="float", trace=True)
-    _, noisy = run(
-        graph,
-        inputs,
-        mode=mode,
-        target=target,
-        seed=seed,
-        t_inference_s=t_inference_s,
-        drift_compensation=drift_compensation,
-        trace=True,
-    )
+    _, exact = run(graph, inputs, RunConfig(mode="float"), trace=True)
+    _, noisy = run(graph, inputs, config, target=target, trace=True)
     rows = []
     for node in graph.nodes():
         if not isinstance(node.op, SNULayer):

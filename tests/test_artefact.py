@@ -17,7 +17,7 @@ import pytest
 
 from snuc import __version__
 from snuc.ir import Graph, SnucError, TensorType, ops
-from snuc.runtime import artefact
+from snuc.runtime import artefact_files
 from snuc.runtime.artefact import FORMAT_VERSION, Artefact, io_spec, load
 
 TARGET = {"name": "pcm-256x256", "rows": 256, "cols": 256, "cores": 64, "g_max_us": 25.0}
@@ -335,7 +335,7 @@ def test_failure_while_writing_keeps_the_old_artefact(
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artefact, "_write_npz", disk_full)
+    monkeypatch.setattr(artefact_files, "_write_npz", disk_full)
     with pytest.raises(SnucError) as info:
         _artefact(report={"new": True}).save(path)
     message = str(info.value)
@@ -351,7 +351,7 @@ def test_internal_error_while_writing_cleans_up_and_propagates(
     def bug(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(artefact, "_pack_zip", bug)
+    monkeypatch.setattr(artefact_files, "_pack_zip", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         _artefact().save(tmp_path / "a.snuc.zip")
     assert _listing(tmp_path) == set()

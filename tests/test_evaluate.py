@@ -169,9 +169,9 @@ def test_sweep_rows_follow_the_loops_and_build_each_plan_once(models, monkeypatc
     builds: list[tuple] = []
     real_build = artefact_module.BACKENDS["numpy"]
 
-    def counting_build(graph, **options):
-        builds.append((options["mode"], options["seed"], options["t_inference_s"]))
-        return real_build(graph, **options)
+    def counting_build(graph, config, target, program):
+        builds.append((config.mode, config.seed, config.t_inference_s))
+        return real_build(graph, config, target, program)
 
     compiles: list[str] = []
     real_compile = driver.compile_model

@@ -21,10 +21,12 @@ from equivalence import assert_same  # tests/ is on sys.path under pytest
 import snuc
 from snuc import driver
 from snuc import evaluate as ev
+from snuc.eval_tasks import Piece
 from snuc.ir import SnucError
 from snuc.ir.target import TargetSpec, parse_target
 from snuc.runtime import pcm
 from snuc.runtime.artefact import Artefact
+from snuc.runtime.config import RunConfig
 from snuc.runtime.interpreter import run as interpret
 from snuc.runtime.numpy_backend import Plan, run_numpy
 from snuc.runtime.simulator import run_sim
@@ -259,8 +261,8 @@ def test_eval_chunks_are_keyed_as_the_runtimes_chunks(example):
         return 0.0, 1
 
     task = dataclasses.replace(ev._task("jsb"), feed=lambda piece, art: piece.x, score=record)
-    pieces = [ev._Piece(x[:, lo : lo + 2], None) for lo in (0, 2, 4)]
-    config = ev._Config("pcm", seed=1, t_inference_s=3600.0, compensation="global")
+    pieces = [Piece(x[:, lo : lo + 2], None) for lo in (0, 2, 4)]
+    config = RunConfig("pcm", seed=1, t_inference_s=3600.0, drift_compensation="global")
     ev._score(example, task, pieces, config, "numpy")
     want = example.run(x, mode="pcm", seed=1, batch_size=2)
     np.testing.assert_array_equal(np.concatenate(seen, axis=1), want)

@@ -1,0 +1,350 @@
+"""The paper's tasks for ``snuc eval`` (SPEC §11): their data, chunks and metrics.
+
+A :class:`Task` checks that a model fits it, cuts a split of its data set into chunks of
+sequences (:class:`Piece`, one ``Artefact.run`` each), and scores each chunk's outputs;
+:data:`TASKS` holds them by name. :mod:`snuc.evaluate` runs the sweep over them.
+
+Tasks and metrics (the data come from :mod:`snuc.datasets`):
+
+* **jsb** -- mean negative log-likelihood per predicted frame (SPEC §11): chorales are
+  zero-padded at the end to the longest of their chunk (outputs are causal, so padding
+  changes nothing inside a chorale's length), the output at step t predicts frame t + 1,
+  and :func:`~snuc.datasets.jsb_nll_sum` is pooled over the split. Lower is better.
+* **mnist** -- accuracy in %: every image is Bernoulli rate-coded over ``steps`` steps
+  (:func:`~snuc.datasets.iter_scoring_spikes`, the coding the training script scores
+  with) with a generator seeded by ``coding_seed`` alone, image after image, so the
+  spikes are the same for every chip, mode and batch size, and ``limit`` keeps a prefix
+  of them; the class is the argmax of the outputs summed over time.
+* **ptb** -- perplexity, ``exp`` of the mean NLL over every predicted token. The split's
+  token stream is cut into ``columns`` contiguous columns (:func:`~snuc.datasets.batchify`)
+  and **each column runs whole, as one sequence from the zero state**: a compiled model's
+  state starts at zero on every run and cannot be carried from one run to the next, and
+  because outputs are causal, one long run gives exactly what running windows of any
+  length (BPTT) with the state carried between them gives -- so there is no window
+  option. The output at step t (log-probabilities, a log-softmax readout) is scored
+  against the token at t + 1. Any vocabulary size works, as long as the model's output
+  covers every token id of the text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from snuc.datasets import (
+    MNIST_CODING_BLOCK,
+    iter_scoring_spikes,
+    jsb_nll_sum,
+    lm_nll_sum,
+    load_jsb,
+    load_mnist,
+    load_ptb,
+    pad_sequences,
+    predictions_from_counts,
+)
+from snuc.ir.errors import SnucError
+from snuc.ir.types import BATCH
+from snuc.runtime.artefact import TIME, Artefact
+
+CHUNK_BYTES = 4 << 30
+"""Default chunk size: as many sequences as keep a chunk's inputs and outputs (as float32)
+under this many bytes, at least one. Large enough to run each of the paper's test splits
+in one run (PTB's, 10 columns of a 10,000-word vocabulary, takes 3.3 GB of
+log-probabilities): fewer, larger runs are much faster, and in pcm mode every sequence
+then gets its own read noise."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk of a task's data: what one ``Artefact.run`` gets and what scores it.
+
+    Attributes:
+        x: the run's input ``[T, b, ...]`` (MNIST: boolean spikes, fed as float32).
+        truth: what the outputs are scored against (task-specific).
+    """
+
+    x: np.ndarray
+    truth: Any
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """The task options of one :func:`snuc.evaluate.evaluate` call."""
+
+    batch_size: int | None
+    limit: int | None
+    steps: int
+    columns: int
+    coding_seed: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """One of the paper's tasks: its data, how a model's outputs are scored, its metric.
+
+    Attributes:
+        name: ``jsb``, ``mnist`` or ``ptb``.
+        metric: the metric's name in result rows.
+        label: the metric's column header, with its unit.
+        digits: decimals shown in tables.
+        splits: the splits its loader has.
+        loader: ``loader(split, data_dir)``, the task's :mod:`snuc.datasets` loader.
+        check: ``check(artefact)`` raises SnucError when the model does not fit the task.
+        prepare: ``prepare(data, artefact, options)`` cuts the data into chunks.
+        feed: ``feed(piece, artefact)`` the array to run.
+        score: ``score(outputs, piece)`` the ``(sum, count)`` to pool over chunks.
+        finish: ``finish(sum, count)`` the metric.
+    """
+
+    name: str
+    metric: str
+    label: str
+    digits: int
+    splits: tuple[str, ...]
+    loader: Callable[[str, Any], Any]
+    check: Callable[[Artefact], None]
+    prepare: Callable[[Any, Artefact, TaskOptions], list[Piece]]
+    feed: Callable[[Piece, Artefact], np.ndarray]
+    score: Callable[[np.ndarray, Piece], tuple[float, int]]
+    finish: Callable[[float, int], float]
+
+
+def _single_io(art: Artefact, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's one input and one output spec."""
+    if len(art.inputs) != 1 or len(art.outputs) != 1:
+        raise SnucError(
+            f"the {task} task needs a model with one input and one output; "
+            f"{art.source or 'the model'} has {len(art.inputs)} inputs and "
+            f"{len(art.outputs)} outputs"
+        )
+    return art.inputs[0], art.outputs[0]
+
+
+def _features(spec: dict[str, Any], what: str, task: str) -> list[int]:
+    """The per-step feature dimensions of a ``[T, B, ...]`` spec."""
+    shape = spec["shape"]
+    if shape[:2] != [TIME, BATCH]:
+        raise SnucError(
+            f"the {task} task needs a batched sequence {what} [T, B, ...]; "
+            f"{what} {spec['name']!r} is {_shape_text(shape)}"
+        )
+    return shape[2:]
+
+
+def _shape_text(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _auto_batch(options: TaskOptions, steps: int, elements_per_step: int, size: int) -> int:
+    """``options.batch_size``, or as many sequences as keep a chunk near CHUNK_BYTES."""
+    if options.batch_size is not None:
+        return options.batch_size
+    per_sequence = 4 * max(1, steps) * elements_per_step
+    return max(1, min(size, CHUNK_BYTES // per_sequence))
+
+
+def _limited(count: int, options: TaskOptions) -> int:
+    return count if options.limit is None else min(count, options.limit)
+
+
+# JSB chorales ------------------------------------------------------------------------
+
+
+def _check_jsb(art: Artefact) -> None:
+    x_spec, y_spec = _single_io(art, "jsb")
+    x_features, y_features = _features(x_spec, "input", "jsb"), _features(y_spec, "output", "jsb")
+    if x_features != [88] or x_spec["dtype"] != "float32" or y_features != [88]:
+        raise SnucError(
+            f"the jsb task feeds float32 piano rolls [T, B, 88] and scores note "
+            f"probabilities [T, B, 88]; the model maps {x_spec['dtype']} "
+            f"{_shape_text(x_spec['shape'])} to {_shape_text(y_spec['shape'])}"
+        )
+
+
+def _prepare_jsb(rolls: list[np.ndarray], art: Artefact, options: TaskOptions) -> list[Piece]:
+    rolls = list(rolls)[: _limited(len(rolls), options)]
+    if not rolls:
+        raise SnucError("the jsb split has no chorale to score")
+    longest = max(len(r) for r in rolls)
+    chunk = _auto_batch(options, longest, 2 * 88, len(rolls))
+    pieces = []
+    for lo in range(0, len(rolls), chunk):
+        x, lengths = pad_sequences(rolls[lo : lo + chunk])
+        pieces.append(Piece(x, lengths))
+    return pieces
+
+
+def _score_jsb(probs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    return jsb_nll_sum(probs, piece.x, piece.truth)
+
+
+def _finish_jsb(total: float, count: int) -> float:
+    if count == 0:
+        raise SnucError("nothing to score: every chorale is a single step long")
+    return total / count
+
+
+# MNIST -------------------------------------------------------------------------------
+
+_MNIST_PIXELS = 28 * 28
+_MNIST_CLASSES = 10
+
+
+def _check_mnist(art: Artefact) -> None:
+    x_spec, y_spec = _single_io(art, "mnist")
+    x_features, y_features = (
+        _features(x_spec, "input", "mnist"),
+        _features(y_spec, "output", "mnist"),
+    )
+    if (
+        math.prod(x_features) != _MNIST_PIXELS
+        or x_spec["dtype"] != "float32"
+        or y_features != [_MNIST_CLASSES]
+    ):
+        raise SnucError(
+            f"the mnist task feeds float32 spikes [T, B, 784] (or [T, B, 1, 28, 28]) and "
+            f"reads 10 class outputs [T, B, 10]; the model maps {x_spec['dtype']} "
+            f"{_shape_text(x_spec['shape'])} to {_shape_text(y_spec['shape'])}"
+        )
+
+
+def _prepare_mnist(
+    data: tuple[np.ndarray, np.ndarray], art: Artefact, options: TaskOptions
+) -> list[Piece]:
+    images, labels = data
+    count = _limited(len(images), options)
+    if count == 0:
+        raise SnucError("the mnist split has no image to score")
+    # Kept as booleans (a quarter of float32) and fed as float32 one chunk at a time.
+    spikes = np.empty((options.steps, count, _MNIST_PIXELS), dtype=bool)
+    blocks = iter_scoring_spikes(images[:count], labels[:count], options.steps, options.coding_seed)
+    for lo, (block, _) in zip(range(0, count, MNIST_CODING_BLOCK), blocks, strict=True):
+        spikes[:, lo : lo + block.shape[1]] = block.reshape(options.steps, block.shape[1], -1)
+    labels = np.asarray(labels[:count])
+    chunk = _auto_batch(options, options.steps, _MNIST_PIXELS + _MNIST_CLASSES, count)
+    return [
+        Piece(spikes[:, lo : lo + chunk], labels[lo : lo + chunk]) for lo in range(0, count, chunk)
+    ]
+
+
+def _feed_mnist(piece: Piece, art: Artefact) -> np.ndarray:
+    features = art.inputs[0]["shape"][2:]
+    steps, batch = piece.x.shape[:2]
+    return piece.x.astype(np.float32).reshape(steps, batch, *features)
+
+
+def _score_mnist(outputs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    hits = int(np.sum(predictions_from_counts(outputs) == piece.truth))
+    return float(hits), len(piece.truth)
+
+
+def _finish_accuracy(hits: float, count: int) -> float:
+    return 100.0 * hits / count
+
+
+# Penn Treebank -----------------------------------------------------------------------
+
+
+def _check_ptb(art: Artefact) -> None:
+    x_spec, y_spec = _single_io(art, "ptb")
+    y_features = _features(y_spec, "output", "ptb")
+    if (
+        x_spec["shape"] != [TIME, BATCH]
+        or not np.issubdtype(np.dtype(x_spec["dtype"]), np.integer)
+        or len(y_features) != 1
+    ):
+        raise SnucError(
+            f"the ptb task feeds token ids [T, B] (integers) and scores log-probabilities "
+            f"[T, B, V]; the model maps {x_spec['dtype']} {_shape_text(x_spec['shape'])} "
+            f"to {_shape_text(y_spec['shape'])}"
+        )
+
+
+def _prepare_ptb(ids: np.ndarray, art: Artefact, options: TaskOptions) -> list[Piece]:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise SnucError(
+            f"the ptb loader must give a 1-D stream of token ids, got {ids.dtype} {ids.shape}"
+        )
+    ids = ids[: _limited(len(ids), options)]
+    vocab = art.outputs[0]["shape"][2]
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise SnucError(
+            f"the text has token ids in {ids.min()}..{ids.max()}, but the model's output "
+            f"covers a vocabulary of {vocab}; evaluate a model trained on this vocabulary"
+        )
+    steps = len(ids) // options.columns
+    if steps < 2:
+        raise SnucError(
+            f"{len(ids)} tokens in {options.columns} columns leave {steps} step(s) per "
+            "column; at least 2 are needed to predict a token (lower columns or raise limit)"
+        )
+    # Column b holds tokens b*steps .. (b+1)*steps - 1 (as snuc.datasets.batchify).
+    data = ids[: steps * options.columns].reshape(options.columns, steps).T.astype(np.int64)
+    chunk = _auto_batch(options, steps, 2 + vocab, options.columns)
+    return [Piece(data[:, lo : lo + chunk], None) for lo in range(0, options.columns, chunk)]
+
+
+def _score_ptb(log_probs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    if log_probs.size and float(np.max(log_probs)) > 1e-4:
+        raise SnucError(
+            f"the ptb task scores log-probabilities (a log_softmax readout), but the model "
+            f"output reaches {float(np.max(log_probs)):.4g} > 0"
+        )
+    return lm_nll_sum(log_probs[:-1], piece.x[1:])
+
+
+def _finish_perplexity(total: float, count: int) -> float:
+    return math.exp(total / count)
+
+
+def _identity_feed(piece: Piece, art: Artefact) -> np.ndarray:
+    return piece.x
+
+
+TASKS: dict[str, Task] = {
+    "jsb": Task(
+        name="jsb",
+        metric="nll",
+        label="NLL (nats/frame)",
+        digits=3,
+        splits=("test", "valid", "train"),
+        loader=load_jsb,
+        check=_check_jsb,
+        prepare=_prepare_jsb,
+        feed=_identity_feed,
+        score=_score_jsb,
+        finish=_finish_jsb,
+    ),
+    "mnist": Task(
+        name="mnist",
+        metric="accuracy",
+        label="accuracy (%)",
+        digits=2,
+        splits=("test", "train"),
+        loader=load_mnist,
+        check=_check_mnist,
+        prepare=_prepare_mnist,
+        feed=_feed_mnist,
+        score=_score_mnist,
+        finish=_finish_accuracy,
+    ),
+    "ptb": Task(
+        name="ptb",
+        metric="perplexity",
+        label="perplexity",
+        digits=2,
+        splits=("test", "valid", "train"),
+        loader=load_ptb,
+        check=_check_ptb,
+        prepare=_prepare_ptb,
+        feed=_identity_feed,
+        score=_score_ptb,
+        finish=_finish_perplexity,
+    ),
+}
+"""The paper's tasks by name (SPEC §11)."""
