@@ -24,7 +24,6 @@ an alias (Identity) of another value, whose name it then takes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,12 +33,13 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from snuc.frontend.onnx_eval import ModelContext, live_nodes, one_line, subgraphs
+from snuc.frontend.onnx_eval import PROBE_SHAPE, ModelContext, live_nodes, one_line, subgraphs
 from snuc.frontend.onnx_lower import IR_DTYPES, SUPPORTED_OPS, Lowerer
 from snuc.frontend.onnx_values import FinalState, Tensor
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
-from snuc.ir.types import BATCH, TensorType
+from snuc.ir.limits import check_tensor_bytes, load_json
+from snuc.ir.types import BATCH, DTYPES, TensorType
 
 __all__ = ["STATE_METADATA_KEY", "SUPPORTED_OPS", "import_onnx"]
 
@@ -83,7 +83,16 @@ def import_onnx(
         graph = _import_step(proto, inputs, _pairing(proto, state_pairs, source), source)
     graph.remove_dead()
     graph.verify()
+    _check_value_sizes(graph)
     return graph
+
+
+def _check_value_sizes(graph: Graph) -> None:
+    """Every value of one sequence must fit the tensor size limit: the runtimes allocate
+    them (times the batch), so a shape of 10^9 is refused here, not at run time."""
+    for name, type_ in graph.values().items():
+        dims = [1 if d == BATCH else d for d in type_.shape]
+        check_tensor_bytes(f"value {name!r} (one sequence)", dims, DTYPES[type_.dtype].itemsize)
 
 
 # ---------------------------------------------------------------------- loading
@@ -114,7 +123,8 @@ def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, 
         raise SnucError(f"{path}: not an ONNX file (no graph, IR version or opset in it)")
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        # onnx refuses absolute paths, '..' and missing files with a ValidationError.
         raise SnucError(f"{path}: cannot read the model's external data: {one_line(err)}") from None
     return proto, str(path)
 
@@ -191,6 +201,11 @@ def _step_type(info: onnx.ValueInfoProto, lead: int, expected: str) -> TensorTyp
                 f"may be dynamic: export with static sizes for the others"
             )
         dims.append(int(dim.dim_value))
+    # The import evaluates a sequence-form model's initial states on inputs of up to
+    # PROBE_SHAPE; a step-form input is checked for one sequence.
+    lead_dims = PROBE_SHAPE if lead == 2 else (1,)
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    check_tensor_bytes(f"input {name!r} at import", (*lead_dims, *dims), itemsize)
     return TensorType(IR_DTYPES[tensor.elem_type], (BATCH, *dims))
 
 
@@ -206,13 +221,7 @@ def _pairing(
     text = next((p.value for p in proto.metadata_props if p.key == STATE_METADATA_KEY), None)
     if text is None:
         return {}
-    try:
-        pairs = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SnucError(
-            f"{source}: metadata {STATE_METADATA_KEY!r} is not valid JSON ({err.msg}); "
-            f'expected {{"<state output>": "<state input>", ...}}'
-        ) from None
+    pairs = load_json(text, f"{source}: metadata {STATE_METADATA_KEY!r}")
     if not isinstance(pairs, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()
     ):

@@ -300,6 +300,12 @@ class Lowerer:
         body: onnx.GraphProto = attr(node, "body")
         n_scan = int(attr(node, "num_scan_inputs"))
         n_states = len(node.input) - n_scan
+        if len(body.input) != len(node.input) or len(body.output) != len(node.output):
+            raise SnucError(
+                f"{describe(node)}: its body takes {len(body.input)} inputs and gives "
+                f"{len(body.output)} outputs, but the Scan has {len(node.input)} inputs and "
+                f"{len(node.output)} outputs; they must match one to one"
+            )
         self._check_scan_attr(node, "scan_input_directions", [0] * n_scan)
         self._check_scan_attr(node, "scan_output_directions", [0] * (len(body.output) - n_states))
         in_ranks = [len(self.full_shape(self.lookup(x, node))) for x in node.input[n_states:]]
