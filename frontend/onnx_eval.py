@@ -42,6 +42,14 @@ def one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def type_name(elem_type: int) -> str:
+    """The ONNX name of an element type, or its number where it names none."""
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"element type {elem_type}"
+
+
 def describe(node: onnx.NodeProto) -> str:
     """How error messages name a node: ``node 'fc1/MatMul' (MatMul)``."""
     if node.name:

@@ -33,7 +33,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from snuc.frontend.onnx_eval import PROBE_SHAPE, ModelContext, live_nodes, one_line, subgraphs
+from snuc.frontend.onnx_eval import (
+    PROBE_SHAPE,
+    ModelContext,
+    live_nodes,
+    one_line,
+    subgraphs,
+    type_name,
+)
 from snuc.frontend.onnx_lower import IR_DTYPES, SUPPORTED_OPS, Lowerer
 from snuc.frontend.onnx_values import FinalState, Tensor
 from snuc.ir.errors import SnucError
@@ -70,6 +77,7 @@ def import_onnx(
     """
     proto, source = _load(model)
     _check_model(proto, source)
+    _check_names(proto.graph, source)
     _check_finite(proto.graph)
     inputs = _inputs(proto.graph)
     if any(node.op_type == "Scan" for node in proto.graph.node):
@@ -136,6 +144,20 @@ def _check_model(proto: onnx.ModelProto, source: str) -> None:
         raise SnucError(f"{source}: the ONNX checker rejects the model: {one_line(err)}") from None
 
 
+def _check_names(graph: onnx.GraphProto, source: str) -> None:
+    """Every name in every (sub)graph must be text: protobuf hands a string field that is
+    not valid UTF-8 over as bytes, which no message or IR name can hold."""
+    infos = (*graph.input, *graph.output, *graph.value_info, *graph.initializer)
+    names = [graph.name, *(i.name for i in infos)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        names += [a.name for a in node.attribute]
+        for sub in subgraphs(node):
+            _check_names(sub, source)
+    if any(isinstance(name, bytes) for name in names):
+        raise SnucError(f"{source}: a name in the model is not UTF-8 text; the file is corrupt")
+
+
 def _check_finite(graph: onnx.GraphProto) -> None:
     """Every float weight, in every (sub)graph, must be finite."""
     for init in graph.initializer:
@@ -183,7 +205,7 @@ def _step_type(info: onnx.ValueInfoProto, lead: int, expected: str) -> TensorTyp
         raise SnucError(f"input {name!r} is not a tensor; expected {expected}")
     tensor = info.type.tensor_type
     if tensor.elem_type not in IR_DTYPES:
-        kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        kind = type_name(tensor.elem_type)
         raise SnucError(
             f"input {name!r} has element type {kind}; snuc takes FLOAT, DOUBLE, INT64, INT32 "
             f"or BOOL inputs"

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from cli_helpers import assert_one_line_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import snu_scan_model, snu_step_model
+from onnx_models import shape_computation_model, snu_scan_model, snu_step_model
 
 from snuc.ir.errors import SnucError
 from snuc.ir.limits import MAX_TENSOR_BYTES_ENV, check_nesting, load_json
@@ -231,3 +231,51 @@ def test_load_json_turns_every_failure_into_one_line():
     for text, needle in [("{", "not valid JSON"), (b"\xff", "not UTF-8")]:
         with pytest.raises(SnucError, match=needle):
             load_json(text, "doc")
+
+
+# ------------------------------------------------------------------ found by tests/test_fuzz.py
+
+
+def _scan_node(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.op_type == "Scan")
+
+
+def test_scan_counting_more_scan_inputs_than_it_has_is_refused(tmp_path, capsys):
+    model = snu_scan_model()
+    next(a for a in _scan_node(model).attribute if a.name == "num_scan_inputs").i = 2**31
+    status, _, err = run_cli(capsys, "compile", _save(model, tmp_path / "m.onnx"), "-o", "x")
+    assert_one_line_error(status, err, "num_scan_inputs is 2147483648")
+
+
+def test_cast_to_an_unknown_element_type_is_one_line(tmp_path, capsys):
+    model = snu_step_model()
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    next(a for a in cast.attribute if a.name == "to").i = -1
+    status, _, err = run_cli(capsys, "compile", _save(model, tmp_path / "m.onnx"), "-o", "x")
+    assert_one_line_error(status, err, "element type -1")
+
+
+def test_a_name_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    data = snu_step_model().SerializeToString()
+    name = b"l0/MatMul"
+    assert name in data
+    corrupt = data.replace(name, b"l0/MatM\xffl", 1)
+    status, _, err = run_cli(
+        capsys, "compile", _save_bytes(corrupt, tmp_path / "m.onnx"), "-o", "x"
+    )
+    assert_one_line_error(status, err, "not UTF-8 text")
+
+
+def test_shape_arithmetic_on_malformed_shapes_is_one_line(tmp_path, capsys):
+    # Concat of the batch size (rank 1) with a rank-2 constant, evaluated on symbolic
+    # shapes at import: NumPy raised its own ValueError.
+    model = _with_initializer(
+        shape_computation_model("gather_concat"), "minus_one", np.array([[-1]], np.int64)
+    )
+    status, _, err = run_cli(capsys, "compile", _save(model, tmp_path / "m.onnx"), "-o", "x")
+    assert_one_line_error(status, err, "Concat cannot be evaluated on these shapes")
+
+
+def _save_bytes(data: bytes, path: Path) -> Path:
+    path.write_bytes(data)
+    return path
