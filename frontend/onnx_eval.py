@@ -9,26 +9,45 @@ and the outer-scope names a subgraph captures.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from snuc.ir.errors import SnucError
+from snuc.ir.limits import check_tensor_bytes
 from snuc.ir.types import BATCH, TensorType, dtype_name
 
 # Two different (T, B) at which the initial-state computation is run: a dimension equal
 # to B in both runs is the batch, one that does not change is static, anything else
 # depends on T (or on B in another way) and is an error.
 _PROBE_SIZES = ((3, 2), (5, 4))
+PROBE_SHAPE = max(_PROBE_SIZES)
+"""The largest ``(T, B)`` an input is evaluated at during import."""
+
+# Ops whose output can hold more elements than all their inputs together, by an amount
+# their input values say: sized before they run (``_expanded_shape``).
+_EXPANDING = ("ConstantOfShape", "Expand", "Tile", "Range")
+
+# onnxruntime logs failures on stderr besides raising them; snuc's errors are one line.
+ort.set_default_logger_severity(4)
 
 
 def one_line(text: str, limit: int = 300) -> str:
     """``text`` collapsed onto one line (messages from onnx and onnxruntime span several)."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def type_name(elem_type: int) -> str:
+    """The ONNX name of an element type, or its number where it names none."""
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"element type {elem_type}"
 
 
 def describe(node: onnx.NodeProto) -> str:
@@ -104,7 +123,7 @@ def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
@@ -131,7 +150,13 @@ class ModelContext:
         )
 
     def fold(self, node: onnx.NodeProto, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-        """Evaluate ``node`` on constant inputs with onnxruntime; one array per output."""
+        """Evaluate ``node`` on constant inputs with onnxruntime; one array per output.
+
+        Raises:
+            SnucError: onnxruntime fails, or an output would exceed the tensor size limit
+                (:mod:`snuc.ir.limits`), checked before anything runs.
+        """
+        self._check_output_sizes(node, inputs)
         feeds: dict[str, np.ndarray] = {}
         for name, array in zip(node.input, inputs, strict=True):
             if name and name not in feeds:
@@ -216,12 +241,86 @@ class ModelContext:
                 else np.zeros(shape, dtype)
             )
         try:
+            if not self._probe_is_bounded(sub, steps, batch):
+                return self._run_node_by_node(sub, feeds, names)
             return _session(self._make_model(sub)).run(names, feeds)
+        except SnucError as err:
+            raise SnucError(f"{describe(scan)}: initial states: {err}") from None
         except Exception as err:  # onnxruntime raises its own exception types
             raise SnucError(
                 f"{describe(scan)}: cannot evaluate its initial states "
                 f"({', '.join(names)}) for a [T={steps}, B={batch}] input: {one_line(err)}"
             ) from None
+
+    def _probe_is_bounded(self, sub: onnx.GraphProto, steps: int, batch: int) -> bool:
+        """Check every value of the initial-state graph against the tensor size limit.
+
+        ONNX shape inference with data propagation follows ``Shape`` through ``Gather``,
+        ``Slice`` and ``Concat`` into ``ConstantOfShape`` and ``Expand``, so the sizes are
+        known before anything is allocated.
+
+        Returns:
+            False when an expanding op's output size stays unknown: the probe must then
+            run node by node, each node sized by :meth:`fold` before it runs.
+
+        Raises:
+            SnucError: a value would exceed the limit.
+        """
+        probe = onnx.GraphProto.FromString(sub.SerializeToString())
+        for info in probe.input:
+            dims = info.type.tensor_type.shape.dim
+            dims[0].dim_value, dims[1].dim_value = steps, batch
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self._make_model(probe), data_prop=True)
+        except Exception:  # noqa: BLE001 -- inference gives up: take the node-by-node path
+            return False
+        known = set()
+        for info in (*inferred.graph.value_info, *inferred.graph.output):
+            shape = _static_shape(info)
+            if shape is not None:
+                check_tensor_bytes(f"value {info.name!r}", shape, _itemsize(info))
+                known.add(info.name)
+        return all(
+            out in known for n in probe.node if n.op_type in _EXPANDING for out in n.output if out
+        )
+
+    def _run_node_by_node(
+        self, sub: onnx.GraphProto, feeds: dict[str, np.ndarray], names: list[str]
+    ) -> list[np.ndarray]:
+        """Evaluate ``sub`` one node at a time with :meth:`fold` (which sizes each first)."""
+        env = {t.name: numpy_helper.to_array(t) for t in sub.initializer} | feeds
+        for node in sub.node:
+            arrays = self.fold(node, [env[i] if i else None for i in node.input])
+            env.update((out, a) for out, a in zip(node.output, arrays, strict=True) if out)
+        return [env[n] for n in names]
+
+    def _check_output_sizes(
+        self, node: onnx.NodeProto, inputs: Sequence[np.ndarray | None]
+    ) -> None:
+        """Refuse to evaluate ``node`` if an output would exceed the tensor size limit."""
+        if node.op_type in _EXPANDING:
+            shape, itemsize = _expanded_shape(node, inputs)
+            check_tensor_bytes(f"{describe(node)}: its output", shape, itemsize)
+            return
+        present = [(n, np.asarray(a)) for n, a in zip(node.input, inputs, strict=True) if n]
+        graph = helper.make_graph(
+            [node],
+            "size",
+            [
+                helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                for n, a in dict(present).items()
+            ],
+            [onnx.ValueInfoProto(name=out) for out in node.output if out],
+        )
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self._make_model(graph))
+        except Exception:  # noqa: BLE001 -- onnxruntime reports the real problem
+            return
+        for info in inferred.graph.output:
+            shape = _static_shape(info)
+            if shape is not None:
+                what = f"{describe(node)}: output {info.name!r}"
+                check_tensor_bytes(what, shape, _itemsize(info))
 
     def _state_type(
         self,
@@ -263,3 +362,46 @@ class ModelContext:
                 f"[B, ...static] with B the input's batch size (its dimension 1)"
             )
         return TensorType(dtype_name(values[0].dtype), tuple(dims))
+
+
+def _static_shape(info: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    """The shape of a tensor value whose every dimension is known, else None."""
+    if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return None
+    dims = info.type.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") for d in dims):
+        return None
+    return tuple(max(int(d.dim_value), 0) for d in dims)
+
+
+def _itemsize(info: onnx.ValueInfoProto) -> int:
+    try:
+        return helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type).itemsize
+    except (KeyError, TypeError):  # undefined or exotic types: assume the widest
+        return 8
+
+
+def _expanded_shape(
+    node: onnx.NodeProto, inputs: Sequence[np.ndarray | None]
+) -> tuple[tuple[int, ...], int]:
+    """The output shape and item size of an op of ``_EXPANDING``, from its inputs' values,
+    without computing it (sizes that onnxruntime would refuse count as empty)."""
+    op = node.op_type
+    first = np.asarray(inputs[0])
+    if op == "ConstantOfShape":
+        value = attr(node, "value")
+        itemsize = 4 if value is None else helper.tensor_dtype_to_np_dtype(value.data_type).itemsize
+        return tuple(max(int(d), 0) for d in first.reshape(-1)), itemsize
+    if op == "Range":
+        start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in inputs[:3])
+        steps = (limit - start) / delta if delta else 0.0
+        count = math.ceil(steps) if math.isfinite(steps) and steps > 0 else 0
+        return (count,), first.dtype.itemsize
+    other = [int(d) for d in np.asarray(inputs[1]).reshape(-1)]
+    itemsize = first.dtype.itemsize
+    if op == "Tile":
+        return tuple(s * max(r, 0) for s, r in zip(first.shape, other, strict=False)), itemsize
+    try:  # Expand: the two shapes broadcast
+        return np.broadcast_shapes(first.shape, tuple(other)), itemsize
+    except ValueError:
+        return first.shape, itemsize

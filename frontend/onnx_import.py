@@ -24,7 +24,6 @@ an alias (Identity) of another value, whose name it then takes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,12 +33,20 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from snuc.frontend.onnx_eval import ModelContext, live_nodes, one_line, subgraphs
+from snuc.frontend.onnx_eval import (
+    PROBE_SHAPE,
+    ModelContext,
+    live_nodes,
+    one_line,
+    subgraphs,
+    type_name,
+)
 from snuc.frontend.onnx_lower import IR_DTYPES, SUPPORTED_OPS, Lowerer
 from snuc.frontend.onnx_values import FinalState, Tensor
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
-from snuc.ir.types import BATCH, TensorType
+from snuc.ir.limits import check_tensor_bytes, load_json
+from snuc.ir.types import BATCH, DTYPES, TensorType
 
 __all__ = ["STATE_METADATA_KEY", "SUPPORTED_OPS", "import_onnx"]
 
@@ -70,6 +77,7 @@ def import_onnx(
     """
     proto, source = _load(model)
     _check_model(proto, source)
+    _check_names(proto.graph, source)
     _check_finite(proto.graph)
     inputs = _inputs(proto.graph)
     if any(node.op_type == "Scan" for node in proto.graph.node):
@@ -83,7 +91,16 @@ def import_onnx(
         graph = _import_step(proto, inputs, _pairing(proto, state_pairs, source), source)
     graph.remove_dead()
     graph.verify()
+    _check_value_sizes(graph)
     return graph
+
+
+def _check_value_sizes(graph: Graph) -> None:
+    """Every value of one sequence must fit the tensor size limit: the runtimes allocate
+    them (times the batch), so a shape of 10^9 is refused here, not at run time."""
+    for name, type_ in graph.values().items():
+        dims = [1 if d == BATCH else d for d in type_.shape]
+        check_tensor_bytes(f"value {name!r} (one sequence)", dims, DTYPES[type_.dtype].itemsize)
 
 
 # ---------------------------------------------------------------------- loading
@@ -114,7 +131,8 @@ def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, 
         raise SnucError(f"{path}: not an ONNX file (no graph, IR version or opset in it)")
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        # onnx refuses absolute paths, '..' and missing files with a ValidationError.
         raise SnucError(f"{path}: cannot read the model's external data: {one_line(err)}") from None
     return proto, str(path)
 
@@ -124,6 +142,20 @@ def _check_model(proto: onnx.ModelProto, source: str) -> None:
         onnx.checker.check_model(proto)
     except Exception as err:  # ValidationError, or errors of the checker's C++ core
         raise SnucError(f"{source}: the ONNX checker rejects the model: {one_line(err)}") from None
+
+
+def _check_names(graph: onnx.GraphProto, source: str) -> None:
+    """Every name in every (sub)graph must be text: protobuf hands a string field that is
+    not valid UTF-8 over as bytes, which no message or IR name can hold."""
+    infos = (*graph.input, *graph.output, *graph.value_info, *graph.initializer)
+    names = [graph.name, *(i.name for i in infos)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        names += [a.name for a in node.attribute]
+        for sub in subgraphs(node):
+            _check_names(sub, source)
+    if any(isinstance(name, bytes) for name in names):
+        raise SnucError(f"{source}: a name in the model is not UTF-8 text; the file is corrupt")
 
 
 def _check_finite(graph: onnx.GraphProto) -> None:
@@ -173,7 +205,7 @@ def _step_type(info: onnx.ValueInfoProto, lead: int, expected: str) -> TensorTyp
         raise SnucError(f"input {name!r} is not a tensor; expected {expected}")
     tensor = info.type.tensor_type
     if tensor.elem_type not in IR_DTYPES:
-        kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        kind = type_name(tensor.elem_type)
         raise SnucError(
             f"input {name!r} has element type {kind}; snuc takes FLOAT, DOUBLE, INT64, INT32 "
             f"or BOOL inputs"
@@ -191,6 +223,11 @@ def _step_type(info: onnx.ValueInfoProto, lead: int, expected: str) -> TensorTyp
                 f"may be dynamic: export with static sizes for the others"
             )
         dims.append(int(dim.dim_value))
+    # The import evaluates a sequence-form model's initial states on inputs of up to
+    # PROBE_SHAPE; a step-form input is checked for one sequence.
+    lead_dims = PROBE_SHAPE if lead == 2 else (1,)
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    check_tensor_bytes(f"input {name!r} at import", (*lead_dims, *dims), itemsize)
     return TensorType(IR_DTYPES[tensor.elem_type], (BATCH, *dims))
 
 
@@ -206,13 +243,7 @@ def _pairing(
     text = next((p.value for p in proto.metadata_props if p.key == STATE_METADATA_KEY), None)
     if text is None:
         return {}
-    try:
-        pairs = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SnucError(
-            f"{source}: metadata {STATE_METADATA_KEY!r} is not valid JSON ({err.msg}); "
-            f'expected {{"<state output>": "<state input>", ...}}'
-        ) from None
+    pairs = load_json(text, f"{source}: metadata {STATE_METADATA_KEY!r}")
     if not isinstance(pairs, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()
     ):

@@ -19,7 +19,14 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from snuc.frontend import onnx_shapes as shp
-from snuc.frontend.onnx_eval import ModelContext, attr, describe, live_nodes, subgraphs
+from snuc.frontend.onnx_eval import (
+    ModelContext,
+    attr,
+    describe,
+    live_nodes,
+    subgraphs,
+    type_name,
+)
 from snuc.frontend.onnx_shapes import T_DIM, SymbolicError
 from snuc.frontend.onnx_values import (
     Const,
@@ -299,7 +306,18 @@ class Lowerer:
             raise SnucError(f"{describe(node)}: Scan of opset 8 is not supported; use opset >= 9")
         body: onnx.GraphProto = attr(node, "body")
         n_scan = int(attr(node, "num_scan_inputs"))
+        if not 1 <= n_scan <= len(node.input):
+            raise SnucError(
+                f"{describe(node)}: num_scan_inputs is {n_scan}; it must count the Scan's "
+                f"inputs after its states (1..{len(node.input)})"
+            )
         n_states = len(node.input) - n_scan
+        if len(body.input) != len(node.input) or len(body.output) != len(node.output):
+            raise SnucError(
+                f"{describe(node)}: its body takes {len(body.input)} inputs and gives "
+                f"{len(body.output)} outputs, but the Scan has {len(node.input)} inputs and "
+                f"{len(node.output)} outputs; they must match one to one"
+            )
         self._check_scan_attr(node, "scan_input_directions", [0] * n_scan)
         self._check_scan_attr(node, "scan_output_directions", [0] * (len(body.output) - n_states))
         in_ranks = [len(self.full_shape(self.lookup(x, node))) for x in node.input[n_states:]]
@@ -443,7 +461,7 @@ class Lowerer:
         to = int(attr(node, "to"))
         if to not in IR_DTYPES:
             raise SnucError(
-                f"{describe(node)}: casts to {TensorProto.DataType.Name(to)}; snuc computes "
+                f"{describe(node)}: casts to {type_name(to)}; snuc computes "
                 f"with FLOAT, DOUBLE, INT64, INT32 and BOOL"
             )
         self.result(node, ops.Cast(to=IR_DTYPES[to]), [self.tensor(vals[0], node)])

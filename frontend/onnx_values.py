@@ -22,8 +22,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from snuc.frontend import onnx_shapes as shp
-from snuc.frontend.onnx_eval import attr
+from snuc.frontend.onnx_eval import attr, type_name
 from snuc.frontend.onnx_shapes import SymbolicError
+from snuc.ir.errors import SnucError
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +118,12 @@ class SymbolicEval:
             )
         # NumPy gives a bare element (not a 0-d array) for a scalar result such as a Gather
         # of one dimension.
-        result = handler()
+        try:
+            result = handler()
+        except (ValueError, IndexError, TypeError) as err:  # malformed shapes or attributes
+            if isinstance(err, SnucError):
+                raise
+            raise SymbolicError(f"{op} cannot be evaluated on these shapes: {err}") from None
         if not isinstance(result, np.ndarray):
             result = np.array(result, dtype=object)
         return shape_value(result, self.dtype)
@@ -150,7 +156,7 @@ class SymbolicEval:
     def _Cast(self) -> np.ndarray:  # noqa: N802
         to = int(attr(self.node, "to"))
         if to not in (TensorProto.INT64, TensorProto.INT32):
-            raise SymbolicError(f"cannot cast a symbolic shape to {TensorProto.DataType.Name(to)}")
+            raise SymbolicError(f"cannot cast a symbolic shape to {type_name(to)}")
         self.dtype = helper.tensor_dtype_to_np_dtype(to)
         return self.arg(0)
 

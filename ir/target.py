@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from snuc.ir.errors import SnucError
+from snuc.ir.limits import check_nesting
 
 DEFAULT_TARGET = "pcm-256x256"
 """The target used when none is given."""
@@ -40,7 +41,7 @@ DEFAULT_TARGET = "pcm-256x256"
 MIN_DIM, MAX_DIM = 8, 4096
 """Bounds (inclusive) of R and C in a ``pcm-RxC`` name."""
 
-_NAME_RE = re.compile(r"pcm-(\d+)x(\d+)")
+_NAME_RE = re.compile(r"pcm-([0-9]{1,9})x([0-9]{1,9})")
 
 _LE_GALLO = "Le Gallo et al., Nat. Electron. 2023"
 _JOSHI = "Joshi et al., Nat. Commun. 2020; aihwkit PCMLikeNoiseModel"
@@ -337,6 +338,11 @@ DEFAULTS: Mapping[str, int | float] = MappingProxyType(
 """Every parameter's default, by key."""
 
 
+def _shown(name: str, limit: int = 40) -> str:
+    """``repr(name)``, cut to about ``limit`` characters so that a message stays one line."""
+    return repr(name) if len(name) <= limit else repr(name[: limit - 3] + "...")
+
+
 def _checked(key: str, value: object) -> int | float:
     """``value`` converted to parameter ``key``'s type, or a SnucError naming both."""
     info = PARAMS[key]
@@ -398,7 +404,7 @@ def _from_name(name: str, alternative: str = "") -> TargetSpec:
     match = _NAME_RE.fullmatch(name)
     if match is None:
         raise SnucError(
-            f"unknown target {name!r}; expected pcm-RxC with R and C in {MIN_DIM}..{MAX_DIM} "
+            f"unknown target {_shown(name)}; expected pcm-RxC with R and C in {MIN_DIM}..{MAX_DIM} "
             f"(e.g. {DEFAULT_TARGET}){alternative}"
         )
     rows, cols = int(match[1]), int(match[2])
@@ -424,9 +430,10 @@ def _from_toml(path: Path) -> TargetSpec:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SnucError(f"cannot read target file {str(path)!r}: {reason}") from None
+    check_nesting(text, f"target file {str(path)!r}")
     try:
         table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: a too-long integer
         detail = " ".join(str(exc).split())
         raise SnucError(f"target file {str(path)!r} is not valid TOML: {detail}") from None
     prefix = f"{path}: "
