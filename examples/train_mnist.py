@@ -27,6 +27,7 @@ validation accuracy is kept and scored on the 10,000 test digits, in float32 PyT
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from _training import (
     MODELS_DIR,
+    EpochRun,
     Stopwatch,
     add_common_arguments,
     check_common_arguments,
@@ -49,7 +51,6 @@ from _training import (
     log,
     make_summary,
     parameter_count,
-    progress,
     run_cli,
     scale_to_rate,
     set_lr,
@@ -207,16 +208,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
     log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
 
-    def train_epoch(epoch: int) -> float:
+    def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
         rng = epoch_generator(args.seed, epoch)
         torch.manual_seed(args.seed * 100_003 + epoch)  # dropout masks
         order = rng.permutation(len(train_x))
-        starts = range(0, len(order), args.batch_size)
-        loss_sum, hits, seen = 0.0, 0, 0
-        bar = progress(starts, desc=f"epoch {epoch}", enabled=not args.no_progress)
-        for start in bar:
-            idx = order[start : start + args.batch_size]
+        run.keep_generator(rng)  # the rate coding draws from it batch by batch
+        sums = run.carry(loss=0.0, hits=0, seen=0)
+        for index in run.batches(math.ceil(len(order) / args.batch_size), desc=f"epoch {epoch}"):
+            idx = order[index * args.batch_size : (index + 1) * args.batch_size]
             spikes = torch.from_numpy(rate_code(train_x[idx], MNIST_STEPS, rng)).to(device)
             y = torch.from_numpy(train_y[idx]).to(device)
             loss, batch_hits = batch_loss(model, spikes, y)
@@ -224,11 +224,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             loss.backward()
             clip_gradients(model, args.clip)
             optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            hits += int(batch_hits)
-            seen += len(idx)
-        log(f"  train accuracy {100.0 * hits / seen:.2f} %")
-        return loss_sum / seen
+            sums["loss"] += loss.item() * len(idx)
+            sums["hits"] += int(batch_hits)
+            sums["seen"] += len(idx)
+        log(f"  train accuracy {100.0 * sums['hits'] / sums['seen']:.2f} %")
+        return sums["loss"] / sums["seen"]
 
     result = fit(
         model,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from _training import (
     MODELS_DIR,
+    EpochRun,
     Stopwatch,
     add_common_arguments,
     check_common_arguments,
@@ -41,7 +42,6 @@ from _training import (
     log,
     make_summary,
     parameter_count,
-    progress,
     run_cli,
     scale_to_rate,
     set_lr,
@@ -167,24 +167,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"ptb: {describe(model)} ({parameter_count(model)} parameters, {device})")
     log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
 
-    def train_epoch(epoch: int) -> float:
+    def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
         torch.manual_seed(args.seed * 100_003 + epoch)  # dropout masks
         starts = range(0, train_cols.shape[0] - 1, args.bptt)
-        nll, tokens, state = 0.0, 0, None
-        bar = progress(starts, desc=f"epoch {epoch}", enabled=not args.no_progress)
-        for start in bar:
+        # The state carried from window to window is saved with a mid-epoch checkpoint.
+        sums = run.carry(nll=0.0, tokens=0, state=None)
+        for index in run.batches(len(starts), desc=f"epoch {epoch}"):
+            start = starts[index]
             x = train_cols[start : start + args.bptt]
             y = train_cols[start + 1 : start + 1 + args.bptt]
-            log_probs, state = run_window(model, x[: len(y)], detach(state))
+            log_probs, state = run_window(model, x[: len(y)], detach(sums["state"]))
             loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())
             optimizer.zero_grad()
             loss.backward()
             clip_gradients(model, args.clip)
             optimizer.step()
-            nll += loss.item() * y.numel()
-            tokens += y.numel()
-        return nll / tokens
+            sums["state"] = detach(state)
+            sums["nll"] += loss.item() * y.numel()
+            sums["tokens"] += y.numel()
+        return sums["nll"] / sums["tokens"]
 
     result = fit(
         model,
