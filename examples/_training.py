@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from snuc.frontend.export import export
-from snuc.frontend.layers import SNU, Readout, SNUNetwork
+from snuc.frontend.layers import SNU, ConvSNU, Readout, SNUNetwork, TimeMajor
 from snuc.ir.errors import SnucError
 
 HERE = Path(__file__).resolve().parent
@@ -88,7 +88,7 @@ def add_common_arguments(
         "--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="where to train (auto: cuda when available)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=out, help="the ONNX file to write")
+    parser.add_argument("-o", "--out", type=Path, default=out, help="the ONNX file to write")
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N",
         help="use only the first N items of each split (smoke tests)",
@@ -119,6 +119,11 @@ def add_common_arguments(
         "--stop-after-batches", type=int, default=None, metavar="N",
         help="with --checkpoint: stop after N training batches in this process, once the "
         "checkpoint is written (exit status 3); the same command resumes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check-seed", type=int, default=0,
+        help="seed of the random sequences on which the export compares onnxruntime with "
+        "PyTorch (another one gets past a spike that float rounding flips at a tie)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -266,18 +271,21 @@ def clip_gradients(model: nn.Module, max_norm: float) -> None:
 # ------------------------------------------------------------------------ initialisation
 
 
-def threshold_rate(layer: SNU, x: Tensor) -> float:
+def threshold_rate(layer: SNU | ConvSNU, x: Tensor) -> float:
     """How often the layer's ``s_t + b`` is above zero over the sequence ``x``: its spike
     rate when it spikes; for a soft layer, how often its output is above 1/2."""
+    # A convolutional layer's bias is per channel: [C] against activations [B, C, H, W].
+    bias = layer.bias.reshape(-1, 1, 1) if isinstance(layer, ConvSNU) else layer.bias
     state, above = None, []
     for x_t in x.unbind(0):
         _, state = layer.step(x_t, state)
-        above.append((state[0] + layer.bias > 0).float().mean())
+        above.append((state[0] + bias > 0).float().mean())
     return float(torch.stack(above).mean())
 
 
 def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[float]:
-    """Scale each SNU layer's weights so it crosses its threshold at ``target_rate`` on ``x``.
+    """Scale each SNU layer's weights (dense or convolutional; for a recurrent one only the
+    input weights) so it crosses its threshold at ``target_rate`` on ``x``.
 
     A data-driven initialisation in the spirit of LSUV (Mishkin & Matas 2016). Layer by
     layer from the input, a bisection on the log of a gain finds the gain at which
@@ -295,7 +303,7 @@ def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[floa
     with torch.no_grad():
         h = x
         for layer in model.layers:
-            if isinstance(layer, SNU):
+            if isinstance(layer, SNU | ConvSNU):
                 base = layer.weight.clone()
                 low, high = math.log(0.01), math.log(100.0)
                 for _ in range(30):
@@ -308,8 +316,16 @@ def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[floa
                 gain = math.exp(0.5 * (low + high))
                 layer.weight.copy_(base * gain)
                 gains.append(gain)
-            h = layer(h)
+            h = _run_layer(layer, h)
     return gains
+
+
+def _run_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """One network layer over the whole sequence ``x`` (a plain module step by step, as
+    :class:`SNUNetwork` runs it: ``nn.MaxPool2d`` takes no time axis)."""
+    if isinstance(layer, TimeMajor):
+        return layer(x)
+    return torch.stack([layer(x_t) for x_t in x.unbind(0)])
 
 
 # ------------------------------------------------------------ best weights, early stopping
@@ -711,7 +727,12 @@ def summary_path(onnx_path: Path) -> Path:
 
 
 def export_with_summary(
-    model: nn.Module, out: Path, summary: dict[str, Any], **export_options: Any
+    model: nn.Module,
+    out: Path,
+    summary: dict[str, Any],
+    *,
+    check_seed: int = 0,
+    **export_options: Any,
 ) -> dict[str, Any]:
     """Export ``model`` (sequence form, checked with onnxruntime), then write its summary.
 
@@ -719,6 +740,7 @@ def export_with_summary(
         model: the trained network; exported as a float32 CPU copy in eval mode.
         out: the ``.onnx`` file; its folder is created if missing.
         summary: what to record; the file name and size are added.
+        check_seed: seeds the export check's random inputs (``--check-seed``).
         **export_options: passed to :func:`snuc.frontend.export.export` (``atol``
             defaults to :data:`EXPORT_ATOL`).
 
@@ -726,7 +748,8 @@ def export_with_summary(
         The summary as written to ``out`` with the suffix ``.json``.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    export(copy.deepcopy(model).cpu(), out, **{"atol": EXPORT_ATOL, **export_options})
+    options = {"atol": EXPORT_ATOL, "seed": check_seed, **export_options}
+    export(copy.deepcopy(model).cpu(), out, **options)
     make_readable(out)
     summary = {**summary, "onnx": out.name, "onnx_bytes": out.stat().st_size}
     write_json(summary_path(out), summary)

@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=device,
         started=total,
     )
-    return export_with_summary(model, args.out, summary)
+    return export_with_summary(model, args.out, summary, check_seed=args.check_seed)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,35 @@ def test_mnist_script_exports_a_classifier(examples, data_dir, tmp_path, kind):
     assert row["count"] == 8 and row["value"] == pytest.approx(summary["test"], abs=1e-9)
 
 
+def test_mnist_cnn_exports_a_convolutional_classifier_that_compiles(examples, data_dir,
+                                                                     tmp_path):  # fmt: skip
+    out = tmp_path / "mnist_cnn.onnx"
+    args = ["--model", "cnn", "--channels", "4,8", "--hidden", "16", "--batch-size", "4"]
+    summary = examples["mnist"].main(_smoke_args(out, data_dir, *args))
+    _check_written(summary, out, (0.0, 100.0))
+    assert summary["architecture"].startswith("1x28x28-4C5-MP2-8C5-MP2-16x1-10: ConvSNU(1, 4")
+    assert summary["options"]["epochs"] == "1"
+    spikes = (np.random.default_rng(0).random((20, 3, 1, 28, 28)) < 0.1).astype(np.float32)
+    assert _run_onnx(out, spikes).shape == (20, 3, 10)
+    # Compiled, the model reads the same rate-coded images and scores what PyTorch scored.
+    (row,) = evaluate(out, "mnist", modes=["float"], limit=8, data_dir=data_dir)
+    assert row["count"] == 8 and row["value"] == pytest.approx(summary["test"], abs=1e-9)
+
+
+def test_mnist_cnn_defaults_are_the_paper_style_architecture(examples):
+    mnist = examples["mnist"]
+    args = mnist.parse_args(["--model", "cnn"])
+    assert (args.channels, args.hidden, args.epochs) == ([32, 64], 1024, 15)
+    model = mnist.build_model("cnn", args.hidden, 0.0, args.channels)
+    x = torch.zeros(2, 3, 1, 28, 28)
+    assert model(x).shape == (2, 3, 10)
+    assert mnist.architecture("cnn", 1024, [32, 64]) == "1x28x28-32C5-MP2-64C5-MP2-1024x1-10"
+    for argv in (["--model", "snu7", "--channels", "8"], ["--model", "cnn", "--channels", "4,4,4"]):
+        with pytest.raises(SystemExit) as exc:
+            mnist.parse_args(argv)
+        assert exc.value.code == 2
+
+
 @pytest.mark.parametrize("kind", ["snu7", "ssnu4"])
 def test_initial_scaling_sets_every_layers_threshold_rate(examples, kind):
     training = examples["training"]
@@ -287,19 +316,35 @@ def test_initial_scaling_sets_every_layers_threshold_rate(examples, kind):
                 assert float(h.mean()) == pytest.approx(0.2, abs=0.02)
 
 
-def test_ptb_script_exports_a_language_model_that_scores_what_it_reported(examples, data_dir,
-                                                                          tmp_path):  # fmt: skip
+@pytest.mark.parametrize("kind", ["snu", "ssnu"])
+def test_ptb_script_exports_a_language_model_that_scores_what_it_reported(
+    examples, data_dir, tmp_path, kind
+):
     out = tmp_path / "ptb.onnx"
     limit = 300
-    args = _smoke_args(out, data_dir, "--embed", "16", "--hidden", "24,16", "--bptt", "7")
+    args = _smoke_args(
+        out, data_dir, "--model", kind, "--embed", "16", "--hidden", "24,16", "--bptt", "7"
+    )
     args[args.index("--limit") + 1] = str(limit)
     summary = examples["ptb"].main(args)
     _check_written(summary, out, (1.0, 1e5))
+    assert summary["model"] == f"ptb_{kind}"
     ids = batchify(load_ptb("test", data_dir)[:limit], 10)
     log_probs = _run_onnx(out, ids)
     assert log_probs.shape == (*ids.shape, 10_000)
     assert perplexity(log_probs[:-1], ids[1:]) == pytest.approx(summary["test"], rel=1e-4)
-    assert "tied" in summary["architecture"]
+    assert "(tied readout)" in summary["architecture"]
+    assert ("recurrent=True" in summary["architecture"]) == (kind == "ssnu")
+
+
+def test_ptb_ssnu_defaults(examples):
+    args = examples["ptb"].parse_args(["--model", "ssnu"])
+    assert (args.hidden, args.embed, args.no_tie) == ([200, 200], 200, False)
+    assert args.out.name == "ptb_ssnu.onnx"
+    model = examples["ptb"].build_model(16, [8, 16], 0.0, True, "ssnu")
+    readout = model.layers[-1]
+    assert readout.linear.weight is model.layers[0].weight  # tied
+    assert all(layer.recurrent and layer.soft for layer in model.layers[1:-1])
 
 
 def test_ptb_rejects_untieable_sizes(examples):
