@@ -187,7 +187,8 @@ class EpochRun:
         save: ``save(position)`` writes a checkpoint with this epoch's position.
         due: ``due()`` is True when a periodic checkpoint is due.
         stops: the stop requests, counted once per batch.
-        progress: wraps the batch indices in a progress bar (``progress(it, total=...)``).
+        progress: wraps the batch indices in a progress bar, or not (``progress(it,
+            desc=...)``).
     """
 
     def __init__(
@@ -211,6 +212,7 @@ class EpochRun:
         self._generators: list[np.random.Generator] = []
         self._carry: dict[str, Any] = {}
         self.done = 0
+        self.count = 0
 
     def keep_generator(self, rng: np.random.Generator) -> np.random.Generator:
         """Save ``rng`` with mid-epoch checkpoints; on resume, :meth:`batches` sets it back
@@ -228,7 +230,7 @@ class EpochRun:
             self._carry = dict(initial)
         return self._carry
 
-    def batches(self, count: int, *, desc: str, enabled: bool = True) -> Iterator[int]:
+    def batches(self, count: int, *, desc: str) -> Iterator[int]:
         """Yield the indices of the batches still to run, ``0 .. count - 1`` on a fresh
         start. Call it after seeding the epoch's generators: on resume it first restores
         every random state saved mid-epoch. After each batch it checkpoints when one is
@@ -247,8 +249,8 @@ class EpochRun:
             for rng, state in zip(self._generators, saved, strict=True):
                 rng.bit_generator.state = state
             self._resume = None
-        self.done = start
-        for index in self._progress(range(start, count), desc=desc, enabled=enabled):
+        self.done, self.count = start, count
+        for index in self._progress(range(start, count), desc=desc):
             yield index
             self.done = index + 1
             self._stops.count_batch()
@@ -264,6 +266,7 @@ class EpochRun:
         """Where the epoch stands: what a mid-epoch checkpoint stores."""
         return {
             "batch": self.done,
+            "batches": self.count,
             "carry": self._carry,
             "random": random_states(),
             "generators": [rng.bit_generator.state for rng in self._generators],

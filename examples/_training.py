@@ -592,7 +592,7 @@ def fit(
                 epoch,
                 resume=position,
                 device=device,
-                save=lambda pos, done=epoch - 1: saver.save(done, pos),
+                save=partial(_save_mid_epoch, saver, epoch),
                 due=saver.due,
                 stops=stops,
                 progress=partial(progress, enabled=not args.no_progress),
@@ -627,6 +627,16 @@ def fit(
         history=history,
         train_time_s=saver.train_time_s,
         stopped_early=best.should_stop and epoch < args.epochs,
+    )
+
+
+def _save_mid_epoch(saver: Checkpointer, epoch: int, position: dict[str, Any]) -> None:
+    """Checkpoint inside ``epoch`` and say so in the log (the only sign of life of a long
+    epoch run without progress bars)."""
+    saver.save(epoch - 1, position)
+    log(
+        f"  checkpoint in epoch {epoch} after batch {position['batch']} of "
+        f"{position['batches']} ({saver.train_time_s:.0f} s)"
     )
 
 

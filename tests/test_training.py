@@ -206,6 +206,7 @@ def test_a_run_killed_mid_epoch_resumes_from_its_periodic_checkpoint(
     state = torch.load(tmp_path / "resumed.ckpt", weights_only=True)
     # A crash loses the batch it was in; SIGTERM lets that batch finish first.
     assert (state["epoch"], state["position"]["batch"]) == (0, 3 if how == "crash" else 4)
+    assert state["position"]["batches"] == 5
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.setattr(mnist, "batch_loss", real_loss)
     mnist.main(_resume_args(tmp_path, data_dir, "mnist", "resumed"))
