@@ -320,6 +320,19 @@ def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[floa
     return gains
 
 
+def initial_scaling(
+    model: SNUNetwork, sample: Callable[[], Tensor], args: argparse.Namespace
+) -> None:
+    """Scale the SNU layers to spike at ``--init-rate`` on ``sample()`` (:func:`scale_to_rate`)
+    and log the gains; skipped when resuming, whose weights come from the checkpoint (the
+    scaling draws no random number, so skipping it changes nothing else)."""
+    if args.checkpoint is not None and args.checkpoint.exists():
+        log("initial scaling skipped: the weights come from the checkpoint")
+        return
+    gains = scale_to_rate(model, sample(), args.init_rate)
+    log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
+
+
 def _run_layer(layer: nn.Module, x: Tensor) -> Tensor:
     """One network layer over the whole sequence ``x`` (a plain module step by step, as
     :class:`SNUNetwork` runs it: ``nn.MaxPool2d`` takes no time axis)."""

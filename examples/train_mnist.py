@@ -55,11 +55,11 @@ from _training import (
     epoch_generator,
     export_with_summary,
     fit,
+    initial_scaling,
     log,
     make_summary,
     parameter_count,
     run_cli,
-    scale_to_rate,
     set_lr,
     setup,
 )
@@ -95,6 +95,7 @@ class Recipe:
         channels: output channels of the convolutional SNU layers before the dense ones
             (none: the network reads the 784 pixels as a vector).
         epochs: default number of epochs.
+        init_sample: training digits on which the initial scaling sets the spike rates.
     """
 
     cell: type[SNU]
@@ -105,6 +106,7 @@ class Recipe:
     hidden: int = 256
     channels: tuple[int, ...] = ()
     epochs: int = 25
+    init_sample: int = 512
 
 
 RECIPES = {
@@ -115,10 +117,11 @@ RECIPES = {
     "snu7": Recipe(SNU, 6, bias_init=-0.5, decay_trainable=True, lr=3e-3),
     "ssnu4": Recipe(sSNU, 3, bias_init=-3.0, decay_trainable=False, lr=5e-3),
     # The SNU recipe in a convolutional network; an epoch costs about 24 minutes on one
-    # idle CPU thread (3.3 s per batch of 128), hence fewer epochs and a lower rate.
+    # idle CPU thread (3.3 s per batch of 128), hence fewer epochs and a lower rate, and
+    # the initial scaling's 30 bisection steps per layer run on fewer digits.
     "cnn": Recipe(
         SNU, 1, bias_init=-0.5, decay_trainable=True, lr=1e-3, hidden=1024, channels=(32, 64),
-        epochs=15,
+        epochs=15, init_sample=128,
     ),
 }  # fmt: skip
 
@@ -292,13 +295,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     shape = input_shape(args.model)
     model = build_model(args.model, args.hidden, args.dropout, args.channels)
-    sample = rate_code(train_x[:512], MNIST_STEPS, np.random.default_rng([args.seed, 2**32]))
-    sample = sample.reshape(*sample.shape[:2], *shape)
-    gains = scale_to_rate(model, torch.from_numpy(sample), args.init_rate)
+    log(f"{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
+
+    def scaling_sample() -> Tensor:
+        images = train_x[: RECIPES[args.model].init_sample]
+        coded = rate_code(images, MNIST_STEPS, np.random.default_rng([args.seed, 2**32]))
+        return torch.from_numpy(coded.reshape(*coded.shape[:2], *shape))
+
+    initial_scaling(model, scaling_sample, args)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    log(f"{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
-    log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
 
     def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))

@@ -46,11 +46,11 @@ from _training import (
     describe,
     export_with_summary,
     fit,
+    initial_scaling,
     log,
     make_summary,
     parameter_count,
     run_cli,
-    scale_to_rate,
     set_lr,
     setup,
 )
@@ -191,11 +191,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train, valid, test = train[: args.limit], valid[: args.limit], test[: args.limit]
     train_cols = torch.from_numpy(batchify(train, args.batch_size)).to(device)
     model = build_model(args.embed, args.hidden, args.dropout, not args.no_tie, args.model)
-    gains = scale_to_rate(model, train_cols[:100].cpu(), args.init_rate)
+    log(f"ptb_{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
+    initial_scaling(model, lambda: train_cols[:100].cpu(), args)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    log(f"ptb_{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
-    log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
 
     def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
