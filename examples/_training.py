@@ -19,19 +19,23 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import _checkpoint
 import numpy as np
 import torch
+from _checkpoint import EpochRun, StopRequests, TrainingStopped
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from snuc.frontend.export import export
-from snuc.frontend.layers import SNU, Readout, SNUNetwork
+from snuc.frontend.layers import SNU, ConvSNU, Readout, SNUNetwork, TimeMajor
 from snuc.ir.errors import SnucError
 
 HERE = Path(__file__).resolve().parent
@@ -84,7 +88,7 @@ def add_common_arguments(
         "--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="where to train (auto: cuda when available)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=out, help="the ONNX file to write")
+    parser.add_argument("-o", "--out", type=Path, default=out, help="the ONNX file to write")
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N",
         help="use only the first N items of each split (smoke tests)",
@@ -103,18 +107,43 @@ def add_common_arguments(
     )
     parser.add_argument(
         "--checkpoint", type=Path, default=None,
-        help="save the training state here after every epoch, and resume from it if it exists",
+        help="save the whole training state here (after every epoch, every "
+        "--checkpoint-every seconds inside one, and on SIGTERM) and resume from it if it "
+        "exists",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-every", type=float, default=600.0, metavar="SECONDS",
+        help="with --checkpoint: seconds between checkpoints inside an epoch",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stop-after-batches", type=int, default=None, metavar="N",
+        help="with --checkpoint: stop after N training batches in this process, once the "
+        "checkpoint is written (exit status 3); the same command resumes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check-seed", type=int, default=0,
+        help="seed of the random sequences on which the export compares onnxruntime with "
+        "PyTorch (another one gets past a spike that float rounding flips at a tie)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+STOPPED_STATUS = 3
+"""Exit status of a script that stopped on request with its checkpoint written."""
+
+
 def run_cli(main: Callable[[Sequence[str] | None], Any]) -> None:
-    """Run a script's ``main``; a :class:`SnucError` becomes one line on stderr and exit 2."""
+    """Run a script's ``main``; a :class:`SnucError` becomes one line on stderr and exit 2,
+    a requested stop (:class:`~_checkpoint.TrainingStopped`) one line and exit 3."""
+    name = Path(sys.argv[0]).name
     try:
         main(None)
     except SnucError as exc:
-        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingStopped as exc:
+        print(f"{name}: stopped ({exc}); the same command resumes", file=sys.stderr)
+        raise SystemExit(STOPPED_STATUS) from None
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -124,6 +153,13 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    if not args.checkpoint_every >= 0:
+        parser.error("--checkpoint-every must be at least 0")
+    if args.stop_after_batches is not None:
+        if args.checkpoint is None:
+            parser.error("--stop-after-batches needs --checkpoint (to resume from)")
+        if args.stop_after_batches < 1:
+            parser.error("--stop-after-batches must be at least 1")
     if args.patience < 1:
         parser.error("--patience must be at least 1")
     if not args.lr > 0:
@@ -235,18 +271,21 @@ def clip_gradients(model: nn.Module, max_norm: float) -> None:
 # ------------------------------------------------------------------------ initialisation
 
 
-def threshold_rate(layer: SNU, x: Tensor) -> float:
+def threshold_rate(layer: SNU | ConvSNU, x: Tensor) -> float:
     """How often the layer's ``s_t + b`` is above zero over the sequence ``x``: its spike
     rate when it spikes; for a soft layer, how often its output is above 1/2."""
+    # A convolutional layer's bias is per channel: [C] against activations [B, C, H, W].
+    bias = layer.bias.reshape(-1, 1, 1) if isinstance(layer, ConvSNU) else layer.bias
     state, above = None, []
     for x_t in x.unbind(0):
         _, state = layer.step(x_t, state)
-        above.append((state[0] + layer.bias > 0).float().mean())
+        above.append((state[0] + bias > 0).float().mean())
     return float(torch.stack(above).mean())
 
 
 def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[float]:
-    """Scale each SNU layer's weights so it crosses its threshold at ``target_rate`` on ``x``.
+    """Scale each SNU layer's weights (dense or convolutional; for a recurrent one only the
+    input weights) so it crosses its threshold at ``target_rate`` on ``x``.
 
     A data-driven initialisation in the spirit of LSUV (Mishkin & Matas 2016). Layer by
     layer from the input, a bisection on the log of a gain finds the gain at which
@@ -264,7 +303,7 @@ def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[floa
     with torch.no_grad():
         h = x
         for layer in model.layers:
-            if isinstance(layer, SNU):
+            if isinstance(layer, SNU | ConvSNU):
                 base = layer.weight.clone()
                 low, high = math.log(0.01), math.log(100.0)
                 for _ in range(30):
@@ -277,8 +316,29 @@ def scale_to_rate(model: SNUNetwork, x: Tensor, target_rate: float) -> list[floa
                 gain = math.exp(0.5 * (low + high))
                 layer.weight.copy_(base * gain)
                 gains.append(gain)
-            h = layer(h)
+            h = _run_layer(layer, h)
     return gains
+
+
+def initial_scaling(
+    model: SNUNetwork, sample: Callable[[], Tensor], args: argparse.Namespace
+) -> None:
+    """Scale the SNU layers to spike at ``--init-rate`` on ``sample()`` (:func:`scale_to_rate`)
+    and log the gains; skipped when resuming, whose weights come from the checkpoint (the
+    scaling draws no random number, so skipping it changes nothing else)."""
+    if args.checkpoint is not None and args.checkpoint.exists():
+        log("initial scaling skipped: the weights come from the checkpoint")
+        return
+    gains = scale_to_rate(model, sample(), args.init_rate)
+    log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
+
+
+def _run_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """One network layer over the whole sequence ``x`` (a plain module step by step, as
+    :class:`SNUNetwork` runs it: ``nn.MaxPool2d`` takes no time axis)."""
+    if isinstance(layer, TimeMajor):
+        return layer(x)
+    return torch.stack([layer(x_t) for x_t in x.unbind(0)])
 
 
 # ------------------------------------------------------------ best weights, early stopping
@@ -351,33 +411,76 @@ class BestOnValidation:
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(
-    path: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    best: BestOnValidation,
-    history: list[dict[str, float]],
-    train_time_s: float,
-) -> None:
-    """Write the training state after ``epoch`` (atomically: a crash leaves the old one)."""
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "best": best.state_dict(),
-        "history": history,
-        "train_time_s": train_time_s,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+class Checkpointer:
+    """Writes the run's checkpoint (``--checkpoint``) and says when a periodic one is due.
+
+    Args:
+        path: the checkpoint file (None: no checkpoints).
+        every_s: seconds between mid-epoch checkpoints (``--checkpoint-every``).
+        model, optimizer, best, history: the run's state, saved as it is at each write.
+        spent_s: training seconds spent before this process started.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        every_s: float,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        best: BestOnValidation,
+        history: list[dict[str, float]],
+        spent_s: float,
+    ) -> None:
+        self.path = path
+        self.every_s = every_s
+        self.model = model
+        self.optimizer = optimizer
+        self.best = best
+        self.history = history
+        self.spent_s = spent_s
+        self.clock = Stopwatch()
+        self._since_save = Stopwatch()
+
+    @property
+    def train_time_s(self) -> float:
+        """Training seconds so far, this process's and those before a resume."""
+        return self.spent_s + self.clock.seconds
+
+    def due(self) -> bool:
+        """True when ``every_s`` seconds have gone by since the last write."""
+        return self.path is not None and self._since_save.seconds >= self.every_s
+
+    def save(self, epoch: int, position: dict[str, Any] | None) -> None:
+        """Write the state after ``epoch`` finished epochs, plus ``position`` inside the
+        next one (None at an epoch's end), with every random state."""
+        if self.path is None:
+            return
+        _checkpoint.write_atomically(
+            self.path,
+            {
+                "format": _checkpoint.FORMAT,
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best": self.best.state_dict(),
+                "history": self.history,
+                "train_time_s": self.train_time_s,
+                "random": _checkpoint.random_states(),
+                "position": position,
+            },
+        )
+        self._since_save = Stopwatch()
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a checkpoint says about where the run stands (see :func:`load_checkpoint`)."""
+
+    epoch: int
+    history: list[dict[str, float]]
+    train_time_s: float
+    position: dict[str, Any] | None
 
 
 def load_checkpoint(
@@ -386,28 +489,33 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     best: BestOnValidation,
-) -> tuple[int, list[dict[str, float]], float]:
-    """Restore a state written by :func:`save_checkpoint` into the given objects.
+) -> Resumed:
+    """Restore a checkpoint into the given objects.
+
+    An epoch-end checkpoint also restores the global random states here; a mid-epoch one
+    leaves them in its ``position``, for :class:`~_checkpoint.EpochRun` to restore once
+    the epoch has seeded its own generators.
 
     Returns:
-        ``(epoch, history, train_time_s)``: the last finished epoch, the per-epoch log and
-        the training time spent so far.
+        The last finished epoch, the per-epoch log, the training time spent so far, and
+        the position inside the next epoch (None when it starts from its first batch).
 
     Raises:
         SnucError: the file is not a checkpoint of this network.
     """
+    state = _checkpoint.read(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         best.load_state_dict(state["best"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SnucError(
-            f"checkpoint {path} does not fit this network ({first}); delete it or pass "
-            "another --checkpoint"
-        ) from None
-    return int(state["epoch"]), list(state["history"]), float(state["train_time_s"])
+        position = state.get("position")
+        if position is None and "random" in state:
+            _checkpoint.set_random_states(state["random"])
+        return Resumed(
+            int(state["epoch"]), list(state["history"]), float(state["train_time_s"]), position
+        )
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise _checkpoint.misfit(path, exc) from None
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -439,64 +547,88 @@ def fit(
     optimizer: torch.optim.Optimizer,
     args: argparse.Namespace,
     *,
-    train_epoch: Callable[[int], float],
+    train_epoch: Callable[[int, EpochRun], float],
     validate: Callable[[], float],
     metric: str,
     mode: str,
-    on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Train epoch by epoch, keep the best-on-validation weights, stop early, checkpoint.
+
+    With ``--checkpoint``, the run resumes from the file when it exists, and writes it at
+    every epoch's end and, mid-epoch, every ``--checkpoint-every`` seconds; a SIGTERM (or
+    ``--stop-after-batches``) makes it write one at the next batch boundary and raise
+    :class:`~_checkpoint.TrainingStopped`.
 
     Args:
         model: the network; holds the best weights when this returns.
         optimizer: its optimiser (saved in checkpoints).
-        args: the common options (``epochs``, ``patience``, ``checkpoint``).
-        train_epoch: trains one epoch (its argument, 1-based) and returns the mean loss.
+        args: the common options (``epochs``, ``patience``, ``checkpoint``,
+            ``checkpoint_every``, ``stop_after_batches``, ``no_progress``).
+        train_epoch: ``train_epoch(epoch, run)`` trains one epoch (1-based) through the
+            :class:`~_checkpoint.EpochRun` (see :mod:`_checkpoint`) and returns the mean
+            loss.
         validate: the validation metric of the model as it is.
         metric: the metric's name, for the log.
         mode: ``"min"`` or ``"max"``: which way the metric improves.
-        on_epoch_end: called with (epoch, validation metric) after each epoch, e.g. to
-            step a learning-rate schedule.
 
     Returns:
         A :class:`FitResult`.
+
+    Raises:
+        TrainingStopped: stopped on request, after writing the checkpoint.
     """
     best = BestOnValidation(mode, args.patience)
-    history: list[dict[str, float]] = []
-    done, spent_s = 0, 0.0
+    resumed = Resumed(0, [], 0.0, None)
     if args.checkpoint is not None and args.checkpoint.exists():
-        done, history, spent_s = load_checkpoint(
-            args.checkpoint, model=model, optimizer=optimizer, best=best
-        )
-        log(f"resumed from {args.checkpoint} after epoch {done}")
-    clock = Stopwatch()
-    epoch = done
-    while epoch < args.epochs and not best.should_stop:
-        epoch += 1
-        model.train()
-        train_loss = train_epoch(epoch)
-        model.eval()
-        with torch.no_grad():
-            valid = validate()
-        improved = best.update(valid, model, epoch)
-        history.append({"epoch": epoch, "train_loss": train_loss, "valid": valid})
-        mark = " *" if improved else ""
-        log(
-            f"epoch {epoch:3d}  train loss {train_loss:.4f}  valid {metric} {valid:.4f}{mark}  "
-            f"({spent_s + clock.seconds:.0f} s)"
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, valid)
-        if args.checkpoint is not None:
-            save_checkpoint(
-                args.checkpoint,
-                model=model,
-                optimizer=optimizer,
-                epoch=epoch,
-                best=best,
-                history=history,
-                train_time_s=spent_s + clock.seconds,
+        resumed = load_checkpoint(args.checkpoint, model=model, optimizer=optimizer, best=best)
+        where = "" if resumed.position is None else f", batch {resumed.position['batch']}"
+        log(f"resumed from {args.checkpoint} after epoch {resumed.epoch}{where}")
+    history = resumed.history
+    saver = Checkpointer(
+        args.checkpoint,
+        args.checkpoint_every,
+        model=model,
+        optimizer=optimizer,
+        best=best,
+        history=history,
+        spent_s=resumed.train_time_s,
+    )
+    stops = StopRequests(args.stop_after_batches)
+    release = _catch_sigterm(stops) if args.checkpoint is not None else None
+    device = next(model.parameters()).device
+    position = resumed.position
+    epoch = resumed.epoch
+    try:
+        while epoch < args.epochs and not best.should_stop:
+            epoch += 1
+            run = EpochRun(
+                epoch,
+                resume=position,
+                device=device,
+                save=partial(_save_mid_epoch, saver, epoch),
+                due=saver.due,
+                stops=stops,
+                progress=partial(progress, enabled=not args.no_progress),
             )
+            position = None
+            model.train()
+            train_loss = train_epoch(epoch, run)
+            model.eval()
+            with torch.no_grad():
+                valid = validate()
+            improved = best.update(valid, model, epoch)
+            history.append({"epoch": epoch, "train_loss": train_loss, "valid": valid})
+            mark = " *" if improved else ""
+            log(
+                f"epoch {epoch:3d}  train loss {train_loss:.4f}  valid {metric} {valid:.4f}"
+                f"{mark}  ({saver.train_time_s:.0f} s)"
+            )
+            saver.save(epoch, None)
+            if stops.reason is not None and epoch < args.epochs and not best.should_stop:
+                raise TrainingStopped(stops.reason)
+    finally:
+        if release is not None:
+            release()
     if best.best_epoch is None or best.best_metric is None:
         raise SnucError(f"training produced no finite validation {metric}; lower --lr")
     best.restore(model)
@@ -506,9 +638,26 @@ def fit(
         best_epoch=best.best_epoch,
         best_valid=best.best_metric,
         history=history,
-        train_time_s=spent_s + clock.seconds,
+        train_time_s=saver.train_time_s,
         stopped_early=best.should_stop and epoch < args.epochs,
     )
+
+
+def _save_mid_epoch(saver: Checkpointer, epoch: int, position: dict[str, Any]) -> None:
+    """Checkpoint inside ``epoch`` and say so in the log (the only sign of life of a long
+    epoch run without progress bars)."""
+    saver.save(epoch - 1, position)
+    log(
+        f"  checkpoint in epoch {epoch} after batch {position['batch']} of "
+        f"{position['batches']} ({saver.train_time_s:.0f} s)"
+    )
+
+
+def _catch_sigterm(stops: StopRequests) -> Callable[[], None] | None:
+    """SIGTERM as a stop request, where signals can be caught (the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return stops.catch_sigterm()
 
 
 # ------------------------------------------------------------------------ export, summary
@@ -601,7 +750,12 @@ def summary_path(onnx_path: Path) -> Path:
 
 
 def export_with_summary(
-    model: nn.Module, out: Path, summary: dict[str, Any], **export_options: Any
+    model: nn.Module,
+    out: Path,
+    summary: dict[str, Any],
+    *,
+    check_seed: int = 0,
+    **export_options: Any,
 ) -> dict[str, Any]:
     """Export ``model`` (sequence form, checked with onnxruntime), then write its summary.
 
@@ -609,6 +763,7 @@ def export_with_summary(
         model: the trained network; exported as a float32 CPU copy in eval mode.
         out: the ``.onnx`` file; its folder is created if missing.
         summary: what to record; the file name and size are added.
+        check_seed: seeds the export check's random inputs (``--check-seed``).
         **export_options: passed to :func:`snuc.frontend.export.export` (``atol``
             defaults to :data:`EXPORT_ATOL`).
 
@@ -616,7 +771,8 @@ def export_with_summary(
         The summary as written to ``out`` with the suffix ``.json``.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    export(copy.deepcopy(model).cpu(), out, **{"atol": EXPORT_ATOL, **export_options})
+    options = {"atol": EXPORT_ATOL, "seed": check_seed, **export_options}
+    export(copy.deepcopy(model).cpu(), out, **options)
     make_readable(out)
     summary = {**summary, "onnx": out.name, "onnx_bytes": out.stat().st_size}
     write_json(summary_path(out), summary)

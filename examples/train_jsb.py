@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from _training import (
     MODELS_DIR,
+    EpochRun,
     Stopwatch,
     add_common_arguments,
     check_common_arguments,
@@ -41,7 +42,6 @@ from _training import (
     log,
     make_summary,
     parameter_count,
-    progress,
     run_cli,
     set_lr,
     setup,
@@ -167,13 +167,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     log(f"{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
 
-    def train_epoch(epoch: int) -> float:
+    def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
         order = epoch_generator(args.seed, epoch).permutation(len(train))
         batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-        nll, frames = 0.0, 0
-        for idx in progress(batches, desc=f"epoch {epoch}", enabled=not args.no_progress):
-            X, lengths = pad_sequences([train[i] for i in idx])
+        sums = run.carry(nll=0.0, frames=0)
+        for index in run.batches(len(batches), desc=f"epoch {epoch}"):
+            X, lengths = pad_sequences([train[i] for i in batches[index]])
             loss_sum, count = batch_loss(
                 model, torch.from_numpy(X).to(device), torch.from_numpy(lengths).to(device)
             )
@@ -181,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             (loss_sum / count).backward()
             clip_gradients(model, args.clip)
             optimizer.step()
-            nll, frames = nll + loss_sum.item(), frames + count
-        return nll / frames
+            sums["nll"] += loss_sum.item()
+            sums["frames"] += count
+        return sums["nll"] / sums["frames"]
 
     result = fit(
         model,
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=device,
         started=total,
     )
-    return export_with_summary(model, args.out, summary)
+    return export_with_summary(model, args.out, summary, check_seed=args.check_seed)
 
 
 if __name__ == "__main__":

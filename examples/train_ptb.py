@@ -1,14 +1,21 @@
-"""Train a feed-forward SNU language model on the Penn Treebank (SPEC §11).
+"""Train an SNU language model on the Penn Treebank (SPEC §11).
 
-    python examples/train_ptb.py       # writes examples/models/ptb_snu.onnx
+    python examples/train_ptb.py                  # writes examples/models/ptb_snu.onnx
+    python examples/train_ptb.py --model ssnu     # writes examples/models/ptb_ssnu.onnx
 
 The network reads a token id per step and gives the log-probabilities of the next token
-over the 10,000-word vocabulary: an embedding, layers of spiking SNUs without recurrent
+over the 10,000-word vocabulary: an embedding, layers of units, and a log-softmax readout
+whose weight matrix is the embedding's (tied weights, Press & Wolf 2017), which halves the
+model's size. ``snu`` (the paper's feed-forward SNU model): spiking SNUs without recurrent
 weights (the membrane potential, with a trainable decay per neuron, is the only memory),
-and a log-softmax readout. The readout's weight matrix is the embedding's (tied weights,
-Press & Wolf 2017), which halves the model's size. Before training, each SNU layer's
-weights are scaled so that it spikes at ``--init-rate`` on a stretch of the train stream
-(:func:`_training.scale_to_rate`); at the default initialisation it would be silent.
+200-1500-200. ``ssnu`` (the paper's recurrent sSNU with tied weights, 108.4 perplexity in
+its Fig. 2): recurrent soft SNUs, 200-200-200 by default, the size of the small LSTM it is
+compared with (Zaremba et al. 2014: two layers of 200), g = identity as in the authors'
+OSTL code, a trainable decay per neuron from 0.8. REFERENCE.md does not record the
+paper's layer sizes for either model. Before training, each layer's input weights are
+scaled so that it crosses its threshold at ``--init-rate`` on a stretch of the train
+stream (:func:`_training.scale_to_rate`); at the default initialisation a spiking layer
+would be silent.
 
 Training is truncated backpropagation through time over windows of ``--bptt`` (35) tokens
 on ``--batch-size`` contiguous columns of the train stream (:func:`snuc.datasets.batchify`),
@@ -30,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from _training import (
     MODELS_DIR,
+    EpochRun,
     Stopwatch,
     add_common_arguments,
     check_common_arguments,
@@ -38,29 +46,39 @@ from _training import (
     describe,
     export_with_summary,
     fit,
+    initial_scaling,
     log,
     make_summary,
     parameter_count,
-    progress,
     run_cli,
-    scale_to_rate,
     set_lr,
     setup,
 )
 from torch import Tensor, nn
 
 from snuc.datasets import PTB_VOCAB_SIZE, batchify, load_ptb
-from snuc.frontend.layers import SNU, Readout, SNUNetwork, State
+from snuc.frontend.layers import SNU, Readout, SNUNetwork, State, sSNU
+
+RECIPES = {
+    "snu": {"hidden": "1500,200", "dropout": 0.1, "lr": 2e-3, "epochs": 8, "patience": 3},
+    "ssnu": {"hidden": "200,200", "dropout": 0.2, "lr": 2e-3, "epochs": 30, "patience": 5},
+}
+"""Per model, the training defaults (``--hidden`` etc. override); ``snu``'s made the
+shipped ``ptb_snu``."""
 
 
-def build_model(embed: int, hidden: Sequence[int], dropout: float, tie: bool) -> SNUNetwork:
-    """Embedding → dropout → SNU layers (each followed by dropout) → log-softmax readout.
+def build_model(
+    embed: int, hidden: Sequence[int], dropout: float, tie: bool, kind: str = "snu"
+) -> SNUNetwork:
+    """Embedding → dropout → layers of units (each followed by dropout) → log-softmax readout.
 
     Args:
         embed: embedding size.
-        hidden: units of each SNU layer; with ``tie`` the last must equal ``embed``.
+        hidden: units of each layer; with ``tie`` the last must equal ``embed``.
         dropout: dropout probability while training (0: none).
         tie: share the embedding's weight matrix with the readout.
+        kind: ``"snu"``: feed-forward spiking SNUs (g = ReLU); ``"ssnu"``: recurrent soft
+            SNUs (g = identity). Either with a trainable decay per neuron from 0.8.
     """
     layers: list[nn.Module] = [nn.Embedding(PTB_VOCAB_SIZE, embed)]
     nn.init.uniform_(layers[0].weight, -0.1, 0.1)
@@ -68,7 +86,13 @@ def build_model(embed: int, hidden: Sequence[int], dropout: float, tie: bool) ->
     for n_in, n_out in pairwise(sizes):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        layers.append(SNU(n_in, n_out, decay=torch.full((n_out,), 0.8), decay_trainable=True))
+        decay = torch.full((n_out,), 0.8)
+        if kind == "snu":
+            layers.append(SNU(n_in, n_out, decay=decay, decay_trainable=True))
+        else:
+            layers.append(
+                sSNU(n_in, n_out, recurrent=True, g="identity", decay=decay, decay_trainable=True)
+            )
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     readout = Readout(sizes[-1], PTB_VOCAB_SIZE, activation="log_softmax")
@@ -114,10 +138,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--model", choices=tuple(RECIPES), default="snu")
     parser.add_argument("--embed", type=int, default=200, help="embedding size")
     parser.add_argument(
         "--hidden", default="1500,200",
-        help="comma-separated sizes of the SNU layers; with tied weights the last is --embed",
+        help="comma-separated sizes of the layers; with tied weights the last is --embed",
     )  # fmt: skip
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout while training")
     parser.add_argument(
@@ -128,10 +153,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bptt", type=int, default=35, help="tokens per training window")
     parser.add_argument("--eval-batch", type=int, default=10, help="columns when scoring")
     parser.add_argument("--clip", type=float, default=0.25, help="gradient-norm clip (0: none)")
-    add_common_arguments(
-        parser, out=MODELS_DIR / "ptb_snu.onnx", epochs=8, lr=2e-3, batch_size=32, patience=3
-    )
+    add_common_arguments(parser, out=None, epochs=8, lr=2e-3, batch_size=32, patience=3)
+    # The model's recipe sets the defaults, so read --model first (-h shows them too).
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--model", choices=tuple(RECIPES), default="snu")
+    chosen, _ = first.parse_known_args(argv)
+    parser.set_defaults(**RECIPES[chosen.model])
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = MODELS_DIR / f"ptb_{args.model}.onnx"
     check_common_arguments(parser, args)
     try:
         args.hidden = [int(n) for n in args.hidden.split(",")]
@@ -160,31 +190,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.limit is not None:
         train, valid, test = train[: args.limit], valid[: args.limit], test[: args.limit]
     train_cols = torch.from_numpy(batchify(train, args.batch_size)).to(device)
-    model = build_model(args.embed, args.hidden, args.dropout, not args.no_tie)
-    gains = scale_to_rate(model, train_cols[:100].cpu(), args.init_rate)
+    model = build_model(args.embed, args.hidden, args.dropout, not args.no_tie, args.model)
+    log(f"ptb_{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
+    initial_scaling(model, lambda: train_cols[:100].cpu(), args)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    log(f"ptb: {describe(model)} ({parameter_count(model)} parameters, {device})")
-    log(f"weight gains for a {args.init_rate} spike rate: {[round(g, 3) for g in gains]}")
 
-    def train_epoch(epoch: int) -> float:
+    def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
         torch.manual_seed(args.seed * 100_003 + epoch)  # dropout masks
         starts = range(0, train_cols.shape[0] - 1, args.bptt)
-        nll, tokens, state = 0.0, 0, None
-        bar = progress(starts, desc=f"epoch {epoch}", enabled=not args.no_progress)
-        for start in bar:
+        # The state carried from window to window is saved with a mid-epoch checkpoint.
+        sums = run.carry(nll=0.0, tokens=0, state=None)
+        for index in run.batches(len(starts), desc=f"epoch {epoch}"):
+            start = starts[index]
             x = train_cols[start : start + args.bptt]
             y = train_cols[start + 1 : start + 1 + args.bptt]
-            log_probs, state = run_window(model, x[: len(y)], detach(state))
+            log_probs, state = run_window(model, x[: len(y)], detach(sums["state"]))
             loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())
             optimizer.zero_grad()
             loss.backward()
             clip_gradients(model, args.clip)
             optimizer.step()
-            nll += loss.item() * y.numel()
-            tokens += y.numel()
-        return nll / tokens
+            sums["state"] = detach(state)
+            sums["nll"] += loss.item() * y.numel()
+            sums["tokens"] += y.numel()
+        return sums["nll"] / sums["tokens"]
 
     result = fit(
         model,
@@ -200,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tied = "tied readout" if not args.no_tie else "untied readout"
     summary = make_summary(
         task="ptb",
-        name="ptb_snu",
+        name=f"ptb_{args.model}",
         architecture=f"{describe(model)} ({tied})",
         model=model,
         metric=(
@@ -213,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=device,
         started=total,
     )
-    return export_with_summary(model, args.out, summary)
+    return export_with_summary(model, args.out, summary, check_seed=args.check_seed)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,12 +46,19 @@ def examples(request: pytest.FixtureRequest):
 
     sys.path.insert(0, str(EXAMPLES))
     request.addfinalizer(restore)
+    import _checkpoint
     import _training
     import train_jsb
     import train_mnist
     import train_ptb
 
-    return {"training": _training, "jsb": train_jsb, "mnist": train_mnist, "ptb": train_ptb}
+    return {
+        "checkpoint": _checkpoint,
+        "training": _training,
+        "jsb": train_jsb,
+        "mnist": train_mnist,
+        "ptb": train_ptb,
+    }
 
 
 def _smoke_args(out: Path, data_dir: Path, *extra: str) -> list[str]:
@@ -105,6 +115,145 @@ def test_jsb_resumes_from_its_checkpoint(examples, data_dir, tmp_path):
     assert [h["epoch"] for h in second["history"]] == [1, 2]
 
 
+# ------------------------------------------------------------- checkpoints inside an epoch
+
+# Two epochs of a few batches each, with dropout (PyTorch's generator), the rate coding's
+# per-batch draws (MNIST) and the state carried from window to window (PTB).
+_RESUME_CASES = {
+    "mnist": ["--hidden", "12", "--batch-size", "8", "--limit", "40", "--epochs", "2"],
+    "ptb": [
+        "--embed", "8", "--hidden", "12,8", "--bptt", "5", "--batch-size", "4",
+        "--limit", "240", "--epochs", "2",
+    ],
+    "jsb": ["--hidden", "10", "--batch-size", "2", "--limit", "8", "--epochs", "2"],
+}  # fmt: skip
+
+
+def _resume_args(tmp_path: Path, data_dir: Path, task: str, name: str, *extra: str) -> list[str]:
+    args = _smoke_args(tmp_path / f"{name}.onnx", data_dir, *_RESUME_CASES[task], *extra)
+    return [*args, "--checkpoint", str(tmp_path / f"{name}.ckpt")]
+
+
+def _assert_same(got, want, where: str = "checkpoint") -> None:
+    """Equal to the last bit: tensors by value, dtype and shape; containers entry by entry."""
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, where
+        assert torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert set(got) == set(want), where
+        for key in want:
+            _assert_same(got[key], want[key], f"{where}[{key!r}]")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_same(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, where
+
+
+def _assert_same_run(tmp_path: Path, resumed: str, straight: str) -> None:
+    """The two runs' final checkpoints (all but the clock) and ONNX files are identical."""
+    got, want = (
+        torch.load(tmp_path / f"{name}.ckpt", weights_only=True) for name in (resumed, straight)
+    )
+    for state in (got, want):
+        state.pop("train_time_s")
+    assert want["position"] is None and want["epoch"] == 2
+    _assert_same(got, want)
+    assert (tmp_path / f"{resumed}.onnx").read_bytes() == (
+        tmp_path / f"{straight}.onnx"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("task", ["mnist", "ptb", "jsb"])
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(examples, data_dir, tmp_path, task):
+    script = examples[task]
+    straight = script.main(_resume_args(tmp_path, data_dir, task, "straight"))
+    # Stopped three times: twice inside the first epoch, once inside the second.
+    for stop in ("2", "1", "4"):
+        with pytest.raises(examples["checkpoint"].TrainingStopped):
+            script.main(
+                _resume_args(tmp_path, data_dir, task, "resumed", "--stop-after-batches", stop)
+            )
+        position = torch.load(tmp_path / "resumed.ckpt", weights_only=True)["position"]
+        assert position is not None and position["batch"] > 0
+    resumed = script.main(_resume_args(tmp_path, data_dir, task, "resumed"))
+    assert resumed["history"] == straight["history"] and resumed["test"] == straight["test"]
+    _assert_same_run(tmp_path, "resumed", "straight")
+
+
+@pytest.mark.parametrize("how", ["crash", "sigterm"])
+def test_a_run_killed_mid_epoch_resumes_from_its_periodic_checkpoint(
+    examples, data_dir, tmp_path, monkeypatch, how
+):
+    mnist = examples["mnist"]
+    mnist.main(_resume_args(tmp_path, data_dir, "mnist", "straight"))
+    real_loss, calls = mnist.batch_loss, []
+
+    def failing_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the fourth batch of the first epoch
+            if how == "crash":
+                raise RuntimeError("killed")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(mnist, "batch_loss", failing_loss)
+    every_batch = ("--checkpoint-every", "0")
+    expected = RuntimeError if how == "crash" else examples["checkpoint"].TrainingStopped
+    with pytest.raises(expected):
+        mnist.main(_resume_args(tmp_path, data_dir, "mnist", "resumed", *every_batch))
+    state = torch.load(tmp_path / "resumed.ckpt", weights_only=True)
+    # A crash loses the batch it was in; SIGTERM lets that batch finish first.
+    assert (state["epoch"], state["position"]["batch"]) == (0, 3 if how == "crash" else 4)
+    assert state["position"]["batches"] == 5
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(mnist, "batch_loss", real_loss)
+    mnist.main(_resume_args(tmp_path, data_dir, "mnist", "resumed"))
+    _assert_same_run(tmp_path, "resumed", "straight")
+
+
+def test_a_stopped_script_exits_with_status_3(examples, capsys, monkeypatch):
+    training = examples["training"]
+
+    def stopped(argv):
+        raise examples["checkpoint"].TrainingStopped("--stop-after-batches 1")
+
+    monkeypatch.setattr(sys, "argv", ["train_x.py"])
+    with pytest.raises(SystemExit) as exc:
+        training.run_cli(stopped)
+    assert exc.value.code == training.STOPPED_STATUS == 3
+    assert capsys.readouterr().err == (
+        "train_x.py: stopped (--stop-after-batches 1); the same command resumes\n"
+    )
+
+
+def test_stop_after_batches_needs_a_checkpoint(examples):
+    with pytest.raises(SystemExit) as exc:
+        examples["jsb"].parse_args(["--stop-after-batches", "3"])
+    assert exc.value.code == 2
+
+
+def test_a_checkpoint_of_another_network_is_a_clear_error(examples, data_dir, tmp_path):
+    jsb = examples["jsb"]
+    jsb.main(_resume_args(tmp_path, data_dir, "jsb", "net"))
+    args = _resume_args(tmp_path, data_dir, "jsb", "net")
+    args[args.index("--hidden") + 1] = "11"
+    with pytest.raises(SnucError, match="does not fit this network"):
+        jsb.main(args)
+
+
+def test_random_states_round_trip_through_a_checkpoint_file(examples, tmp_path):
+    ckpt = examples["checkpoint"]
+    saved = ckpt.random_states()
+    ckpt.write_atomically(tmp_path / "r.pt", {"random": saved})
+    want = (random.random(), np.random.random(), torch.rand(3))
+    ckpt.set_random_states(ckpt.read(tmp_path / "r.pt")["random"])
+    got = (random.random(), np.random.random(), torch.rand(3))
+    assert got[:2] == want[:2] and torch.equal(got[2], want[2])
+    assert [p.name for p in tmp_path.iterdir()] == ["r.pt"]  # no temporary file left
+
+
 @pytest.mark.parametrize("kind", ["snu7", "ssnu4"])
 def test_mnist_script_exports_a_classifier(examples, data_dir, tmp_path, kind):
     out = tmp_path / f"mnist_{kind}.onnx"
@@ -120,6 +269,35 @@ def test_mnist_script_exports_a_classifier(examples, data_dir, tmp_path, kind):
     # accuracy is the one the script reported from PyTorch.
     (row,) = evaluate(out, "mnist", modes=["float"], limit=8, data_dir=data_dir)
     assert row["count"] == 8 and row["value"] == pytest.approx(summary["test"], abs=1e-9)
+
+
+def test_mnist_cnn_exports_a_convolutional_classifier_that_compiles(examples, data_dir,
+                                                                     tmp_path):  # fmt: skip
+    out = tmp_path / "mnist_cnn.onnx"
+    args = ["--model", "cnn", "--channels", "4,8", "--hidden", "16", "--batch-size", "4"]
+    summary = examples["mnist"].main(_smoke_args(out, data_dir, *args))
+    _check_written(summary, out, (0.0, 100.0))
+    assert summary["architecture"].startswith("1x28x28-4C5-MP2-8C5-MP2-16x1-10: ConvSNU(1, 4")
+    assert summary["options"]["epochs"] == "1"
+    spikes = (np.random.default_rng(0).random((20, 3, 1, 28, 28)) < 0.1).astype(np.float32)
+    assert _run_onnx(out, spikes).shape == (20, 3, 10)
+    # Compiled, the model reads the same rate-coded images and scores what PyTorch scored.
+    (row,) = evaluate(out, "mnist", modes=["float"], limit=8, data_dir=data_dir)
+    assert row["count"] == 8 and row["value"] == pytest.approx(summary["test"], abs=1e-9)
+
+
+def test_mnist_cnn_defaults_are_the_paper_style_architecture(examples):
+    mnist = examples["mnist"]
+    args = mnist.parse_args(["--model", "cnn"])
+    assert (args.channels, args.hidden, args.epochs) == ([32, 64], 1024, 15)
+    model = mnist.build_model("cnn", args.hidden, 0.0, args.channels)
+    x = torch.zeros(2, 3, 1, 28, 28)
+    assert model(x).shape == (2, 3, 10)
+    assert mnist.architecture("cnn", 1024, [32, 64]) == "1x28x28-32C5-MP2-64C5-MP2-1024x1-10"
+    for argv in (["--model", "snu7", "--channels", "8"], ["--model", "cnn", "--channels", "4,4,4"]):
+        with pytest.raises(SystemExit) as exc:
+            mnist.parse_args(argv)
+        assert exc.value.code == 2
 
 
 @pytest.mark.parametrize("kind", ["snu7", "ssnu4"])
@@ -139,19 +317,35 @@ def test_initial_scaling_sets_every_layers_threshold_rate(examples, kind):
                 assert float(h.mean()) == pytest.approx(0.2, abs=0.02)
 
 
-def test_ptb_script_exports_a_language_model_that_scores_what_it_reported(examples, data_dir,
-                                                                          tmp_path):  # fmt: skip
+@pytest.mark.parametrize("kind", ["snu", "ssnu"])
+def test_ptb_script_exports_a_language_model_that_scores_what_it_reported(
+    examples, data_dir, tmp_path, kind
+):
     out = tmp_path / "ptb.onnx"
     limit = 300
-    args = _smoke_args(out, data_dir, "--embed", "16", "--hidden", "24,16", "--bptt", "7")
+    args = _smoke_args(
+        out, data_dir, "--model", kind, "--embed", "16", "--hidden", "24,16", "--bptt", "7"
+    )
     args[args.index("--limit") + 1] = str(limit)
     summary = examples["ptb"].main(args)
     _check_written(summary, out, (1.0, 1e5))
+    assert summary["model"] == f"ptb_{kind}"
     ids = batchify(load_ptb("test", data_dir)[:limit], 10)
     log_probs = _run_onnx(out, ids)
     assert log_probs.shape == (*ids.shape, 10_000)
     assert perplexity(log_probs[:-1], ids[1:]) == pytest.approx(summary["test"], rel=1e-4)
-    assert "tied" in summary["architecture"]
+    assert "(tied readout)" in summary["architecture"]
+    assert ("recurrent=True" in summary["architecture"]) == (kind == "ssnu")
+
+
+def test_ptb_ssnu_defaults(examples):
+    args = examples["ptb"].parse_args(["--model", "ssnu"])
+    assert (args.hidden, args.embed, args.no_tie) == ([200, 200], 200, False)
+    assert args.out.name == "ptb_ssnu.onnx"
+    model = examples["ptb"].build_model(16, [8, 16], 0.0, True, "ssnu")
+    readout = model.layers[-1]
+    assert readout.linear.weight is model.layers[0].weight  # tied
+    assert all(layer.recurrent and layer.soft for layer in model.layers[1:-1])
 
 
 def test_ptb_rejects_untieable_sizes(examples):
