@@ -295,7 +295,11 @@ def load(path: str | os.PathLike[str]) -> Artefact:
 
     Every member the manifest lists must be present with the recorded size and sha256;
     members it does not list are never read. Arrays are read with ``allow_pickle=False``
-    and the IR must parse and match the manifest's input and output specs.
+    and the IR must parse and match the manifest's input and output specs. The manifest's
+    target must be valid and the one ``report.json`` records; for a compiled graph,
+    ``program.s`` and ``report.json`` must be what the compiler makes of ``graph.ir`` on
+    that target (made again here), so no edit of the target, the program or the report
+    passes, with or without recomputed checksums.
 
     Args:
         path: the artefact.
@@ -306,7 +310,8 @@ def load(path: str | os.PathLike[str]) -> Artefact:
     Raises:
         SnucError: one line naming the artefact and what is wrong with it (missing, not an
             artefact, another format version, a missing, truncated or tampered member,
-            an unsafe zip, arrays that would need unpickling, invalid IR).
+            an unsafe zip, arrays that would need unpickling, invalid IR, a target,
+            program or report that the IR does not account for).
     """
     where = str(path)
     stored = read_artefact(path)

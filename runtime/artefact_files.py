@@ -12,11 +12,17 @@ An artefact is a directory, or a zip file of the same members:
 * ``report.json`` -- the compile report (SPEC §7).
 
 Writing is atomic: the members are built under a hidden temporary name beside the target
-and renamed into place only once complete, so an existing artefact is replaced only by a
-whole new one. Reading never executes code and never unpickles: JSON and text are parsed,
-arrays are read with ``allow_pickle=False``, and every member's checksum is verified before
-its content is interpreted. What the members mean (an :class:`~snuc.runtime.artefact.Artefact`)
-is :mod:`snuc.runtime.artefact`'s.
+(``.<name>.<pid>-<random>.tmp``) and put in place only once complete, by one rename or, to
+replace a directory, one atomic exchange (Linux ``renameat2``), so an existing artefact is
+replaced only by a whole new one and the destination is never missing; the next write to
+a path removes the temporaries of earlier writers that were killed. Reading never executes
+code and never unpickles and does no work before its limits are checked: only regular
+files are read (no links, devices or FIFOs); every member's size is checked against its
+limit and, in a zip, against the size the zip declares before anything is inflated; JSON
+goes through :func:`snuc.ir.limits.load_json`; every array's ``.npy`` header is checked
+before the array is read (``allow_pickle=False``); every member's checksum is verified
+before its content is interpreted. What the members mean (an
+:class:`~snuc.runtime.artefact.Artefact`) is :mod:`snuc.runtime.artefact`'s.
 """
 
 from __future__ import annotations
