@@ -205,6 +205,23 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
+    with _warnings_as_lines():
+        return _compile(args)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """NumPy's RuntimeWarnings while reading a model (e.g. a NaN initial state, which the
+    importer then refuses) held back: dropped when an error follows, which says what is
+    wrong in one line; otherwise each distinct one as a line ``snuc: warning: ...``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"snuc: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _compile(args: argparse.Namespace) -> int:
     from snuc import driver
 
     state_pairs = dict(args.state) or None

@@ -23,8 +23,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from cli_helpers import assert_one_line_error, run_cli
+from onnx_models import snu_scan_model
 
 from snuc import cli
 from snuc.driver import compile_model
@@ -375,6 +377,17 @@ class _no_warnings:
     def __exit__(self, *exc):
         self._ctx.__exit__(*exc)
         assert not self.caught, [str(w.message) for w in self.caught]
+
+
+def test_nan_initial_state_is_one_line(tmp_path):
+    model = tmp_path / "nan.onnx"
+    onnx.save(snu_scan_model(init_value=float("nan")), model)
+    # A subprocess: its stderr is what a user sees, warnings included.
+    code = "import sys; from snuc.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "compile", str(model), "-o", str(tmp_path / "nan.snuc")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    _assert_refused(result, "initial state")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.onnx"]
 
 
 def test_numerical_warnings_of_a_run_are_one_line(capsys):
