@@ -167,6 +167,18 @@ def test_array_header_declaring_gigabytes_is_refused_before_it_is_read(saved, tm
     _assert_refused(result, "extra/huge", "over the limit", "SNUC_MAX_TENSOR_BYTES")
 
 
+def test_array_limits_follow_the_declared_sizes(saved, capsys, monkeypatch):
+    """The limit is on what the headers declare, and raising it loads the same artefact:
+    a legitimately large model is not refused for its size once the limit allows it."""
+    largest = max(a.nbytes for a in np.load(saved / "arrays.npz").values())
+    monkeypatch.setenv("SNUC_MAX_TENSOR_BYTES", str(largest - 1))
+    status, _, err = run_cli(capsys, "report", saved)
+    assert_one_line_error(status, err, "over the limit", "SNUC_MAX_TENSOR_BYTES")
+    monkeypatch.setenv("SNUC_MAX_TENSOR_BYTES", str(largest))
+    status, _, err = run_cli(capsys, "report", saved)
+    assert status == 0, err
+
+
 @pytest.mark.parametrize("kind", ["device", "fifo"])
 def test_only_regular_files_are_read(tmp_path, kind):
     if kind == "device":
