@@ -9,7 +9,6 @@ and loads itself; the files, their atomic writing and their verified reading are
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ import numpy as np
 
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
+from snuc.ir.limits import load_json
+from snuc.ir.ops import CrossbarMVM
 from snuc.ir.target import TargetSpec
 from snuc.ir.text import large_constants, parse_graph, print_graph
 from snuc.runtime.artefact_files import (
@@ -294,7 +295,11 @@ def load(path: str | os.PathLike[str]) -> Artefact:
 
     Every member the manifest lists must be present with the recorded size and sha256;
     members it does not list are never read. Arrays are read with ``allow_pickle=False``
-    and the IR must parse and match the manifest's input and output specs.
+    and the IR must parse and match the manifest's input and output specs. The manifest's
+    target must be valid and the one ``report.json`` records; for a compiled graph,
+    ``program.s`` and ``report.json`` must be what the compiler makes of ``graph.ir`` on
+    that target (made again here), so no edit of the target, the program or the report
+    passes, with or without recomputed checksums.
 
     Args:
         path: the artefact.
@@ -305,7 +310,8 @@ def load(path: str | os.PathLike[str]) -> Artefact:
     Raises:
         SnucError: one line naming the artefact and what is wrong with it (missing, not an
             artefact, another format version, a missing, truncated or tampered member,
-            an unsafe zip, arrays that would need unpickling, invalid IR).
+            an unsafe zip, arrays that would need unpickling, invalid IR, a target,
+            program or report that the IR does not account for).
     """
     where = str(path)
     stored = read_artefact(path)
@@ -316,14 +322,67 @@ def load(path: str | os.PathLike[str]) -> Artefact:
             f"artefact {where}: manifest.json's inputs and outputs do not match graph.ir; "
             "recompile the model"
         )
+    report = _read_report(texts[REPORT], where)
+    program = texts.get(PROGRAM)
+    _check_derived(graph, _read_target(manifest["target"], report, where), report, program, where)
     return Artefact(
         graph=graph,
         target=manifest["target"],
-        report=_read_report(texts[REPORT], where),
-        program=texts.get(PROGRAM),
+        report=report,
+        program=program,
         source=manifest["source"],
         extra_arrays=stored.extra_arrays,
     )
+
+
+def _read_target(target: dict[str, Any], report: Mapping[str, Any], where: str) -> TargetSpec:
+    """The manifest's target, valid and the same as the one ``report.json`` (a member
+    covered by a checksum) records, so that an edit of the manifest alone is refused."""
+    try:
+        spec = TargetSpec.from_dict(target)
+    except SnucError as e:
+        raise SnucError(f"artefact {where}: manifest.json's target is invalid: {e}") from None
+    if "target" in report and report["target"] != target:
+        raise SnucError(
+            f"artefact {where}: manifest.json's target differs from the one {REPORT} records; "
+            "the manifest was edited, recompile the model"
+        )
+    return spec
+
+
+def _check_derived(
+    graph: Graph, spec: TargetSpec, report: Mapping[str, Any], program: str | None, where: str
+) -> None:
+    """A compiled graph's program and report are what the compiler makes of the graph on
+    the target: made again here and compared, so that neither (nor the target they both
+    record) can differ from the IR the runs use. A graph that was not compiled (no
+    crossbar tiles: a hand-built artefact) has no program or report to compare with."""
+    if program is None or not any(isinstance(n.op, CrossbarMVM) for n in graph.nodes()):
+        return
+    # Imported here: the driver imports this module.
+    from snuc.backends.asm import print_program
+    from snuc.backends.program import emit_program
+    from snuc.backends.schedule import schedule_graph
+    from snuc.driver import build_report
+
+    try:
+        schedule = schedule_graph(graph, spec)
+        expected_program = print_program(emit_program(graph, schedule))
+        expected_report = load_json(json_bytes(build_report(graph, spec, schedule)), REPORT)
+    except SnucError as e:
+        raise SnucError(
+            f"artefact {where}: {GRAPH} cannot be scheduled on its target to check "
+            f"{PROGRAM} ({e}); recompile the model"
+        ) from None
+    for name, stored, expected in (
+        (PROGRAM, program, expected_program),
+        (REPORT, report, expected_report),
+    ):
+        if stored != expected:
+            raise SnucError(
+                f"artefact {where}: {name} is not what {GRAPH} compiles to on the "
+                "manifest's target; the artefact was edited, recompile the model"
+            )
 
 
 def _read_graph(text: str, constants: Mapping[str, np.ndarray], where: str) -> Graph:
@@ -341,10 +400,7 @@ def _read_graph(text: str, constants: Mapping[str, np.ndarray], where: str) -> G
 
 
 def _read_report(text: str, where: str) -> dict[str, Any]:
-    try:
-        report = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SnucError(f"artefact {where}: {REPORT} is not valid JSON ({e})") from None
+    report = load_json(text, f"artefact {where}: {REPORT}")
     if not isinstance(report, dict):
         raise SnucError(f"artefact {where}: {REPORT} is not a JSON object")
     return report

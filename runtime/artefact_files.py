@@ -12,22 +12,31 @@ An artefact is a directory, or a zip file of the same members:
 * ``report.json`` -- the compile report (SPEC §7).
 
 Writing is atomic: the members are built under a hidden temporary name beside the target
-and renamed into place only once complete, so an existing artefact is replaced only by a
-whole new one. Reading never executes code and never unpickles: JSON and text are parsed,
-arrays are read with ``allow_pickle=False``, and every member's checksum is verified before
-its content is interpreted. What the members mean (an :class:`~snuc.runtime.artefact.Artefact`)
-is :mod:`snuc.runtime.artefact`'s.
+(``.<name>.<pid>-<random>.tmp``) and put in place only once complete, by one rename or, to
+replace a directory, one atomic exchange (Linux ``renameat2``), so an existing artefact is
+replaced only by a whole new one and the destination is never missing; the next write to
+a path removes the temporaries of earlier writers that were killed. Reading never executes
+code and never unpickles and does no work before its limits are checked: only regular
+files are read (no links, devices or FIFOs); every member's size is checked against its
+limit and, in a zip, against the size the zip declares before anything is inflated; JSON
+goes through :func:`snuc.ir.limits.load_json`; every array's ``.npy`` header is checked
+before the array is read (``allow_pickle=False``); every member's checksum is verified
+before its content is interpreted. What the members mean (an
+:class:`~snuc.runtime.artefact.Artefact`) is :mod:`snuc.runtime.artefact`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -39,6 +48,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from snuc.ir.errors import SnucError
+from snuc.ir.limits import MAX_TENSOR_BYTES_ENV, check_tensor_bytes, load_json, max_tensor_bytes
 
 FORMAT_VERSION = 1
 """The artefact layout this snuc writes and reads; bump it on any incompatible change."""
@@ -57,6 +67,14 @@ _CHUNK_BYTES = 1 << 20
 # Zip members are copied out before they are parsed (np.load must seek, and seeking in a
 # compressed zip member re-reads it); copies up to this size stay in memory.
 _SPOOL_BYTES = 32 << 20
+# Limits checked against what the manifest and the zip directory declare, before a byte is
+# inflated or copied (issue "Hardening"): a manifest is a few KB, the text members of the
+# largest shipped model (PTB) under 2 MB; the arrays follow the tensor limit of
+# snuc.ir.limits, raised with its environment variable for a genuinely larger model.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_TEXT_MEMBER_BYTES = 256 << 20
+_ARRAYS_PER_TENSOR_LIMIT = 4
+"""``arrays.npz`` may hold this many times the one-tensor limit in all."""
 
 # What reading a damaged or foreign zip member raises: a bad CRC or header, corrupt
 # compressed data, an unsupported compression method, encryption.
@@ -121,6 +139,7 @@ def write_artefact(
     as_zip = zip or dest.name.endswith(".zip")
     parent = _output_parent(dest)
     _check_replaceable(dest)
+    _remove_leftovers(dest)
     arrays = {_CONSTANTS_PREFIX + k: v for k, v in constants.items()}
     arrays.update({_EXTRA_PREFIX + k: v for k, v in extra_arrays.items()})
     staging: Path | None = None
@@ -244,7 +263,9 @@ def _claim_sibling(dest: Path, create: Callable[[Path], None]) -> Path:
 def _sibling_name(dest: Path, tag: str) -> Path:
     """An unused hidden name beside ``dest``."""
     while True:
-        candidate = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.{tag}")
+        # The writer's pid lets a later write tell a killed writer's leftovers from a
+        # live one's (see _remove_leftovers).
+        candidate = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(6)}.{tag}")
         if not os.path.lexists(candidate):
             return candidate
 
@@ -279,10 +300,11 @@ def _digest_file(path: Path) -> dict[str, Any]:
     return {"sha256": sha256, "size": size}
 
 
-def _digest_stream(f: IO[bytes]) -> tuple[str, int]:
+def _digest_stream(f: IO[bytes], limit: int | None = None) -> tuple[str, int]:
+    """The sha256 and size of the stream's bytes, of its first ``limit`` at most."""
     digest = hashlib.sha256()
     size = 0
-    while chunk := f.read(_CHUNK_BYTES):
+    while chunk := f.read(_CHUNK_BYTES if limit is None else min(_CHUNK_BYTES, limit - size)):
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
@@ -302,15 +324,20 @@ def _pack_zip(staging: Path, packed: Path) -> None:
 
 
 def _install(built: Path, dest: Path) -> None:
-    """Rename the finished artefact to ``dest``; an existing one goes only after that."""
+    """Put the finished artefact at ``dest`` with no moment at which ``dest`` is missing:
+    one rename, or one exchange of the two paths when ``dest`` is a directory (the old
+    artefact is then at ``built``'s name, which the caller removes)."""
     if not os.path.lexists(dest):
         os.rename(built, dest)
         return
     if built.is_file() and dest.is_file() and not dest.is_symlink():
         os.replace(built, dest)
         return
-    # A directory cannot be replaced in one rename: move the old one aside first, and
-    # back if the new one cannot take its place.
+    if _exchange(built, dest):
+        return
+    # No atomic exchange here (not Linux, or a file system without it): move the old one
+    # aside first, and back if the new one cannot take its place. A kill between the two
+    # renames leaves the old artefact at the hidden ``.old`` name.
     aside = _sibling_name(dest, "old")
     os.rename(dest, aside)
     try:
@@ -319,6 +346,51 @@ def _install(built: Path, dest: Path) -> None:
         os.rename(aside, dest)
         raise
     _remove(aside)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap paths ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or the file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Remove the hidden temporaries of earlier writes to ``dest`` whose process is gone
+    (killed mid-write); a live writer's are left alone."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(\d+)-[0-9a-f]{{12}}\.(?:tmp|old)")
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and not _process_alive(int(match.group(1))):
+            _remove(entry)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or a name that is no pid: leave it
+    return True
 
 
 def _remove(path: Path) -> None:
@@ -337,21 +409,35 @@ def read_artefact(path: str | os.PathLike[str]) -> StoredArtefact:
     """Read an artefact's members (a directory or a zip file) and verify them.
 
     Every member the manifest lists must be present with the recorded size and sha256;
-    members it does not list are never read. Arrays are read with ``allow_pickle=False``.
+    members it does not list are never read. Sizes are checked before any work: a zip
+    member's declared size must be the manifest's and within the member's limit
+    (:data:`MAX_MANIFEST_BYTES`, :data:`MAX_TEXT_MEMBER_BYTES`, the arrays' from
+    :func:`~snuc.ir.limits.max_tensor_bytes`) before it is inflated, and every array's
+    header is checked before the array is read. Only regular files are read: symbolic
+    links, devices and FIFOs are refused. Arrays are read with ``allow_pickle=False``.
 
     Raises:
         SnucError: one line naming the artefact and what is wrong with it (missing, not an
-            artefact, another format version, a missing, truncated or tampered member,
-            an unsafe zip, arrays that would need unpickling).
+            artefact, another format version, a missing, truncated, oversized or tampered
+            member, a member that is not a regular file, an unsafe zip, arrays that would
+            need unpickling).
     """
     where = str(path)
-    source = Path(path)
-    if not source.exists():
-        raise SnucError(f"artefact {where} does not exist")
-    if source.is_dir():
-        return _read(_DirMembers(source), where)
     try:
-        zf = zipfile.ZipFile(source)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SnucError(f"artefact {where} does not exist") from None
+    except OSError as e:
+        raise SnucError(f"cannot read artefact {where}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        return _read(_DirMembers(Path(path), where), where)
+    if not stat.S_ISREG(mode):
+        raise SnucError(
+            f"{where} is not a .snuc artefact: it is neither a directory nor a regular "
+            "file (a device, FIFO or socket is never read)"
+        )
+    try:
+        zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise SnucError(
             f"{where} is not a .snuc artefact: it is neither a directory nor a zip file "
@@ -368,34 +454,62 @@ class _Members(Protocol):
 
     def has(self, name: str) -> bool: ...
 
-    def open(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
-        """A readable, seekable stream of the member's bytes."""
+    def size(self, name: str) -> int:
+        """The member's size as stored (a zip: as its directory declares), read before
+        anything of it; a SnucError if it is not a regular file."""
+        ...
+
+    def open(self, name: str, limit: int) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """A readable, seekable stream of the member's first ``limit`` + 1 bytes at most."""
         ...
 
 
 class _DirMembers:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, where: str) -> None:
         self.root = root
+        self.where = where
 
     def has(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        return os.path.lexists(self.root / name)
+
+    def size(self, name: str) -> int:
+        info = os.lstat(self.root / name)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+            raise SnucError(
+                f"artefact {self.where}: member {name} is {kind}; snuc reads only regular "
+                "files, recompile the model"
+            )
+        return info.st_size
 
     @contextlib.contextmanager
-    def open(self, name: str) -> Iterator[IO[bytes]]:
-        with open(self.root / name, "rb") as f:
+    def open(self, name: str, limit: int) -> Iterator[IO[bytes]]:
+        # O_NOFOLLOW: a member swapped for a link after size() is still not followed.
+        fd = os.open(self.root / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "rb") as f:
             yield f
 
 
 class _ZipMembers:
     def __init__(self, zf: zipfile.ZipFile, where: str) -> None:
-        names = zf.namelist()
-        for name in names:
-            if not _is_safe_name(name.rstrip("/")):
+        infos = zf.infolist()
+        for info in infos:
+            if not _is_safe_name(info.filename.rstrip("/")):
                 raise SnucError(
-                    f"artefact {where}: unsafe zip member name {name!r} (absolute, or "
-                    "with '..'); refusing to read it"
+                    f"artefact {where}: unsafe zip member name {info.filename!r} (absolute, "
+                    "or with '..'); refusing to read it"
                 )
+            # The file type in the Unix mode, where the zip records one (a mode of bare
+            # permission bits, as zipfile writes by default, is a regular file).
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                raise SnucError(
+                    f"artefact {where}: zip member {info.filename!r} is a symbolic link or "
+                    "another non-regular file; refusing to read it"
+                )
+        names = [info.filename for info in infos]
         self.zf = zf
+        self.where = where
         # A zip of the artefact directory itself holds its members under one folder.
         self.prefix = _zip_root(names) or ""
         self.names = set(names)
@@ -403,13 +517,21 @@ class _ZipMembers:
     def has(self, name: str) -> bool:
         return self.prefix + name in self.names
 
+    def size(self, name: str) -> int:
+        return self.zf.getinfo(self.prefix + name).file_size
+
     @contextlib.contextmanager
-    def open(self, name: str) -> Iterator[IO[bytes]]:
+    def open(self, name: str, limit: int) -> Iterator[IO[bytes]]:
         with (
             self.zf.open(self.prefix + name) as member,
             tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as copy,
         ):
-            shutil.copyfileobj(member, copy, _CHUNK_BYTES)
+            # Never more than the limit and one byte: a directory that lies about the
+            # size is caught by the size comparison, not by inflating it all.
+            left = limit + 1
+            while left > 0 and (chunk := member.read(min(_CHUNK_BYTES, left))):
+                copy.write(chunk)
+                left -= len(chunk)
             copy.seek(0)
             yield copy
 
@@ -431,6 +553,15 @@ def _is_safe_name(name: str) -> bool:
     if re.match(r"[A-Za-z]:", name):
         return False
     return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def member_limit(name: str) -> int:
+    """The largest size, in bytes, that member ``name`` may have."""
+    if name == MANIFEST:
+        return MAX_MANIFEST_BYTES
+    if name == ARRAYS:
+        return _ARRAYS_PER_TENSOR_LIMIT * max_tensor_bytes()
+    return MAX_TEXT_MEMBER_BYTES
 
 
 def _read(members: _Members, where: str) -> StoredArtefact:
@@ -463,24 +594,21 @@ def _unprefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.n
 
 
 def _read_manifest(members: _Members, where: str) -> dict[str, Any]:
-    """The manifest, checked for the version and the shape this snuc expects."""
+    """The manifest, checked for its size, the version and the shape this snuc expects."""
     if not members.has(MANIFEST):
         raise SnucError(
             f"{where} is not a .snuc artefact: it has no {MANIFEST} (or it is incomplete)"
         )
     try:
-        with members.open(MANIFEST) as f:
-            raw = f.read()
+        _check_size(MANIFEST, members.size(MANIFEST), where)
+        with members.open(MANIFEST, MAX_MANIFEST_BYTES) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as e:
         raise SnucError(f"artefact {where}: cannot read {MANIFEST}: {e.strerror or e}") from None
     except _DAMAGED_MEMBER_ERRORS as e:
         raise SnucError(f"artefact {where}: {MANIFEST} is unreadable ({_one_line(e)})") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SnucError(
-            f"artefact {where}: {MANIFEST} is not valid JSON ({_one_line(e)})"
-        ) from None
+    _check_size(MANIFEST, len(raw), where)
+    data = load_json(raw, f"artefact {where}: {MANIFEST}")
     if not isinstance(data, dict):
         raise _malformed(where, "it is not a JSON object")
     version = data.get("format_version")
@@ -509,6 +637,21 @@ def _read_manifest(members: _Members, where: str) -> dict[str, Any]:
     return data
 
 
+def _check_size(name: str, size: int, where: str) -> None:
+    """Refuse a member larger than its limit, saying how to raise the arrays' one."""
+    limit = member_limit(name)
+    if size <= limit:
+        return
+    how = (
+        f"; if the model really is this large, raise it with {MAX_TENSOR_BYTES_ENV}=<bytes>"
+        if name == ARRAYS
+        else "; no compiled model has one this large, recompile the model"
+    )
+    raise SnucError(
+        f"artefact {where}: member {name} is {size} bytes, over the limit of {limit} bytes{how}"
+    )
+
+
 _JSON_KINDS = {str: "string", dict: "object", list: "array"}
 
 
@@ -522,6 +665,7 @@ def _check_member_entry(name: str, entry: object, where: str) -> None:
         raise _malformed(where, f"the sha256 of {name} is not 64 lowercase hex digits")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _malformed(where, f"the size of {name} is not a non-negative integer")
+    _check_size(name, size, where)
 
 
 def _malformed(where: str, problem: str) -> SnucError:
@@ -532,11 +676,16 @@ def _malformed(where: str, problem: str) -> SnucError:
 def _verified(
     members: _Members, name: str, entry: Mapping[str, Any], where: str
 ) -> Iterator[IO[bytes]]:
-    """The member's bytes, rewound, once its size and sha256 match the manifest's."""
+    """The member's bytes, rewound, once its size and sha256 match the manifest's; the
+    size it declares is compared first, so that nothing of a mismatched member is read."""
+    expected = entry["size"]
     with contextlib.ExitStack() as stack:
         try:
-            f = stack.enter_context(members.open(name))
-            sha256, size = _digest_stream(f)
+            declared = members.size(name)
+            if declared != expected:
+                raise _tampered(name, f"{declared} bytes", entry, where)
+            f = stack.enter_context(members.open(name, expected))
+            sha256, size = _digest_stream(f, expected + 1)
         except OSError as e:
             raise SnucError(f"artefact {where}: cannot read {name}: {e.strerror or e}") from None
         except _DAMAGED_MEMBER_ERRORS as e:
@@ -544,15 +693,19 @@ def _verified(
                 f"artefact {where}: member {name} is unreadable ({_one_line(e)}); it is "
                 "tampered or truncated, recompile the model"
             ) from None
-        if size != entry["size"] or sha256 != entry["sha256"]:
-            found = f"{size} bytes" if size != entry["size"] else "a different sha256"
-            raise SnucError(
-                f"artefact {where}: member {name} is tampered or truncated ({found}; the "
-                f"manifest says {entry['size']} bytes, sha256 {entry['sha256'][:12]}...); "
-                "recompile the model"
-            )
+        if size != expected or sha256 != entry["sha256"]:
+            found = f"{size} bytes" if size != expected else "a different sha256"
+            raise _tampered(name, found, entry, where)
         f.seek(0)
         yield f
+
+
+def _tampered(name: str, found: str, entry: Mapping[str, Any], where: str) -> SnucError:
+    return SnucError(
+        f"artefact {where}: member {name} is tampered or truncated ({found}; the "
+        f"manifest says {entry['size']} bytes, sha256 {entry['sha256'][:12]}...); "
+        "recompile the model"
+    )
 
 
 def _decode(data: bytes, name: str, where: str) -> str:
@@ -563,7 +716,8 @@ def _decode(data: bytes, name: str, where: str) -> str:
 
 
 def _read_arrays(f: IO[bytes], where: str) -> dict[str, np.ndarray]:
-    """Every array of ``arrays.npz`` by key, refusing anything that needs unpickling."""
+    """Every array of ``arrays.npz`` by key, refusing anything that needs unpickling and
+    any array whose header declares more than the limits allow, before reading it."""
     try:
         npz = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
@@ -572,21 +726,45 @@ def _read_arrays(f: IO[bytes], where: str) -> dict[str, np.ndarray]:
         raise SnucError(f"artefact {where}: {ARRAYS} is a single .npy array, not an .npz archive")
     arrays = {}
     with npz:
+        _check_array_headers(npz, where)
         for key in npz.files:
-            if not key.startswith((_CONSTANTS_PREFIX, _EXTRA_PREFIX)):
-                raise SnucError(
-                    f"artefact {where}: {ARRAYS} holds an unexpected array {key!r}; "
-                    f"expected names under {_CONSTANTS_PREFIX} or {_EXTRA_PREFIX}"
-                )
             try:
                 arrays[key] = npz[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                # An object array raises here: numpy refuses to unpickle it.
                 raise SnucError(
                     f"artefact {where}: array {key!r} in {ARRAYS} cannot be read "
                     f"({_one_line(e)}); snuc never unpickles"
                 ) from None
     return arrays
+
+
+def _check_array_headers(npz: np.lib.npyio.NpzFile, where: str) -> None:
+    """Every member of ``arrays.npz`` is an ``.npy`` array of numbers under an expected
+    name, each within the one-tensor limit and all together within the arrays' limit, as
+    their headers declare (NumPy reads exactly what a header declares)."""
+    from snuc.runtime.io import npy_header
+
+    total = 0
+    for info in npz.zip.infolist():
+        key = info.filename.removesuffix(".npy")
+        if not info.filename.endswith(".npy") or not key.startswith(
+            (_CONSTANTS_PREFIX, _EXTRA_PREFIX)
+        ):
+            raise SnucError(
+                f"artefact {where}: {ARRAYS} holds an unexpected member {info.filename!r}; "
+                f"expected .npy arrays under {_CONSTANTS_PREFIX} or {_EXTRA_PREFIX}"
+            )
+        what = f"artefact {where}: array {key!r} in {ARRAYS}"
+        try:
+            with npz.zip.open(info) as member:
+                shape, dtype = npy_header(member, what)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise SnucError(f"{what} cannot be read ({_one_line(e)})") from None
+        if dtype.hasobject:
+            raise SnucError(f"{what} cannot be read: it holds Python objects; snuc never unpickles")
+        check_tensor_bytes(what, shape, dtype.itemsize)
+        total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+        _check_size(ARRAYS, total, where)
 
 
 def _one_line(error: BaseException) -> str:

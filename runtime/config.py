@@ -157,13 +157,26 @@ def check_seed(seed: int) -> int:
     return seed
 
 
+MAX_T_INFERENCE_S = 1e12
+"""The latest read time accepted (about 31,700 years): far past any device's life, and
+early enough that the drift and read-noise factors stay finite (at 1e308 s they overflow
+and every output is NaN)."""
+
+
 def check_t_inference_s(t_inference_s: float) -> float:
-    """A time since programming: a finite, non-negative number of seconds."""
+    """A time since programming: a finite, non-negative number of seconds, at most
+    :data:`MAX_T_INFERENCE_S`."""
     t = t_inference_s
     if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
         raise SnucError(
             f"t_inference_s {t!r} is not valid; expected a finite, non-negative number of "
             "seconds since programming"
+        )
+    if t > MAX_T_INFERENCE_S:
+        raise SnucError(
+            f"t_inference_s {t!r} is beyond the drift model's range; at most "
+            f"{MAX_T_INFERENCE_S:g} seconds (about 31,700 years), where its factors still "
+            "fit in floating point"
         )
     return t
 

@@ -6,28 +6,68 @@ beside the destination and renamed into place, so a failed run leaves nothing be
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from snuc.ir.errors import SnucError
+from snuc.ir.limits import check_tensor_bytes
 
 
 def read_array(path: str | os.PathLike, what: str = "input file") -> np.ndarray:
     """The array in a ``.npy`` file, never unpickled; a one-line SnucError naming ``what``
-    and the path if it is missing, not an array file, or an array of Python objects."""
+    and the path if it is missing, not a regular file, empty, not an array file, an array
+    of Python objects, or larger than :func:`~snuc.ir.limits.check_tensor_bytes` allows
+    (checked from its header, before the data is read)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SnucError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise SnucError(f"{what} {path} is not a regular file")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        array = None
+        f = open(path, "rb")  # noqa: SIM115 -- closed by the with below; its error is ours
+    except OSError as e:
+        raise SnucError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    with f:
+        if not f.read(1):
+            raise SnucError(f"{what} {path} is empty; expected a .npy array")
+        f.seek(0)
+        shape, dtype = npy_header(f, f"{what} {path}")
+        check_tensor_bytes(f"{what} {path}", shape, dtype.itemsize)
+        f.seek(0)
+        try:
+            array = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            array = None
     if not isinstance(array, np.ndarray):
         raise SnucError(f"{what} {path} is not a .npy array of numbers")
     return array
+
+
+def npy_header(f: IO[bytes], what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an ``.npy`` stream's header declares, read without its data.
+
+    Raises:
+        SnucError: not an ``.npy`` header, or one of an unknown version.
+    """
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in readers:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = readers[version](f)
+    except (ValueError, EOFError, SyntaxError) as e:
+        raise SnucError(
+            f"{what} is not a .npy array of numbers ({' '.join(str(e).split())})"
+        ) from None
+    return shape, dtype
 
 
 def read_input(path: str | os.PathLike) -> np.ndarray:
@@ -61,6 +101,7 @@ def write_outputs(path: str | os.PathLike, outputs: np.ndarray | Mapping[str, np
                 np.save(f, outputs, allow_pickle=False)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a read-only file system: nothing to remove
+            tmp.unlink(missing_ok=True)
         raise SnucError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -7,13 +7,17 @@ on stderr and no traceback; 1 for an internal error (the traceback with ``--debu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from snuc import __version__
 from snuc.ir.errors import SnucError
@@ -180,6 +184,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--backend", choices=["numpy", "sim"], default="numpy",
         help="sim: the cycle-level simulator (same outputs; adds energy and time per step)",
     )  # fmt: skip
+    ev.add_argument(
+        "--progress",
+        action="store_true",
+        help="report each configuration on stderr even when it is not a terminal",
+    )
     ev.set_defaults(handler=_cmd_eval)
     return parser
 
@@ -196,6 +205,23 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
+    with _warnings_as_lines():
+        return _compile(args)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """NumPy's RuntimeWarnings while reading a model (e.g. a NaN initial state, which the
+    importer then refuses) held back: dropped when an error follows, which says what is
+    wrong in one line; otherwise each distinct one as a line ``snuc: warning: ...``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"snuc: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _compile(args: argparse.Namespace) -> int:
     from snuc import driver
 
     state_pairs = dict(args.state) or None
@@ -247,7 +273,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     art = load(args.artefact)
     x = read_input(args.input)
+    _check_finite(x, f"input file {args.input}")
     out = Path(args.output) if args.output else default_output_path(args.input, len(art.outputs))
+    _check_not_input(out, args.input)
     config = RunConfig(
         mode=args.mode,
         seed=args.seed,
@@ -255,9 +283,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         drift_compensation=None if args.no_drift_compensation else "global",
         batch_size=args.batch_size,
     )
-    y = art.run(x, config, backend=args.backend, progress=sys.stderr.isatty())
+    if args.diagnostics and (x.ndim < 2 or 0 in x.shape[:2]):
+        raise SnucError(
+            f"--diagnostics needs at least one timestep and one sequence; input file "
+            f"{args.input} has shape {list(x.shape)}"
+        )
+    with _numerical_errors():
+        y = art.run(x, config, backend=args.backend, progress=sys.stderr.isatty())
     written = write_outputs(out, y)
     print(f"wrote {written}", file=sys.stderr)
+    _warn_non_finite(y)
     if args.backend == "sim":
         from snuc.runtime.simulator import format_stats
 
@@ -266,9 +301,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from snuc.diagnostics import format_diagnostics, layer_diagnostics
         from snuc.ir.target import TargetSpec
 
-        rows = layer_diagnostics(art.graph, x, config, TargetSpec.from_dict(art.target))
+        with _numerical_errors():
+            rows = layer_diagnostics(art.graph, x, config, TargetSpec.from_dict(art.target))
         sys.stdout.write(format_diagnostics(rows, args.mode))
     return EXIT_OK
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    """Refuse NaN or infinite inputs: a run would carry them silently into the outputs."""
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise SnucError(f"{what} holds {bad} NaN or infinite value(s); inputs must be finite")
+
+
+def _check_not_input(out: Path, input_path: str) -> None:
+    """Refuse an output that is the input file under any name (a link, another path)."""
+    with contextlib.suppress(OSError):
+        if out.exists() and os.path.samefile(out, input_path):
+            raise SnucError(
+                f"the output {out} is the input file {input_path}; writing it would destroy "
+                "the input, choose another -o"
+            )
+
+
+@contextlib.contextmanager
+def _numerical_errors() -> Iterator[None]:
+    """NumPy's RuntimeWarnings (an invalid value, a mean of nothing) as one-line errors:
+    in a run they mean inputs or model constants it cannot compute with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            yield
+        except RuntimeWarning as w:
+            raise SnucError(
+                f"the run hit a numerical error ({w}); the model's constants (e.g. an "
+                "initial state) or the inputs hold values it cannot compute with"
+            ) from None
+
+
+def _warn_non_finite(outputs: np.ndarray | Mapping[str, np.ndarray]) -> None:
+    """One warning line when any output is NaN or infinite."""
+    arrays = outputs.values() if isinstance(outputs, Mapping) else [outputs]
+    bad = sum(int(a.size - np.count_nonzero(np.isfinite(a))) for a in arrays)
+    if bad:
+        total = sum(a.size for a in arrays)
+        print(f"snuc: warning: {bad} of {total} output values are NaN or infinite", file=sys.stderr)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -315,7 +392,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         steps=args.steps,
         columns=args.columns,
         backend=args.backend,
-        progress=True,
+        progress=args.progress or sys.stderr.isatty(),
     )
     sys.stdout.write(ev.format_results(rows))
     for path, render in writers:

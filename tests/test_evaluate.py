@@ -420,7 +420,7 @@ def test_cli_eval_prints_the_table_and_writes_csv_and_markdown(
     status, out, err = run_cli(
         capsys, "eval", models["jsb"], "--task", "jsb", "--data-dir", data_dir, "--limit", 5,
         "--modes", "float,pcm", "--seeds", "0,1", "--t-inference", "1,1y",
-        "--drift-compensation", "on", "--csv", out_csv, "--markdown", out_md,
+        "--drift-compensation", "on", "--csv", out_csv, "--markdown", out_md, "--progress",
     )  # fmt: skip
     assert status == 0, err
     lines = out.splitlines()
@@ -428,7 +428,7 @@ def test_cli_eval_prints_the_table_and_writes_csv_and_markdown(
     assert lines[2].split()[:3] == ["jsb", "pcm-256x256", "float"]
     assert lines[3].split()[2:6] == ["pcm", "1", "s", "global"] and lines[3].endswith("2")
     assert lines[4].split()[3:5] == ["1", "year"]
-    # No terminal: one progress line per configuration.
+    # No terminal, --progress: one progress line per configuration.
     assert err.count("snuc eval [") == 5 and "wrote" in err
     records = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert [r["kind"] for r in records] == ["run"] * 5 + ["mean"] * 3

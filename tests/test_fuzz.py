@@ -1,5 +1,5 @@
 """Fuzzing the readers of untrusted input (issue "Hardening"): the ONNX importer, the IR
-text parser and the target parser.
+text parser, the target parser and the artefact loader.
 
 Each test mutates a valid input the way a fuzzer would — structural edits of the ONNX
 protobuf (sizes, dims, ops, names, attributes, dropped parts), byte edits of its
@@ -16,10 +16,15 @@ CI run is reproducible; the whole module takes well under a minute.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
+import tempfile
 import tracemalloc
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -33,6 +38,7 @@ from snuc.frontend.onnx_import import import_onnx
 from snuc.ir.errors import SnucError
 from snuc.ir.target import PARAMS, parse_target
 from snuc.ir.text import large_constants, parse_graph, print_graph
+from snuc.runtime.artefact import load
 
 FUZZ_EXAMPLES = int(os.environ.get("SNUC_FUZZ_EXAMPLES", "150"))
 MEMORY_BOUND_BYTES = 512 << 20
@@ -308,3 +314,126 @@ def test_target_names_are_read_or_refused(name):
 def test_fuzz_seeds_are_valid(seed):
     """The mutations start from inputs that import: a broken seed would fuzz nothing."""
     assert len(import_onnx(SEEDS[seed])) > 0
+
+
+# ------------------------------------------------------------------ artefacts
+
+
+def _seed_artefact() -> dict[str, bytes]:
+    """The members of a compiled example artefact, by name."""
+    from snuc.driver import compile_model
+
+    model = Path(__file__).resolve().parent.parent / "examples" / "snu_small.onnx"
+    with tempfile.TemporaryDirectory() as scratch:
+        path = compile_model(model).save(Path(scratch) / "a.snuc")
+        return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+ARTEFACT = _seed_artefact()
+_MANIFEST_FIELDS = [
+    ("format_version",),
+    ("source",),
+    ("inputs",),
+    ("outputs",),
+    ("target", "rows"),
+    ("target", "prog_noise_scale"),
+    ("target", "name"),
+    ("members", "arrays.npz", "size"),
+    ("members", "report.json", "size"),
+    ("members", "graph.ir", "sha256"),
+    ("members", "program.s"),
+    ("members", "../x"),
+]
+_RAW = "@@raw@@"
+_JSON_VALUES = st.sampled_from(
+    [None, 0, -1, 1, 2, 10**12, 2**63, 1.5, "", "x", "T", [], [1], {}, {"a": []}, True]
+) | st.sampled_from(["9" * 5000, "[" * 5000 + "]" * 5000, "1e999", "-1e999", "NaN"]).map(
+    lambda raw: (_RAW, raw)
+)
+"""JSON values for a manifest field; ``(_RAW, text)``: text spliced in as it is (a number
+beyond Python's digit limit, nesting beyond the recursion limit, what json.dumps refuses)."""
+
+
+def _artefact_at(directory: Path, members: dict[str, bytes], as_zip: bool) -> Path:
+    if not as_zip:
+        root = directory / "a.snuc"
+        root.mkdir()
+        for name, data in members.items():
+            (root / name).write_bytes(data)
+        return root
+    path = directory / "a.snuc.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _with_checksum(members: dict[str, bytes], name: str) -> None:
+    """Record member ``name``'s new checksum in the manifest, as a tamperer would."""
+    manifest = json.loads(members["manifest.json"])
+    data = members[name]
+    manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    members["manifest.json"] = json.dumps(manifest).encode()
+
+
+@FUZZ
+@given(
+    name=st.sampled_from(sorted(ARTEFACT)),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.floats(0.0, 1.0),
+    recompute=st.booleans(),
+    as_zip=st.booleans(),
+)
+def test_artefact_loader_survives_member_mutations(
+    tmp_path_factory, name, edits, cut, recompute, as_zip
+):
+    members = dict(ARTEFACT)
+    data = bytearray(members[name])
+    for where, byte in edits:
+        data[int(where * (len(data) - 1))] = byte
+    members[name] = bytes(data[: int(cut * len(data)) or len(data)])
+    if recompute and name != "manifest.json":
+        _with_checksum(members, name)
+    path = _artefact_at(tmp_path_factory.mktemp("fuzz"), members, as_zip)
+    with bounded_memory():
+        succeeds_or_refuses(lambda: load(path))
+
+
+@FUZZ
+@given(field=st.sampled_from(_MANIFEST_FIELDS), value=_JSON_VALUES, as_zip=st.booleans())
+def test_artefact_loader_survives_manifest_edits(tmp_path_factory, field, value, as_zip):
+    manifest = json.loads(ARTEFACT["manifest.json"])
+    node = manifest
+    for key in field[:-1]:
+        node = node[key]
+    raw = value[1] if isinstance(value, tuple) else None
+    node[field[-1]] = _RAW if raw is not None else value
+    text = json.dumps(manifest)
+    if raw is not None:
+        text = text.replace(json.dumps(_RAW), raw)
+    members = {**ARTEFACT, "manifest.json": text.encode()}
+    path = _artefact_at(tmp_path_factory.mktemp("fuzz"), members, as_zip)
+    with bounded_memory():
+        succeeds_or_refuses(lambda: load(path))
+
+
+@FUZZ
+@given(
+    edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.floats(0.0, 1.0),
+)
+def test_artefact_loader_survives_zip_mutations(tmp_path_factory, edits, cut):
+    directory = tmp_path_factory.mktemp("fuzz")
+    path = _artefact_at(directory, ARTEFACT, as_zip=True)
+    data = bytearray(path.read_bytes())
+    for where, byte in edits:
+        data[int(where * (len(data) - 1))] = byte
+    path.write_bytes(bytes(data[: int(cut * len(data)) or len(data)]))
+    with bounded_memory():
+        succeeds_or_refuses(lambda: load(path))
+
+
+def test_artefact_seed_loads():
+    """The artefact mutations start from one that loads."""
+    with tempfile.TemporaryDirectory() as scratch:
+        assert load(_artefact_at(Path(scratch), ARTEFACT, as_zip=True)).program
