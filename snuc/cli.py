@@ -179,6 +179,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--csv", default=None, metavar="OUT.csv", help="every run and the means")
     ev.add_argument("--markdown", default=None, metavar="OUT.md", help="the means as a table")
     ev.add_argument("--steps", type=int, default=20, help="mnist: rate-coding steps")
+    ev.add_argument(
+        "--coding-seeds", default="0", metavar="LIST",
+        help="mnist: seeds of the rate coding; the mean pools codings and chips",
+    )  # fmt: skip
     ev.add_argument("--columns", type=int, default=10, help="ptb: columns of the token stream")
     ev.add_argument(
         "--backend", choices=["numpy", "sim"], default="numpy",
@@ -391,6 +395,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         steps=args.steps,
         columns=args.columns,
+        coding_seeds=ev.parse_seeds(args.coding_seeds, "--coding-seeds"),
         backend=args.backend,
         progress=args.progress or sys.stderr.isatty(),
     )

@@ -37,6 +37,7 @@ RUN_FIELDS = (
     "t_inference_s",
     "drift_compensation",
     "seed",
+    "coding_seed",
     "metric",
     "value",
     "count",
@@ -44,7 +45,8 @@ RUN_FIELDS = (
     "timestep_ns",
 )
 """Keys of a row of :func:`~snuc.evaluate.evaluate`: one run. ``t_inference_s``,
-``drift_compensation`` and ``seed`` are None in the deterministic modes;
+``drift_compensation`` and ``seed`` are None in the deterministic modes; ``coding_seed``
+seeds the input coding of a task with coded inputs (mnist), None for the others;
 ``drift_compensation`` is ``"global"``, ``"column"`` or ``"off"`` in pcm mode; ``count``
 is how many frames, images or tokens were scored. ``backend`` is ``numpy`` or ``sim``;
 with ``sim``, ``energy_nj_per_step`` is the simulated chip's energy per sequence per
@@ -68,8 +70,10 @@ AGGREGATE_FIELDS = (
     "energy_nj_per_step",
     "timestep_ns",
 )
-"""Keys of a row of :func:`aggregate`: one configuration over its seeds. ``std`` is the
-sample standard deviation (ddof 1), None with fewer than two seeds; the energy and time
+"""Keys of a row of :func:`aggregate`: one configuration over its seeds: the chips'
+(``seed``) and, for a task with coded inputs (mnist), the codings' (``coding_seed``);
+``n_seeds`` counts the runs pooled. ``std`` is the sample standard deviation (ddof 1),
+None with fewer than two runs; the energy and time
 per step are means over the seeds (None with the ``numpy`` backend)."""
 
 CSV_FIELDS = (
@@ -84,6 +88,7 @@ CSV_FIELDS = (
     "t_inference",
     "drift_compensation",
     "seed",
+    "coding_seed",
     "metric",
     "value",
     "std",
@@ -181,7 +186,7 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
             format_duration(r["t_inference_s"]),
             r["drift_compensation"] or "-",
             _metric_text(r),
-            "-" if r["mode"] in DETERMINISTIC_MODES else str(r["n_seeds"]),
+            "-" if r["mode"] in DETERMINISTIC_MODES and r["n_seeds"] == 1 else str(r["n_seeds"]),
         ]
         for r in aggregated
     ]

@@ -98,6 +98,8 @@ class Task:
         feed: ``feed(piece, artefact)`` the array to run.
         score: ``score(outputs, piece)`` the ``(sum, count)`` to pool over chunks.
         finish: ``finish(sum, count)`` the metric.
+        coded: whether the inputs are a random coding of the data (MNIST's rate coding),
+            so that a score depends on the coding seed (``snuc eval --coding-seeds``).
     """
 
     name: str
@@ -111,6 +113,7 @@ class Task:
     feed: Callable[[Piece, Artefact], np.ndarray]
     score: Callable[[np.ndarray, Piece], tuple[float, int]]
     finish: Callable[[float, int], float]
+    coded: bool = False
 
 
 def _single_io(art: Artefact, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -332,6 +335,7 @@ TASKS: dict[str, Task] = {
         feed=_feed_mnist,
         score=_score_mnist,
         finish=_finish_accuracy,
+        coded=True,
     ),
     "ptb": Task(
         name="ptb",

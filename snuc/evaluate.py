@@ -186,7 +186,7 @@ def evaluate(
     limit: int | None = None,
     steps: int = MNIST_STEPS,
     columns: int = PTB_COLUMNS,
-    coding_seed: int = 0,
+    coding_seeds: int | Sequence[int] = 0,
     backend: str = "numpy",
     loader: Callable[[str, Any], Any] | None = None,
     progress: bool = False,
@@ -218,7 +218,9 @@ def evaluate(
         limit: score only the first ``limit`` chorales, images or tokens.
         steps: mnist only: time steps of the rate coding.
         columns: ptb only: columns the token stream is cut into.
-        coding_seed: mnist only: seeds the rate coding (independent of the chip seed).
+        coding_seeds: mnist only: the seeds of the rate coding (independent of the chip
+            seed); every configuration runs once per coding, and :func:`aggregate` pools
+            the codings with the chips.
         backend: ``"numpy"`` or ``"sim"`` (the cycle-level simulator: the same outputs,
             and the rows get its energy and time per step).
         loader: replaces the task's loader, ``loader(split, data_dir)``, returning what
@@ -248,39 +250,69 @@ def evaluate(
         limit=_optional_positive(limit, "limit"),
         steps=_positive(steps, "steps"),
         columns=_positive(columns, "columns"),
-        coding_seed=_non_negative(coding_seed, "coding_seed"),
+        coding_seed=0,
     )
+    codings = _checked_seeds(_as_list(coding_seeds), "coding seed")
+    if not spec.coded and codings != (0,):
+        raise SnucError(
+            f"coding seeds apply to tasks with coded inputs (mnist); {spec.name}'s inputs "
+            f"are its data"
+        )
     artefacts = _artefacts(model, None if targets is None else _as_list(targets), chips)
     configs = _configs(modes, seed_list, times, compensations)
     data = (loader or spec.loader)(split, data_dir)
 
     rows: list[dict[str, Any]] = []
-    total = len(artefacts) * len(configs)
+    total = len(artefacts) * len(codings) * len(configs)
     with _reporter(progress, total) as report:
         for target_name, get_artefact in artefacts:
             art = get_artefact()
             spec.check(art)
-            pieces = spec.prepare(data, art, options)
-            for config in configs:
-                value, count, measured = _score(art, spec, pieces, config, backend)
-                row = {
-                    "task": spec.name,
+            for coding in codings:
+                pieces = spec.prepare(data, art, dataclasses.replace(options, coding_seed=coding))
+                fields = {
                     "split": split,
                     "model": art.source or _model_name(model),
                     "target": target_name,
-                    "backend": backend,
-                    "mode": config.mode,
-                    **_chip_fields(config),
-                    "metric": spec.metric,
-                    "value": value,
-                    "count": count,
-                    **measured,
                 }
-                rows.append(row)
-                report(
-                    f"{spec.name} {target_name} {_describe(config)}: "
-                    f"{spec.metric} {value:.{spec.digits + 1}f}"
-                )
+                coded = coding if spec.coded else None
+                rows += _score_configs(art, spec, pieces, configs, backend, report, fields, coded)
+    return rows
+
+
+def _score_configs(
+    art: Artefact,
+    spec: Task,
+    pieces: list[Piece],
+    configs: Sequence[RunConfig],
+    backend: str,
+    report: Callable[[str], None],
+    fields: dict[str, Any],
+    coding: int | None,
+) -> list[dict[str, Any]]:
+    """The rows of every configuration on one artefact and one coding of the data
+    (``coding``: its seed, None for a task whose inputs are not coded)."""
+    rows = []
+    for config in configs:
+        value, count, measured = _score(art, spec, pieces, config, backend)
+        row = {
+            "task": spec.name,
+            **fields,
+            "backend": backend,
+            "mode": config.mode,
+            **_chip_fields(config),
+            "coding_seed": coding,
+            "metric": spec.metric,
+            "value": value,
+            "count": count,
+            **measured,
+        }
+        rows.append({key: row[key] for key in RUN_FIELDS})
+        coded = "" if coding is None else f" coding={coding}"
+        report(
+            f"{spec.name} {fields['target']} {_describe(config)}{coded}: "
+            f"{spec.metric} {value:.{spec.digits + 1}f}"
+        )
     return rows
 
 
@@ -422,11 +454,11 @@ def _checked_times(times: Sequence[float]) -> tuple[float, ...]:
     return tuple(checked)
 
 
-def _checked_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+def _checked_seeds(seeds: Sequence[int], what: str = "seed") -> tuple[int, ...]:
     checked = tuple(int(check_seed(s)) for s in seeds)
     if not checked:
-        raise SnucError("the list of seeds is empty; give at least one")
-    _no_duplicates(checked, "seed")
+        raise SnucError(f"the list of {what}s is empty; give at least one")
+    _no_duplicates(checked, what)
     return checked
 
 
@@ -475,12 +507,6 @@ def _optional_positive(value: Any, what: str) -> int | None:
     return None if value is None else _positive(value, what)
 
 
-def _non_negative(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise SnucError(f"{what} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------- parsing lists
 
 
@@ -522,18 +548,18 @@ def parse_times(text: str) -> list[float]:
     return list(_checked_times(times))
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``--seeds``: non-negative integers, e.g. ``"0,1,2,3,4"``.
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """``--seeds`` (or ``--coding-seeds``): non-negative integers, e.g. ``"0,1,2,3,4"``.
 
     Raises:
         SnucError: an empty item, something that is not a non-negative integer, a repeat.
     """
     seeds = []
-    for item in _items(text, "--seeds"):
-        if not item.isdigit():
-            raise SnucError(f"--seeds item {item!r} is not a non-negative integer")
+    for item in _items(text, option):
+        if not (item.isascii() and item.isdigit()):
+            raise SnucError(f"{option} item {item!r} is not a non-negative integer")
         seeds.append(int(item))
-    return list(_checked_seeds(seeds))
+    return list(_checked_seeds(seeds, "seed" if option == "--seeds" else "coding seed"))
 
 
 def parse_compensation(text: str) -> list[str | None]:

@@ -136,6 +136,31 @@ def test_mnist_float_accuracy_equals_onnxruntime(models, data_dir) -> None:
     assert 0.0 < want < 100.0  # the check would be weak on a constant classifier
 
 
+def test_coding_seeds_run_every_configuration_once_per_coding(models, data_dir) -> None:
+    """Each coding seed's rows equal a sweep with that seed alone; the mean pools them."""
+    images, _ = load_mnist("test", data_dir)
+    images = images[:40]
+    # Labels that the float model meets exactly under coding 3: coding 5 then scores
+    # less, unless the seed were ignored.
+    spikes, _ = next(iter_scoring_spikes(images, np.zeros(40, np.int64), 6, coding_seed=3))
+    labels = predictions_from_counts(_onnxruntime(models["mnist"], spikes.astype(np.float32)))
+    options = {"modes": ["float", "pcm"], "seeds": [0, 1], "t_inference_s": [3600.0]}
+    options |= {"drift_compensation": [True], "steps": 6, "loader": lambda s, d: (images, labels)}
+    both = ev.evaluate(models["mnist"], "mnist", coding_seeds=[3, 5], **options)
+    assert [(r["coding_seed"], r["mode"], r["seed"]) for r in both] == [
+        (c, m, s) for c in (3, 5) for m, s in (("float", None), ("pcm", 0), ("pcm", 1))
+    ]
+    for coding in (3, 5):
+        alone = ev.evaluate(models["mnist"], "mnist", coding_seeds=coding, **options)
+        assert alone == [r for r in both if r["coding_seed"] == coding]
+    floats = [r["value"] for r in both if r["mode"] == "float"]
+    assert floats[0] == 100.0 and floats[1] < 100.0
+    means = ev.aggregate(both)
+    assert [(m["mode"], m["n_seeds"]) for m in means] == [("float", 2), ("pcm", 4)]
+    assert means[0]["mean"] == pytest.approx(sum(floats) / 2)
+    assert "| 2 |" in ev.to_markdown(both)  # the float row counts its two codings
+
+
 def test_ptb_whole_columns_equal_windows_with_carried_state(nets, models) -> None:
     ids = _synthetic_ids()
     columns, window = 4, 7
@@ -254,6 +279,7 @@ def _run_row(mode: str, value: float, seed=None, t=None, comp=None) -> dict:
         "t_inference_s": t,
         "drift_compensation": comp,
         "seed": seed,
+        "coding_seed": None,
         "metric": "nll",
         "value": value,
         "count": 4648,
@@ -469,6 +495,9 @@ def test_cli_eval_of_an_artefact_checks_its_target(models, tmp_path, capsys) -> 
         (["--task", "jsb", "--modes", "analog"], ["unknown mode 'analog'"]),
         (["--task", "jsb", "--t-inference", "-5"], ["non-negative"]),
         (["--task", "jsb", "--seeds", "0;1"], ["not a non-negative integer"]),
+        (["--task", "jsb", "--coding-seeds", "0,1"], ["coding seeds apply", "mnist"]),
+        (["--task", "jsb", "--coding-seeds", "1,1"], ["coding seed 1", "twice"]),
+        (["--task", "jsb", "--coding-seeds", "\uff11"], ["--coding-seeds item"]),
         (["--task", "jsb", "--drift-compensation", "yes"], ["not one of on, off"]),
         (["--task", "jsb", "--limit", "0"], ["limit must be a positive integer"]),
         (["--task", "jsb", "--batch-size", "-2"], ["batch_size must be a positive integer"]),
