@@ -475,24 +475,16 @@ def vector_kernel(
     alloc: Allocator,
     spikes: int | None,
 ) -> Kernel:
-    """A vector instruction: the NumPy backend's kernel of its IR op, writing into its
-    result buffers; with ``spikes`` (a tally index) it also counts its spikes (its last
-    result: the neuron update's ``y`` or a step's output).
-
-    The ops of the usual networks (element-wise arithmetic, sigmoid, the SNU update with
-    a step, concatenation) take :func:`step_kernel`: the same ufuncs in the same order,
-    with less overhead per call on a timestep's few hundred elements."""
+    """A vector instruction: the NumPy backend's kernel of its IR op
+    (:func:`plan_kernels.node_kernel`), writing into its result buffers; with ``spikes``
+    (a tally index) it also counts its spikes (its last result: the neuron update's ``y``
+    or a step's output)."""
     node = Node(
         instr.ir_op(),
         tuple(name[1:] for name in instr.srcs),
         tuple(name[1:] for name in instr.dsts),
     )
-    kernel = step_kernel(
-        node, ins, outs, types=types, constants=constants, alloc=alloc, spikes=spikes
-    )
-    if kernel is not None:
-        return kernel
-    kernel = kernels.node_kernel(
+    return kernels.node_kernel(
         node,
         ins,
         outs,
@@ -501,168 +493,8 @@ def vector_kernel(
         invariants=constants,
         chips={},
         alloc=alloc,
+        tally=None if spikes is None else (TALLY, spikes),
     )
-    if spikes is None:
-        return kernel
-    y = outs[-1]
-    count = _count_nonzero
-
-    def counted(s: list) -> None:
-        kernel(s)
-        s[TALLY][spikes] += count(s[y])
-
-    return counted
-
-
-_ARITHMETIC = {"dig.add": np.add, "dig.sub": np.subtract, "dig.mul": np.multiply}
-
-
-def step_kernel(
-    node: Node,
-    ins: list[int],
-    outs: list[int],
-    *,
-    types: Mapping[str, TensorType],
-    constants: Mapping[str, np.ndarray],
-    alloc: Allocator,
-    spikes: int | None,
-) -> Kernel | None:
-    """The kernel :func:`plan_kernels.node_kernel` makes for ``node``, computing the same
-    values with the same ufuncs in the same order, for one timestep's arrays: outputs
-    passed positionally (``maximum`` aside, which takes them by keyword only), NumPy's
-    functions bound once, a bool result assigned instead of copied; None for the ops it
-    does not cover (the NumPy backend's kernel then runs as it is).
-
-    Covered: ``dig.add``, ``dig.sub``, ``dig.mul`` and a float ``dig.div`` of operands of
-    the result's dtype, ``dig.sigmoid``, ``snu.layer`` with a step (which adds its spikes
-    to the tally at index ``spikes``) and ``dig.concat`` of operands of the result's dtype.
-    """
-    name = node.op.NAME
-    type_ = types[node.outputs[0]]
-    dtype, shape = type_.np_dtype, type_.shape
-    same = all(types[v].np_dtype == dtype for v in node.inputs if v in types)
-    same = same and all(constants[v].dtype == dtype for v in node.inputs if v in constants)
-
-    def operand(i: int, negate: bool = False) -> int:
-        """Operand i's slot; a constant one broadcast to the result's shape (as
-        ``node_kernel`` does, so the ufunc takes its fastest path)."""
-        value = constants.get(node.inputs[i])
-        if value is None or value.dtype != dtype:
-            return ins[i]
-        return alloc.full(-value if negate else value, shape)
-
-    def constant(v: float) -> int:
-        return alloc.full(np.asarray(v, dtype), shape)
-
-    if spikes is not None and not (name == "snu.layer" and node.op.h == "step"):
-        return None
-    if (name in _ARITHMETIC or (name == "dig.div" and dtype.kind == "f")) and same:
-        ufunc = _ARITHMETIC.get(name, np.divide)
-        return _binary(ufunc, operand(0), operand(1), outs[0])
-    if name == "dig.sigmoid":
-        temps = [alloc.temp(dtype, shape) for _ in range(3)] + [alloc.temp(np.bool_, shape)]
-        return _sigmoid(ins[0], outs[0], (*temps, constant(1), constant(0), constant(-1)))
-    if name == "snu.layer" and node.op.h == "step":
-        threshold = node.inputs[4] in constants
-        operands = (ins[0], ins[1], ins[2], operand(3), operand(4, negate=threshold))
-        temps = (alloc.temp(dtype, shape), alloc.temp(dtype, shape), constant(1), constant(0))
-        spike = alloc.temp(np.bool_, shape)
-        relu = node.op.g == "relu"
-        return _snu_step(operands, outs[0], outs[1], (*temps, spike), relu, threshold, spikes)
-    if name == "dig.concat" and same:
-        return _concat(ins, [types[v].shape for v in node.inputs], node.op.axis, outs[0])
-    return None
-
-
-def _binary(ufunc: np.ufunc, x: int, y: int, out: int) -> Kernel:
-    """``out = ufunc(x, y)``."""
-
-    def kernel(s: list) -> None:
-        ufunc(s[x], s[y], s[out])
-
-    return kernel
-
-
-def _sigmoid(x: int, out: int, temps: tuple[int, ...]) -> Kernel:
-    """``plan_kernels._sigmoid``: ``max(e, x >= 0) / (1 + e)``, ``e = exp(-|x|)``, with
-    ``-|x|`` as ``copysign(x, -1)`` (the same bits as ``negative(absolute(x))``, NaN
-    included: both leave the magnitude and set the sign)."""
-    e, d, num, nonnegative, ones, zeros, minus_ones = temps
-    copysign, exp, add = np.copysign, np.exp, np.add
-    greater_equal, maximum, divide = np.greater_equal, np.maximum, np.divide
-
-    def kernel(s: list) -> None:
-        xs, te, tn = s[x], s[e], s[num]
-        copysign(xs, s[minus_ones], te)
-        exp(te, te)
-        add(s[ones], te, s[d])
-        flags = s[nonnegative]
-        greater_equal(xs, s[zeros], flags)
-        tn[...] = flags
-        maximum(te, tn, out=tn)
-        divide(tn, s[d], s[out])
-
-    return kernel
-
-
-def _snu_step(
-    operands: tuple[int, ...],
-    s_out: int,
-    y_out: int,
-    temps: tuple[int, ...],
-    relu: bool,
-    threshold: bool,
-    spikes: int | None,
-) -> Kernel:
-    """``plan_kernels.snu_layer`` with ``h = step``: ``s = g(a + decay * s_prev * (1 -
-    y_prev))``, ``y = s + bias > 0`` (``s > -bias`` with ``threshold``: the bias slot
-    holds ``-bias``); with ``spikes``, y's spikes add up in the tally at that index."""
-    a, s_prev, y_prev, decay, bias = operands
-    u, v, ones, zeros, spike = temps
-    subtract, multiply, add, maximum, greater = (
-        np.subtract,
-        np.multiply,
-        np.add,
-        np.maximum,
-        np.greater,
-    )
-    count = _count_nonzero
-
-    def kernel(s: list) -> None:
-        tu, tv, st, flags = s[u], s[v], s[s_out], s[spike]
-        subtract(s[ones], s[y_prev], tu)
-        multiply(s[decay], s[s_prev], tv)
-        multiply(tv, tu, tv)
-        add(s[a], tv, st)
-        if relu:
-            maximum(st, s[zeros], out=st)
-        if threshold:
-            greater(st, s[bias], flags)
-        else:
-            greater(add(st, s[bias], tu), s[zeros], flags)
-        s[y_out][...] = flags
-        if spikes is not None:
-            s[TALLY][spikes] += count(flags)
-
-    return kernel
-
-
-def _concat(xs: list[int], shapes: list[tuple[Dim, ...]], axis: int, out: int) -> Kernel:
-    """``out = concatenate(xs, axis)``: each operand copied into its part of ``out``."""
-    axis %= len(shapes[0])
-    parts = []
-    lo = 0
-    for x, shape in zip(xs, shapes, strict=True):
-        hi = lo + shape[axis]
-        parts.append((x, (slice(None),) * axis + (slice(lo, hi),)))
-        lo = hi
-
-    def kernel(s: list) -> None:
-        o = s[out]
-        for x, where in parts:
-            o[where] = s[x]
-
-    return kernel
 
 
 def spiking(instr: VectorOp) -> bool:
