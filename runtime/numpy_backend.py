@@ -65,14 +65,9 @@ from snuc.runtime.interpreter import (
 from snuc.runtime.plan_fusion import fuse_float_tiles
 from snuc.runtime.plan_programs import CACHED_SIZES, Program, Runner, compile_step
 from snuc.runtime.plan_schedule import Schedule, schedule
-from snuc.runtime.plan_tiles import (
-    NoiseStream,
-    TileChip,
-    Workspace,
-    block_rows,
-    draw_ahead,
-    program_tiles,
-)
+from snuc.runtime.plan_tiles import TileChip, block_rows, program_tiles
+from snuc.runtime.read_noise import NoiseStream, draw_ahead
+from snuc.runtime.tile_read import Workspace
 
 __all__ = ["BLOCK_ELEMENTS", "Plan", "run_numpy"]
 

@@ -23,7 +23,7 @@ instruction works on ``[B, ...]`` buffers.
 Duplicated tiles (docs/isa.md "Tile duplication"): an instruction tagged ``(K, j)`` runs
 only for timesteps t with ``t mod K == j``; each copy of a tile is its own programmed
 array (pcm), and the copies of one tile share its read-noise block, each taking the rows
-of the timesteps it serves (:class:`~snuc.runtime.sim_ops.StepNoise`).
+of the timesteps it serves (:meth:`~snuc.runtime.read_noise.NoiseStream.serving`).
 
 Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
 the timing simulation: a batch is B sequences streamed through the pipeline back to back
@@ -72,10 +72,12 @@ from snuc.runtime.interpreter import (
     check_run_options,
     sequence_extent,
 )
-from snuc.runtime.plan_tiles import NoiseStream, TileChip, program_tiles
+from snuc.runtime.plan_tiles import TileChip, program_tiles
+from snuc.runtime.read_noise import NoiseStream
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
 from snuc.runtime.sim_stats import COMPONENTS, EnergyRow, LayerSpikes, SimStats, format_stats
 from snuc.runtime.sim_timing import Timing, resolve, simulate_timing
+from snuc.runtime.tile_read import Workspace
 
 __all__ = ["SimPlan", "SimStats", "format_stats", "run_sim"]
 
@@ -729,9 +731,9 @@ class _Compiler:
             converts = converted is None
             if converts:
                 converted = self.conversions[same_input] = table.new(
-                    ops.fixed(lambda kit: ops.Converted(chip, rows_of(kit.batch)))
+                    ops.fixed(lambda kit: Workspace(chip, rows_of(kit.batch)))
                 )
-            work = table.new(ops.fixed(lambda kit: ops.Workspace(chip, rows_of(kit.batch))))
+            work = table.new(ops.fixed(lambda kit: Workspace(chip, rows_of(kit.batch))))
             tag = instr.tag
             if chip.noisy and tag is None:
                 noise = table.new(
@@ -740,9 +742,7 @@ class _Compiler:
             elif chip.noisy:  # a copy of a duplicated tile: the steps it serves
                 noise = table.new(
                     ops.fixed(
-                        lambda kit: kit.step_noise(chip, rows_of(kit.batch) * chip.n_cols).serving(
-                            *tag
-                        )
+                        lambda kit: kit.noise(chip, rows_of(kit.batch) * chip.n_cols).serving(*tag)
                     )
                 )
         driven = len(self.tallies)
@@ -915,8 +915,7 @@ class _Kit:
         self.steps = steps
         self.offset = offset
         self.tally = [0] * len(layout.tallies)
-        self._noise: dict[int, tuple[NoiseStream, int]] = {}
-        self._step_noise: dict[int, ops.StepNoise] = {}
+        self._noise: dict[int, NoiseStream] = {}
         self.buffers = {
             key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
             for key, (copies, type_, dtype) in layout.buffers.items()
@@ -949,29 +948,21 @@ class _Kit:
         if steps != self.edges_steps:
             self.edges.clear()
             self.edges_steps = steps
-        for stream, per_step in self._noise.values():
-            stream.restart(max(1, steps * per_step), offset=offset)
-        for shared in self._step_noise.values():
-            shared.restart()
+        for stream in self._noise.values():
+            stream.restart(max(1, steps * stream.per_step), offset=offset)
         self.steps, self.offset = steps, offset
 
     def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
-        """The read-noise stream of a tile (created on first use)."""
+        """The read-noise stream of a tile (created on first use); the copies of a
+        duplicated tile share it, each taking its steps (``serving``)."""
         found = self._noise.get(chip.tile)
         if found is None:
-            stream = NoiseStream(
-                self.plan.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
-            )
-            found = self._noise[chip.tile] = (stream, per_step)
-        return found[0]
-
-    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
-        """The read noise of a duplicated tile by timestep, which its copies share
-        (created on first use)."""
-        found = self._step_noise.get(chip.tile)
-        if found is None:
-            found = self._step_noise[chip.tile] = ops.StepNoise(
-                self.noise(chip, per_step), per_step
+            found = self._noise[chip.tile] = NoiseStream(
+                self.plan.seed,
+                chip.tile,
+                max(1, self.steps * per_step),
+                offset=self.offset,
+                per_step=per_step,
             )
         return found
 
