@@ -1,11 +1,15 @@
-"""Kernels of the NumPy backend: one closure per node, computing with in-place ufuncs.
+"""The fast kernels of every IR op, shared by the NumPy backend and the simulator.
 
-Each node of a plan becomes a *kernel*: a closure ``kernel(slots)`` that reads its operands
-from a list of arrays (``slots``, indexed by numbers fixed when the plan is built) and
-writes its results into preallocated arrays with ``out=``, so running it allocates
-nothing. The same kernels serve a time loop (slots hold one step, ``[B, ...]``) and work
-done for a block of steps at once (slots hold ``[n * B, ...]``, time folded into the
-batch); the program around them points the slots at the right arrays.
+Each node becomes a *kernel*: a closure ``kernel(slots)`` that reads its operands from a
+list of arrays (``slots``, indexed by numbers fixed when the kernel is made) and writes its
+results into preallocated arrays, so running it allocates nothing. The same kernels serve
+the NumPy backend's time loops (slots hold one step, ``[B, ...]``), its work done for a
+block of steps at once (slots hold ``[n * B, ...]``, time folded into the batch) and the
+simulator's vector instructions (one timestep of one unit); the program around them
+points the slots at the right arrays. A timestep's arrays are small, so the kernels are
+written for a low cost per call: NumPy's functions bound once, outputs passed
+positionally, one function per neuron model (:func:`snu_step`) and for the sigmoid
+(:func:`sigmoid_into`). Crossbar tiles read through :mod:`snuc.runtime.tile_read`.
 
 Every kernel computes exactly what the reference interpreter's semantics compute, with
 the same float operations in the same order, so results are bit for bit the same (the
@@ -16,6 +20,7 @@ fall back to the interpreter's semantics (:func:`generic`), which allocate their
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -101,11 +106,11 @@ def rectify(x: int, zeros: int, out: int) -> Kernel:
 
 def sigmoid(x: int, out: int, temps: Sequence[int]) -> Kernel:
     """``out = sigmoid(x)`` (:func:`sigmoid_into`); ``temps``: the slots of its scratch."""
-    e, d, num, nonnegative, ones, zeros, minus_ones = temps
+    ones, zeros, e, d, num, nonnegative, minus_ones = temps
     into = sigmoid_into
 
     def kernel(s: list) -> None:
-        into(s[x], s[out], s[e], s[d], s[num], s[nonnegative], s[ones], s[zeros], s[minus_ones])
+        into(s[x], s[out], s[ones], s[zeros], s[e], s[d], s[num], s[nonnegative], s[minus_ones])
 
     return kernel
 
@@ -113,22 +118,22 @@ def sigmoid(x: int, out: int, temps: Sequence[int]) -> Kernel:
 def sigmoid_into(
     x: np.ndarray,
     out: np.ndarray,
+    ones: np.ndarray,
+    zeros: np.ndarray,
     e: np.ndarray,
     d: np.ndarray,
     num: np.ndarray,
     nonnegative: np.ndarray,
-    ones: np.ndarray,
-    zeros: np.ndarray,
     minus_ones: np.ndarray,
 ) -> None:
-    """The interpreter's ``where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = _exp(-|x|)``,
-    into ``out``, with scratch ``e``, ``d``, ``num`` (x's shape and dtype), ``nonnegative``
-    (bool) and arrays of ones, zeros and minus ones.
+    """The interpreter's ``where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``,
+    into ``out``, with arrays of ones and zeros, and scratch ``e``, ``d``, ``num`` (x's
+    shape and dtype), ``nonnegative`` (bool) and an array of minus ones.
 
     Without a select (``where``, ``copyto(where=)``, ``heaviside`` branch on every
     element): the numerator ``max(e, x >= 0)`` is 1 where ``x >= 0`` (as ``e <= 1``) and
     ``e`` where ``x < 0``, so each element takes the same one of the two divisions (NaN
-    stays NaN). ``-|x|`` is ``_copysign(x, -1)``: the same bits as
+    stays NaN). ``-|x|`` is ``copysign(x, -1)``: the same bits as
     ``negative(absolute(x))``, NaN included (both keep the magnitude and set the sign).
     Outputs are passed positionally (NumPy parses no keywords), ``maximum`` aside.
     """
@@ -141,54 +146,58 @@ def sigmoid_into(
     _divide(num, d, out)
 
 
-def snu_update(
-    a: np.ndarray,
-    s_prev: np.ndarray,
-    y_prev: np.ndarray,
-    s_out: np.ndarray,
-    decay: np.ndarray,
-    u: np.ndarray,
-    v: np.ndarray,
-    ones: np.ndarray,
-    zeros: np.ndarray | None,
-) -> np.ndarray:
-    """The SNU's state update, the interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``
-    then ``g`` (relu: ``max(s, 0)`` when ``zeros`` is given, else the identity), operation
-    by operation in place into ``s_out`` (``u``, ``v``: scratch); returns ``s_out``::
+SnuStep = Callable[..., None]
+"""``step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h)``: see
+:func:`snu_step`."""
+
+
+def snu_step(*, relu: bool, soft: bool, threshold: bool) -> SnuStep:
+    """The SNU (``h = step``) or sSNU (``h = sigmoid``) update of one step over arrays,
+    the interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``, then ``y = h(s + bias)``,
+    operation by operation in place::
 
         u = 1 - y_prev;  v = decay * s_prev;  v = v * u;  s = a + v;  s = max(s, 0)
-    """
-    _subtract(ones, y_prev, u)
-    _multiply(decay, s_prev, v)
-    _multiply(v, u, v)
-    _add(a, v, s_out)
-    if zeros is not None:
-        _maximum(s_out, zeros, out=s_out)
-    return s_out
-
-
-def snu_spikes(
-    s: np.ndarray,
-    bias: np.ndarray,
-    y_out: np.ndarray,
-    u: np.ndarray,
-    zeros: np.ndarray,
-    spike: np.ndarray,
-    threshold: bool,
-) -> np.ndarray:
-    """The SNU's output ``y = s + bias > 0`` as 0 or 1 into ``y_out``, through the bool
-    array ``spike`` (returned; a comparison writing floats takes NumPy's slow casting
-    path); with ``threshold`` the bias operand holds ``-bias`` and ``y = s > -bias``.
+        spike = s > -bias;  y = spike            (h = step, bias known: ``threshold``)
+        u = s + bias;  spike = u > 0;  y = spike (h = step)
+        u = s + bias;  y = sigmoid(u)            (h = sigmoid: :func:`sigmoid_into`)
 
     ``s + bias > 0`` exactly when ``s > -bias``: a float sum is zero only when the exact
-    sum is, and rounding never flips its sign (NaN is false both ways).
+    sum is, and rounding never flips its sign (NaN is false both ways). The spikes go
+    through a bool array (a comparison writing floats takes NumPy's slow casting path),
+    assigned to y (the same 0/1 conversion as ``copyto``, cheaper per call).
+
+    Args:
+        relu: g is relu (else identity).
+        soft: h is sigmoid (else the step).
+        threshold: the bias operand holds ``-bias`` (h = step only).
+
+    Returns:
+        ``step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h)``:
+        ``u``, ``v``: scratch of the result's shape; ``ones``, ``zeros``: arrays of ones
+        and zeros; ``h``: the bool array of the spikes (step), or the scratch of
+        :func:`sigmoid_into` after its ones and zeros (sigmoid). One function for every
+        kernel of the update, called positionally (a step costs a few microseconds).
     """
-    if threshold:
-        _greater(s, bias, spike)
-    else:
-        _greater(_add(s, bias, u), zeros, spike)
-    y_out[...] = spike
-    return spike
+    subtract, multiply, add, maximum, greater = _subtract, _multiply, _add, _maximum, _greater
+    into = sigmoid_into
+
+    def step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h) -> None:
+        subtract(ones, y_prev, u)
+        multiply(decay, s_prev, v)
+        multiply(v, u, v)
+        add(a, v, s_out)
+        if relu:
+            maximum(s_out, zeros, out=s_out)
+        if soft:
+            into(add(s_out, bias, u), y_out, ones, zeros, *h)
+            return
+        if threshold:
+            greater(s_out, bias, h)
+        else:
+            greater(add(s_out, bias, u), zeros, h)
+        y_out[...] = h
+
+    return step
 
 
 def snu_layer(
@@ -202,8 +211,7 @@ def snu_layer(
     threshold: bool,
     tally: tuple[int, int] | None = None,
 ) -> Kernel:
-    """The SNU (``h = step``) or sSNU (``h = sigmoid``) update of one step:
-    :func:`snu_update`, then :func:`snu_spikes` or :func:`sigmoid_into` of ``s + bias``.
+    """The kernel of ``snu.layer``: :func:`snu_step` over slots.
 
     Args:
         operands: slots of ``(a, s_prev, y_prev, decay, bias)``; decay and bias may hold
@@ -213,9 +221,7 @@ def snu_layer(
         temps: slots of scratch of the result's shape: two arrays, an array of ones and
             one of zeros; then a bool array (step), or three arrays, a bool array and an
             array of minus ones (sigmoid).
-        relu: g is relu (else identity).
-        soft: h is sigmoid (else the step).
-        threshold: the bias slot holds ``-bias`` (h = step only).
+        relu, soft, threshold: see :func:`snu_step`.
         tally: ``(slot, index)``: add the step's spikes to ``slots[slot][index]`` (h = step).
 
     Returns:
@@ -224,32 +230,31 @@ def snu_layer(
     """
     a, s_prev, y_prev, decay, bias = operands
     u, v, ones, zeros = temps[:4]
-    update, count = snu_update, np_fast.count_nonzero
+    update = snu_step(relu=relu, soft=soft, threshold=threshold)
     if soft:
-        e, d, num, nonnegative, minus_ones = temps[4:]
-        into = sigmoid_into
+        sigmoid_scratch = itemgetter(*temps[4:])
 
         def soft_kernel(s: list) -> None:
-            tu, one, zero = s[u], s[ones], s[zeros]
-            floor = zero if relu else None
-            st = update(s[a], s[s_prev], s[y_prev], s[s_out], s[decay], tu, s[v], one, floor)
-            z = _add(st, s[bias], tu)
-            into(z, s[y_out], s[e], s[d], s[num], s[nonnegative], one, zero, s[minus_ones])
+            update(
+                s[a], s[s_prev], s[y_prev], s[s_out], s[y_out], s[decay], s[bias],
+                s[u], s[v], s[ones], s[zeros], sigmoid_scratch(s),
+            )  # fmt: skip
 
         kernel = soft_kernel
     else:
-        spike, fire = temps[4], snu_spikes
+        spike, count = temps[4], np_fast.count_nonzero
 
         def spiking(s: list) -> None:
-            tu, zero = s[u], s[zeros]
-            floor = zero if relu else None
-            st = update(s[a], s[s_prev], s[y_prev], s[s_out], s[decay], tu, s[v], s[ones], floor)
-            flags = fire(st, s[bias], s[y_out], tu, zero, s[spike], threshold)
+            flags = s[spike]
+            update(
+                s[a], s[s_prev], s[y_prev], s[s_out], s[y_out], s[decay], s[bias],
+                s[u], s[v], s[ones], s[zeros], flags,
+            )  # fmt: skip
             if tally is not None:
                 s[tally[0]][tally[1]] += count(flags)
 
         kernel = spiking
-    kernel.steps = _snu_steps(decay, bias, temps, relu=relu, soft=soft, threshold=threshold)
+    kernel.steps = _snu_steps(update, decay, bias, temps)
     return kernel
 
 
@@ -257,9 +262,7 @@ SnuSteps = Callable[..., tuple[np.ndarray, np.ndarray]]
 """``steps(slots, a, s, y, s_prev, y_prev) -> (s_last, y_last)``: see :func:`_snu_steps`."""
 
 
-def _snu_steps(
-    decay: int, bias: int, temps: Sequence[int], *, relu: bool, soft: bool, threshold: bool
-) -> SnuSteps:
+def _snu_steps(update: SnuStep, decay: int, bias: int, temps: Sequence[int]) -> SnuSteps:
     """The update of :func:`snu_layer` over many steps in one call, for a loop that is one
     ``snu.layer`` whose states are its own results.
 
@@ -270,21 +273,13 @@ def _snu_steps(
     Returns the last step's ``(s, y)``, the states of the step after.
     """
     u, v, ones, zeros = temps[:4]
-    update, fire, into = snu_update, snu_spikes, sigmoid_into
+    h = temps[4] if len(temps) == 5 else itemgetter(*temps[4:])
 
     def steps(slots: list, a, s, y, s_prev: np.ndarray, y_prev: np.ndarray):
         tu, tv, one, zero, dec, b = (slots[i] for i in (u, v, ones, zeros, decay, bias))
-        floor = zero if relu else None
-        if soft:
-            e, d, num, nonnegative, minus_ones = (slots[i] for i in temps[4:])
-        else:
-            spike = slots[temps[4]]
+        scratch = slots[h] if isinstance(h, int) else h(slots)
         for a_k, s_k, y_k in zip(a, s, y, strict=True):
-            update(a_k, s_prev, y_prev, s_k, dec, tu, tv, one, floor)
-            if soft:
-                into(_add(s_k, b, tu), y_k, e, d, num, nonnegative, one, zero, minus_ones)
-            else:
-                fire(s_k, b, y_k, tu, zero, spike, threshold)
+            update(a_k, s_prev, y_prev, s_k, y_k, dec, b, tu, tv, one, zero, scratch)
             s_prev, y_prev = s_k, y_k
         return s_prev, y_prev
 
@@ -551,7 +546,8 @@ def node_kernel(
 
 def _sigmoid_temps(alloc: Allocator, dtype: np.dtype, shape: tuple[Dim, ...]) -> list[int]:
     temps = [alloc.temp(dtype, shape) for _ in range(3)] + [alloc.temp(np.bool_, shape)]
-    return temps + [alloc.full(np.asarray(v, dtype), shape) for v in (1, 0, -1)]
+    ones, zeros, minus_ones = (alloc.full(np.asarray(v, dtype), shape) for v in (1, 0, -1))
+    return [ones, zeros, *temps, minus_ones]
 
 
 def step(x: int, zeros: int, spike: int, out: int, tally: tuple[int, int] | None) -> Kernel:
