@@ -40,7 +40,6 @@ class ProgrammedTile(NamedTuple):
 def program_tile(
     graph: Graph,
     node: Node,
-    *,
     mode: str,
     target: TargetSpec,
     seed: int,

@@ -569,21 +569,12 @@ def _tiles(
     seed: int,
     t_inference_s: float,
     drift_compensation: str | None,
-    batch: int,
     batch_offset: int = 0,
 ) -> dict[str, _Tile]:
     """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
     tiles: dict[str, _Tile] = {}
     for node in crossbar_tiles(nodes, mode):
-        copies = program_tile(
-            graph,
-            node,
-            mode=mode,
-            target=target,
-            seed=seed,
-            t_inference_s=t_inference_s,
-            drift_compensation=drift_compensation,
-        )
+        copies = program_tile(graph, node, mode, target, seed, t_inference_s, drift_compensation)
         # Steps draw block[0], block[1], ... in turn: the block, never held whole.
         noise = (
             None if mode == "quantized" else NoiseStream(seed, node.op.tile, offset=batch_offset)
@@ -755,7 +746,6 @@ def run(
             seed=seed,
             t_inference_s=t_inference_s,
             drift_compensation=drift_compensation,
-            batch=batch,
             batch_offset=batch_offset,
         )
     )

@@ -22,7 +22,7 @@ separately programmed arrays in ``pcm`` mode: step t reads copy ``t mod K``
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -260,15 +260,11 @@ def program_tiles(
             "dtype": graph.type_of(node.id).np_dtype,
             "binary_input": node.inputs[0] in binary and passes_spikes,
         }
-        programmed = program_tile(
-            graph,
-            node,
-            mode=mode,
-            target=target,
-            seed=seed,
-            t_inference_s=t_inference_s,
-            drift_compensation=drift_compensation,
+        first, *others = (
+            TileChip(**arrays._asdict(), **common)
+            for arrays in program_tile(
+                graph, node, mode, target, seed, t_inference_s, drift_compensation
+            )
         )
-        copies = tuple(TileChip(**arrays._asdict(), **common) for arrays in programmed[1:])
-        chips[node.id] = TileChip(**programmed[0]._asdict(), **common, copies=copies)
+        chips[node.id] = replace(first, copies=tuple(others))
     return chips
