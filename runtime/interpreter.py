@@ -34,14 +34,15 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from snuc.ir.crossbar import adc_quantize, dac_quantize, tile_conductances
+from snuc.ir.crossbar import adc_quantize, dac_quantize
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.ops import Op
 from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH, DTYPES, TensorType
-from snuc.runtime import pcm
+from snuc.runtime.chip import program_tile
 from snuc.runtime.config import RunConfig, run_config, run_target
+from snuc.runtime.read_noise import NoiseStream
 
 Semantics = Callable[..., tuple[np.ndarray, ...]]
 
@@ -467,30 +468,6 @@ def evaluate_node(node: Node, args: Sequence[np.ndarray]) -> tuple[np.ndarray, .
 # --------------------------------------------------------------------------- crossbar tiles
 
 
-class _ReadNoise:
-    """One tile's read-noise block ``[T, *out]`` of standard normals, handed out step by step.
-
-    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out), offset=offset)``
-    (``offset``: the run's first sequence within the batch it is a chunk of): a NumPy
-    ``Generator`` fills an array in C order, so drawing ``block[0]``, ``block[1]``, ... in
-    turn from the tile's ``read`` stream yields the block itself, without holding all T
-    steps in memory (a convolution tile's block has a value per pixel, batch entry and
-    step).
-    """
-
-    def __init__(self, seed: int, tile: int, shape: tuple[int, ...], offset: int = 0) -> None:
-        self._rng = pcm.chip_rng(seed, tile, "read", offset=offset)
-        self._shape = shape
-        self._next_step = 0
-
-    def at(self, step: int) -> np.ndarray:
-        """``block[step]``; steps must be asked for in order, each once."""
-        if step != self._next_step:
-            raise RuntimeError(f"read noise asked for step {step}, expected {self._next_step}")
-        self._next_step += 1
-        return self._rng.standard_normal(self._shape)
-
-
 class _Tile:
     """How one ``xbar.mvm`` computes in ``quantized`` and ``pcm`` modes; set up once per run.
 
@@ -513,7 +490,7 @@ class _Tile:
         node: Node,
         copies: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
         target: TargetSpec,
-        read_noise: _ReadNoise | None,
+        read_noise: NoiseStream | None,
         dtype: np.dtype,
     ) -> None:
         """``copies``: ``(G, s * alpha, var)`` of each copy (one for a tile without
@@ -533,7 +510,8 @@ class _Tile:
         x_q = dac_quantize(x[..., self.rows], self.dac[0], self.dac[1], self.dac_bits)
         current = np.matmul(x_q, conductance_us)
         if self.read_noise is not None:
-            current += np.sqrt(np.matmul(x_q * x_q, variance_us2)) * self.read_noise.at(step)
+            noise = self.read_noise.take(current.size).reshape(current.shape)
+            current += np.sqrt(np.matmul(x_q * x_q, variance_us2)) * noise
         read = adc_quantize(current, self.adc_range, self.adc_bits)
         return (read * gain).astype(self.dtype)
 
@@ -584,30 +562,17 @@ def _tiles(
     seed: int,
     t_inference_s: float,
     drift_compensation: str | None,
-    batch: int,
     batch_offset: int = 0,
 ) -> dict[str, _Tile]:
     """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
     tiles: dict[str, _Tile] = {}
     for node in crossbar_tiles(nodes, mode):
-        op = node.op
-        g_plus, g_minus, scale = tile_conductances(
-            graph.constants[node.inputs[1]], op.rows, op.cols, target
+        copies = program_tile(graph, node, mode, target, seed, t_inference_s, drift_compensation)
+        # Steps draw block[0], block[1], ... in turn: the block, never held whole.
+        noise = (
+            None if mode == "quantized" else NoiseStream(seed, node.op.tile, offset=batch_offset)
         )
-        dtype = graph.type_of(node.id).np_dtype
-        if mode == "quantized":  # the copies of a duplicated tile are all the same
-            conductance = g_plus.sum(axis=-1) - g_minus.sum(axis=-1)
-            tiles[node.id] = _Tile(node, [(conductance, scale, None)], target, None, dtype)
-            continue
-        copies = []
-        for j in range(op.duplicates):  # each copy programmed as its own tile number
-            chip = pcm.program_array(g_plus, g_minus, target, seed=seed, tile=op.copy_tile(j))
-            drifted = chip.at(t_inference_s)
-            alpha = pcm.compensation_scale(chip, t_inference_s, drift_compensation)
-            copies.append((drifted.weights_us, scale * alpha, drifted.read_variance_us2))
-        out_shape = graph.type_of(node.id).concrete(batch)
-        noise = _ReadNoise(seed, op.tile, out_shape, batch_offset)
-        tiles[node.id] = _Tile(node, copies, target, noise, dtype)
+        tiles[node.id] = _Tile(node, copies, target, noise, graph.type_of(node.id).np_dtype)
     return tiles
 
 
@@ -702,7 +667,6 @@ def run(
             seed=config.seed,
             t_inference_s=config.t_inference_s,
             drift_compensation=config.drift_compensation,
-            batch=batch,
             batch_offset=config.batch_offset,
         )
     )

@@ -1,11 +1,15 @@
-"""Kernels of the NumPy backend: one closure per node, computing with in-place ufuncs.
+"""The fast kernels of every IR op, shared by the NumPy backend and the simulator.
 
-Each node of a plan becomes a *kernel*: a closure ``kernel(slots)`` that reads its operands
-from a list of arrays (``slots``, indexed by numbers fixed when the plan is built) and
-writes its results into preallocated arrays with ``out=``, so running it allocates
-nothing. The same kernels serve a time loop (slots hold one step, ``[B, ...]``) and work
-done for a block of steps at once (slots hold ``[n * B, ...]``, time folded into the
-batch); the program around them points the slots at the right arrays.
+Each node becomes a *kernel*: a closure ``kernel(slots)`` that reads its operands from a
+list of arrays (``slots``, indexed by numbers fixed when the kernel is made) and writes its
+results into preallocated arrays, so running it allocates nothing. The same kernels serve
+the NumPy backend's time loops (slots hold one step, ``[B, ...]``), its work done for a
+block of steps at once (slots hold ``[n * B, ...]``, time folded into the batch) and the
+simulator's vector instructions (one timestep of one unit); the program around them
+points the slots at the right arrays. A timestep's arrays are small, so the kernels are
+written for a low cost per call: NumPy's functions bound once, outputs passed
+positionally, one function per neuron model (:func:`snu_step`) and for the sigmoid
+(:func:`sigmoid_into`). Crossbar tiles read through :mod:`snuc.runtime.tile_read`.
 
 Every kernel computes exactly what the reference interpreter's semantics compute, with
 the same float operations in the same order, so results are bit for bit the same (the
@@ -16,12 +20,14 @@ fall back to the interpreter's semantics (:func:`generic`), which allocate their
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
 
 from snuc.ir.graph import Node
 from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.runtime import np_fast
 from snuc.runtime.interpreter import evaluate_node
 from snuc.runtime.plan_sparse import spike_matmul
 from snuc.runtime.plan_tiles import TileChip
@@ -50,6 +56,18 @@ UNARY_UFUNCS = {
     "dig.neg": np.negative,
     "dig.tanh": np.tanh,
 }
+# Bound once: the kernels of a timestep call them positionally, on small arrays.
+_copysign, _exp, _add, _subtract, _multiply, _divide = (
+    np.copysign,
+    np.exp,
+    np.add,
+    np.subtract,
+    np.multiply,
+    np.divide,
+)
+_greater, _greater_equal, _maximum = np.greater, np.greater_equal, np.maximum
+_absolute, _negative = np.absolute, np.negative
+
 BINARY_UFUNCS = {
     "dig.add": np.add,
     "dig.sub": np.subtract,
@@ -64,7 +82,7 @@ def unary(ufunc: np.ufunc, x: int, out: int) -> Kernel:
     """``out = ufunc(x)``."""
 
     def kernel(s: list) -> None:
-        ufunc(s[x], out=s[out])
+        ufunc(s[x], s[out])
 
     return kernel
 
@@ -73,45 +91,126 @@ def binary(ufunc: np.ufunc, x: int, y: int, out: int) -> Kernel:
     """``out = ufunc(x, y)`` with broadcasting."""
 
     def kernel(s: list) -> None:
-        ufunc(s[x], s[y], out=s[out])
+        ufunc(s[x], s[y], s[out])
 
     return kernel
+
+
+def rectify(x: int, zeros: int, out: int) -> Kernel:
+    """``out = maximum(x, 0)`` (``maximum`` takes its output by keyword only)."""
+
+    def kernel(s: list) -> None:
+        np.maximum(s[x], s[zeros], out=s[out])
+
+    return kernel
+
+
+COPYSIGN_MAX_ELEMENTS = 400
+"""``copysign`` makes ``-|x|`` in one call, cheaper than ``absolute`` then ``negative``
+on a timestep's few hundred elements (0.24 against 0.35 us at 150 float32), but NumPy
+does not vectorise it: from about 400 elements the two calls are cheaper (1.3 against
+0.5 us at 2400; 1.2 against 0.27 ms on a block of 720,000)."""
 
 
 def sigmoid(x: int, out: int, temps: Sequence[int]) -> Kernel:
-    """The interpreter's sigmoid (:func:`_sigmoid`); ``temps``: three arrays of x's shape,
-    a bool array, an array of ones and one of zeros."""
-    e, d, num, nonnegative, ones, zeros = temps
+    """``out = sigmoid(x)`` (:func:`sigmoid_into`); ``temps``: the slots of its scratch."""
+    ones, zeros, e, d, num, nonnegative, minus_ones = temps
+    into = sigmoid_into
 
     def kernel(s: list) -> None:
-        _sigmoid(s[x], s[out], s[e], s[d], s[num], s[nonnegative], s[ones], s[zeros])
+        into(s[x], s[out], s[ones], s[zeros], s[e], s[d], s[num], s[nonnegative], s[minus_ones])
 
     return kernel
 
 
-def _sigmoid(
+def sigmoid_into(
     x: np.ndarray,
     out: np.ndarray,
+    ones: np.ndarray,
+    zeros: np.ndarray,
     e: np.ndarray,
     d: np.ndarray,
     num: np.ndarray,
     nonnegative: np.ndarray,
-    ones: np.ndarray,
-    zeros: np.ndarray,
+    minus_ones: np.ndarray,
 ) -> None:
     """The interpreter's ``where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``,
-    without a select (``where``, ``copyto(where=)``, ``heaviside`` branch on every
+    into ``out``, with arrays of ones and zeros, and scratch ``e``, ``d``, ``num`` (x's
+    shape and dtype), ``nonnegative`` (bool) and an array of minus ones.
+
+    Without a select (``where``, ``copyto(where=)``, ``heaviside`` branch on every
     element): the numerator ``max(e, x >= 0)`` is 1 where ``x >= 0`` (as ``e <= 1``) and
     ``e`` where ``x < 0``, so each element takes the same one of the two divisions (NaN
-    stays NaN)."""
-    np.abs(x, out=e)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    np.add(ones, e, out=d)
-    np.greater_equal(x, zeros, out=nonnegative)
-    np.copyto(num, nonnegative)
-    np.maximum(e, num, out=num)
-    np.divide(num, d, out=out)
+    stays NaN). ``-|x|`` is ``copysign(x, -1)`` on small arrays, ``negative(absolute(x))``
+    on large ones (:data:`COPYSIGN_MAX_ELEMENTS`): the same bits, NaN included (both keep
+    the magnitude and set the sign). Outputs are passed positionally (NumPy parses no
+    keywords), ``maximum`` aside.
+    """
+    if x.size <= COPYSIGN_MAX_ELEMENTS:
+        _copysign(x, minus_ones, e)
+    else:
+        _absolute(x, e)
+        _negative(e, e)
+    _exp(e, e)
+    _add(ones, e, d)
+    _greater_equal(x, zeros, nonnegative)
+    num[...] = nonnegative
+    _maximum(e, num, out=num)
+    _divide(num, d, out)
+
+
+SnuStep = Callable[..., None]
+"""``step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h)``: see
+:func:`snu_step`."""
+
+
+def snu_step(*, relu: bool, soft: bool, threshold: bool) -> SnuStep:
+    """The SNU (``h = step``) or sSNU (``h = sigmoid``) update of one step over arrays,
+    the interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``, then ``y = h(s + bias)``,
+    operation by operation in place::
+
+        u = 1 - y_prev;  v = decay * s_prev;  v = v * u;  s = a + v;  s = max(s, 0)
+        spike = s > -bias;  y = spike            (h = step, bias known: ``threshold``)
+        u = s + bias;  spike = u > 0;  y = spike (h = step)
+        u = s + bias;  y = sigmoid(u)            (h = sigmoid: :func:`sigmoid_into`)
+
+    ``s + bias > 0`` exactly when ``s > -bias``: a float sum is zero only when the exact
+    sum is, and rounding never flips its sign (NaN is false both ways). The spikes go
+    through a bool array (a comparison writing floats takes NumPy's slow casting path),
+    assigned to y (the same 0/1 conversion as ``copyto``, cheaper per call).
+
+    Args:
+        relu: g is relu (else identity).
+        soft: h is sigmoid (else the step).
+        threshold: the bias operand holds ``-bias`` (h = step only).
+
+    Returns:
+        ``step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h)``:
+        ``u``, ``v``: scratch of the result's shape; ``ones``, ``zeros``: arrays of ones
+        and zeros; ``h``: the bool array of the spikes (step), or the scratch of
+        :func:`sigmoid_into` after its ones and zeros (sigmoid). One function for every
+        kernel of the update, called positionally (a step costs a few microseconds).
+    """
+    subtract, multiply, add, maximum, greater = _subtract, _multiply, _add, _maximum, _greater
+    into = sigmoid_into
+
+    def step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h) -> None:
+        subtract(ones, y_prev, u)
+        multiply(decay, s_prev, v)
+        multiply(v, u, v)
+        add(a, v, s_out)
+        if relu:
+            maximum(s_out, zeros, out=s_out)
+        if soft:
+            into(add(s_out, bias, u), y_out, ones, zeros, *h)
+            return
+        if threshold:
+            greater(s_out, bias, h)
+        else:
+            greater(add(s_out, bias, u), zeros, h)
+        y_out[...] = h
+
+    return step
 
 
 def snu_layer(
@@ -123,17 +222,9 @@ def snu_layer(
     relu: bool,
     soft: bool,
     threshold: bool,
+    tally: tuple[int, int] | None = None,
 ) -> Kernel:
-    """The SNU update, the interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``, then
-    ``y = h(s + bias)``, operation by operation in seven in-place ufuncs::
-
-        u = 1 - y_prev;  v = decay * s_prev;  v = v * u;  s = a + v;  s = max(s, 0)
-        spike = s > -bias;  y = spike            (h = step, bias known: ``threshold``)
-        u = s + bias;  spike = u > 0;  y = spike (h = step)
-        u = s + bias;  y = sigmoid(u)            (h = sigmoid)
-
-    ``s + bias > 0`` exactly when ``s > -bias``: a float sum is zero only when the exact
-    sum is, and rounding never flips its sign (NaN is false both ways).
+    """The kernel of ``snu.layer``: :func:`snu_step` over slots.
 
     Args:
         operands: slots of ``(a, s_prev, y_prev, decay, bias)``; decay and bias may hold
@@ -141,11 +232,10 @@ def snu_layer(
             ``threshold``.
         s_out, y_out: slots of the results.
         temps: slots of scratch of the result's shape: two arrays, an array of ones and
-            one of zeros; then a bool array (step), or three arrays and a bool array
-            (sigmoid).
-        relu: g is relu (else identity).
-        soft: h is sigmoid (else the step).
-        threshold: the bias slot holds ``-bias`` (h = step only).
+            one of zeros; then a bool array (step), or three arrays, a bool array and an
+            array of minus ones (sigmoid).
+        relu, soft, threshold: see :func:`snu_step`.
+        tally: ``(slot, index)``: add the step's spikes to ``slots[slot][index]`` (h = step).
 
     Returns:
         The kernel of one step; its attribute ``steps`` runs the same update over many
@@ -153,43 +243,31 @@ def snu_layer(
     """
     a, s_prev, y_prev, decay, bias = operands
     u, v, ones, zeros = temps[:4]
-
-    def update(s: list) -> np.ndarray:
-        tu, tv, st = s[u], s[v], s[s_out]
-        np.subtract(s[ones], s[y_prev], out=tu)
-        np.multiply(s[decay], s[s_prev], out=tv)
-        np.multiply(tv, tu, out=tv)
-        np.add(s[a], tv, out=st)
-        if relu:
-            np.maximum(st, s[zeros], out=st)
-        return st
-
+    update = snu_step(relu=relu, soft=soft, threshold=threshold)
     if soft:
-        e, d, num, nonnegative = temps[4:]
+        sigmoid_scratch = itemgetter(*temps[4:])
 
         def soft_kernel(s: list) -> None:
-            z = np.add(update(s), s[bias], out=s[u])
-            _sigmoid(z, s[y_out], s[e], s[d], s[num], s[nonnegative], s[ones], s[zeros])
+            update(
+                s[a], s[s_prev], s[y_prev], s[s_out], s[y_out], s[decay], s[bias],
+                s[u], s[v], s[ones], s[zeros], sigmoid_scratch(s),
+            )  # fmt: skip
 
         kernel = soft_kernel
     else:
-        spike = temps[4]
-        if threshold:
+        spike, count = temps[4], np_fast.count_nonzero
 
-            def spiking(s: list) -> None:
-                np.greater(update(s), s[bias], out=s[spike])
-                np.copyto(s[y_out], s[spike])
+        def spiking(s: list) -> None:
+            flags = s[spike]
+            update(
+                s[a], s[s_prev], s[y_prev], s[s_out], s[y_out], s[decay], s[bias],
+                s[u], s[v], s[ones], s[zeros], flags,
+            )  # fmt: skip
+            if tally is not None:
+                s[tally[0]][tally[1]] += count(flags)
 
-            kernel = spiking
-        else:
-
-            def spiking_by_sum(s: list) -> None:
-                z = np.add(update(s), s[bias], out=s[u])
-                np.greater(z, s[zeros], out=s[spike])
-                np.copyto(s[y_out], s[spike])
-
-            kernel = spiking_by_sum
-    kernel.steps = _snu_steps(decay, bias, temps, relu=relu, soft=soft, threshold=threshold)
+        kernel = spiking
+    kernel.steps = _snu_steps(update, decay, bias, temps)
     return kernel
 
 
@@ -197,45 +275,24 @@ SnuSteps = Callable[..., tuple[np.ndarray, np.ndarray]]
 """``steps(slots, a, s, y, s_prev, y_prev) -> (s_last, y_last)``: see :func:`_snu_steps`."""
 
 
-def _snu_steps(
-    decay: int, bias: int, temps: Sequence[int], *, relu: bool, soft: bool, threshold: bool
-) -> SnuSteps:
-    """The SNU update of :func:`snu_layer` over many steps in one call, for a loop that is
-    one ``snu.layer`` whose states are its own results.
+def _snu_steps(update: SnuStep, decay: int, bias: int, temps: Sequence[int]) -> SnuSteps:
+    """The update of :func:`snu_layer` over many steps in one call, for a loop that is one
+    ``snu.layer`` whose states are its own results.
 
     ``steps(slots, a, s, y, s_prev, y_prev)`` reads the constants and scratch from
     ``slots`` once, then for each step k writes ``s[k]`` and ``y[k]`` from ``a[k]`` and the
     previous step's results (``s_prev``, ``y_prev`` before step 0): the history arrays
-    are the results themselves, nothing is copied and no slot is looked up per step. The
-    same ufuncs as :func:`snu_layer` in the same order (bit-identical results), called
-    positionally (NumPy parses no keywords); the float result of the step is assigned from
-    the bool spikes (the same 0/1 conversion as ``copyto``, cheaper per call). Returns the
-    last step's ``(s, y)``, the states of the step after.
+    are the results themselves, nothing is copied and no slot is looked up per step.
+    Returns the last step's ``(s, y)``, the states of the step after.
     """
     u, v, ones, zeros = temps[:4]
-    sub, mul, add, maximum, greater = np.subtract, np.multiply, np.add, np.maximum, np.greater
+    h = temps[4] if len(temps) == 5 else itemgetter(*temps[4:])
 
     def steps(slots: list, a, s, y, s_prev: np.ndarray, y_prev: np.ndarray):
         tu, tv, one, zero, dec, b = (slots[i] for i in (u, v, ones, zeros, decay, bias))
-        if soft:
-            e, d, num, nonnegative = (slots[i] for i in temps[4:])
-        else:
-            spike = slots[temps[4]]
+        scratch = slots[h] if isinstance(h, int) else h(slots)
         for a_k, s_k, y_k in zip(a, s, y, strict=True):
-            sub(one, y_prev, tu)
-            mul(dec, s_prev, tv)
-            mul(tv, tu, tv)
-            add(a_k, tv, s_k)
-            if relu:
-                maximum(s_k, zero, out=s_k)
-            if soft:
-                _sigmoid(add(s_k, b, tu), y_k, e, d, num, nonnegative, one, zero)
-            elif threshold:
-                greater(s_k, b, spike)
-                y_k[...] = spike
-            else:
-                greater(add(s_k, b, tu), zero, spike)
-                y_k[...] = spike
+            update(a_k, s_prev, y_prev, s_k, y_k, dec, b, tu, tv, one, zero, scratch)
             s_prev, y_prev = s_k, y_k
         return s_prev, y_prev
 
@@ -262,8 +319,27 @@ def where(cond: int, x: int, y: int, out: int) -> Kernel:
     return kernel
 
 
-def concat(xs: Sequence[int], axis: int, out: int) -> Kernel:
-    """``out = concatenate(xs, axis)``."""
+def concat(xs: Sequence[int], shapes: Sequence[tuple[Dim, ...]], axis: int, out: int) -> Kernel:
+    """``out = concatenate(xs, axis)`` of operands of out's dtype: each operand copied into
+    its part of ``out`` (``shapes``: theirs, per step)."""
+    axis %= len(shapes[0])
+    parts = []
+    lo = 0
+    for x, shape in zip(xs, shapes, strict=True):
+        hi = lo + shape[axis]
+        parts.append((x, (slice(None),) * axis + (slice(lo, hi),)))
+        lo = hi
+
+    def kernel(s: list) -> None:
+        o = s[out]
+        for x, where in parts:
+            o[where] = s[x]
+
+    return kernel
+
+
+def concat_cast(xs: Sequence[int], axis: int, out: int) -> Kernel:
+    """``out = concatenate(xs, axis)`` of operands of several dtypes (cast ``same_kind``)."""
     xs = tuple(xs)
 
     def kernel(s: list) -> None:
@@ -383,6 +459,7 @@ def node_kernel(
     chips: Mapping[str, TileChip],
     alloc: Allocator,
     spikes: frozenset[str] = frozenset(),
+    tally: tuple[int, int] | None = None,
 ) -> Kernel:
     """The kernel of ``node`` over the slots ``ins`` (operands) and ``outs`` (results).
 
@@ -398,6 +475,9 @@ def node_kernel(
         alloc: gives the kernel its scratch slots.
         spikes: the values guaranteed to hold only 0 and 1 (a float crossbar product of
             one skips its silent inputs and rows).
+        tally: ``(slot, index)``: a spiking node (``dig.step``, ``snu.layer`` with a step)
+            adds the spikes of its last result to ``slots[slot][index]`` (the simulator's
+            counts); None: it counts nothing.
     """
     name = node.op.NAME
     type_ = types[node.outputs[0]]
@@ -425,7 +505,7 @@ def node_kernel(
         temps = [alloc.temp(dtype, shape), alloc.temp(dtype, shape), constant(1), constant(0)]
         if soft:
             temps += [alloc.temp(dtype, shape) for _ in range(3)]
-            temps.append(alloc.temp(np.bool_, shape))
+            temps += [alloc.temp(np.bool_, shape), constant(-1)]
         else:
             temps.append(alloc.temp(np.bool_, shape))
         return snu_layer(
@@ -436,6 +516,7 @@ def node_kernel(
             relu=node.op.g == "relu",
             soft=soft,
             threshold=threshold,
+            tally=tally,
         )
     if name in UNARY_UFUNCS:
         return unary(UNARY_UFUNCS[name], ins[0], out)
@@ -446,18 +527,20 @@ def node_kernel(
             return binary(ufunc, ins[0], ins[1], out)
         return binary(ufunc, operand(0), operand(1), out)
     if name == "dig.relu":
-        return binary(np.maximum, ins[0], constant(0), out)
+        return rectify(ins[0], constant(0), out)
     if name == "dig.step":
         spike = alloc.temp(np.bool_, shape)
-        return step(ins[0], constant(0), spike, out)
+        return step(ins[0], constant(0), spike, out, tally)
     if name == "dig.sigmoid":
         return sigmoid(ins[0], out, _sigmoid_temps(alloc, dtype, shape))
     if name == "dig.cast":
         return cast(ins[0], out)
     if name == "dig.where":
         return where(ins[0], ins[1], ins[2], out)
+    if name == "dig.concat" and all(v in types and types[v].np_dtype == dtype for v in node.inputs):
+        return concat(ins, [types[v].shape for v in node.inputs], node.op.axis, out)
     if name == "dig.concat":
-        return concat(ins, node.op.axis, out)
+        return concat_cast(ins, node.op.axis, out)
     spiking = node.inputs[0] in spikes
     if name == "xbar.dense":
         return matmul(ins[0], invariants[node.inputs[1]], out, spikes=spiking)
@@ -476,16 +559,22 @@ def node_kernel(
 
 def _sigmoid_temps(alloc: Allocator, dtype: np.dtype, shape: tuple[Dim, ...]) -> list[int]:
     temps = [alloc.temp(dtype, shape) for _ in range(3)] + [alloc.temp(np.bool_, shape)]
-    return temps + [alloc.full(np.asarray(v, dtype), shape) for v in (1, 0)]
+    ones, zeros, minus_ones = (alloc.full(np.asarray(v, dtype), shape) for v in (1, 0, -1))
+    return [ones, zeros, *temps, minus_ones]
 
 
-def step(x: int, zeros: int, spike: int, out: int) -> Kernel:
+def step(x: int, zeros: int, spike: int, out: int, tally: tuple[int, int] | None) -> Kernel:
     """``out = x > 0`` as 0 or 1 in out's dtype, through a bool array (a comparison
-    writing floats directly takes NumPy's slow casting path)."""
+    writing floats directly takes NumPy's slow casting path); ``tally``: see
+    :func:`snu_layer`."""
+    count = np_fast.count_nonzero
 
     def kernel(s: list) -> None:
-        np.greater(s[x], s[zeros], out=s[spike])
-        np.copyto(s[out], s[spike])
+        flags = s[spike]
+        _greater(s[x], s[zeros], flags)
+        s[out][...] = flags
+        if tally is not None:
+            s[tally[0]][tally[1]] += count(flags)
 
     return kernel
 

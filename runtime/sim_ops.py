@@ -12,11 +12,12 @@ cycles.
 What the instructions compute, per mode:
 
 * ``mvm``: ``float``: the exact window product ``x[..., r0:r1] @ W[r0:r1, c0:c1]``; the
-  "codes" buffer holds it and ``adc`` passes it on. ``quantized``/``pcm``: DAC, column
-  currents in float64 (plus read noise, pcm), and the ADC's integer codes, with the same
-  float operations in the same order as the NumPy backend's tile
-  (:class:`~snuc.runtime.plan_tiles.TileChip`), whose programmed conductances it uses.
-* ``adc``: ``y = float32(code * adc_range / (2**(adc_bits-1) - 1) * s * alpha)``.
+  "codes" buffer holds it and ``adc`` passes it on. ``quantized``/``pcm``: the first three
+  stages of the fast tile pipeline shared with the NumPy backend
+  (:mod:`snuc.runtime.tile_read`: DAC, column currents in float64 plus read noise, the
+  ADC's integer codes) on the programmed tile (:class:`~snuc.runtime.plan_tiles.TileChip`).
+* ``adc``: the pipeline's last stage, ``y = float32(code * adc_range / (2**(adc_bits-1)
+  - 1) * s * alpha)``.
 * vector ops: the NumPy backend's in-place kernels (:func:`plan_kernels.node_kernel`) for
   the IR op the instruction names, or the interpreter's semantics.
 * ``send``/``recv``: copy the buffer (or its window) into a message and out of it into the
@@ -37,20 +38,12 @@ import numpy as np
 
 # Instructions are plain data (backends/isa.py): the runtime only reads them.
 from snuc.backends.isa import Block, Tile, VectorOp
-from snuc.ir.crossbar import adc_max_code, dac_grid
 from snuc.ir.graph import Node
 from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.runtime import np_fast
 from snuc.runtime import plan_kernels as kernels
-from snuc.runtime.plan_tiles import NoiseStream, TileChip
-
-try:  # NumPy's own entry points: np.clip and np.count_nonzero reach them through Python
-    from numpy._core._multiarray_umath import clip as _clip
-    from numpy._core._multiarray_umath import count_nonzero as _count_nonzero
-except ImportError:  # pragma: no cover - a NumPy without them: the public functions
-    _clip, _count_nonzero = np.clip, np.count_nonzero
-# np.dot without its __array_function__ dispatch (NEP 18's ``_implementation``): the
-# simulator's arrays are plain ndarrays, and the dispatch costs a third of a row's product.
-_dot = getattr(np.dot, "_implementation", np.dot)
+from snuc.runtime.plan_tiles import TileChip
+from snuc.runtime.tile_read import row_product
 
 Kernel = Callable[[list], None]
 
@@ -158,95 +151,6 @@ class Allocator:
 # --------------------------------------------------------------------------- crossbars
 
 
-class Converted:
-    """A tile's input as its DACs convert it, ``[M, K]`` float64, allocated per kit.
-
-    Tiles on one core that read the same rows of the same buffer through the same DAC
-    range in the same timestep (the column blocks of a wide layer) share one: the first
-    converts, the others read it (the conversion is a function of those alone).
-
-    Attributes:
-        x_q: the converted input.
-        squared: ``x_q ** 2`` (noisy tiles with multi-bit inputs: read-noise variance).
-        driven: rows driven with a non-zero input, over the vectors.
-    """
-
-    def __init__(self, chip: TileChip, rows: int) -> None:
-        self.x_q = np.empty((rows, chip.n_rows))
-        if chip.noisy and not chip.binary_input:
-            self.squared = np.empty((rows, chip.n_rows))
-        self.driven = 0
-
-
-class StepNoise:
-    """A duplicated tile's read-noise block ``[T, *out]``, handed out by timestep.
-
-    The copies of a tile share its one block (SPEC §6), each taking the steps it serves,
-    in their own order: copy j's ``mvm`` of step t may run before copy j-1's of step
-    t - 1 (the copies start at different cycles). The block is drawn from the tile's
-    stream in step order, and steps drawn ahead wait until their copy takes them.
-    """
-
-    def __init__(self, stream: NoiseStream, per_step: int) -> None:
-        self._stream = stream
-        self._per_step = per_step
-        self._drawn = 0
-        self._ahead: dict[int, np.ndarray] = {}
-        self._servings: list[_Serving] = []
-
-    def restart(self) -> None:
-        """Start over, for a new run (its stream started over too): no step drawn or
-        taken."""
-        self._drawn = 0
-        self._ahead.clear()
-        for serving in self._servings:
-            serving.restart()
-
-    def step(self, t: int) -> np.ndarray:
-        """``block[t]``, flat; each step is taken once."""
-        while self._drawn <= t:
-            self._ahead[self._drawn] = self._stream.take(self._per_step).copy()
-            self._drawn += 1
-        return self._ahead.pop(t)
-
-    def serving(self, k: int, j: int) -> _Serving:
-        """What copy j of K takes: steps j, j + K, j + 2K, ... in turn."""
-        serving = _Serving(self, k, j)
-        self._servings.append(serving)
-        return serving
-
-
-class _Serving:
-    """One copy's share of a :class:`StepNoise`, with the ``take`` of a noise stream."""
-
-    def __init__(self, steps: StepNoise, k: int, j: int) -> None:
-        self._steps = steps
-        self._k = k
-        self._j = j
-        self._next = j
-
-    def restart(self) -> None:
-        self._next = self._j
-
-    def take(self, n: int) -> np.ndarray:
-        """The normals of the next step this copy serves (``n`` of them: all the step's)."""
-        block = self._steps.step(self._next)
-        if block.size != n:
-            raise RuntimeError(f"read noise of {block.size} values per step, asked for {n}")
-        self._next += self._k
-        return block
-
-
-class Workspace:
-    """Float64 scratch of one tile's reads of ``rows`` input vectors, allocated per kit."""
-
-    def __init__(self, chip: TileChip, rows: int) -> None:
-        self.current = np.empty((rows, chip.n_cols))
-        if chip.noisy:
-            self.spread = np.empty((rows, chip.n_cols))
-            self.spread_flat = self.spread.reshape(-1)
-
-
 def mvm_kernel(
     x: int,
     codes: int,
@@ -262,20 +166,8 @@ def mvm_kernel(
     work: int,
     noise: int | None,
 ) -> Kernel:
-    """``mvm``: the tile's ADC codes (``float``: its exact product) of the step's input.
-
-    The float operations are those of the NumPy backend's tile read
-    (``TileChip._read_block``), in the same order, so every element rounds the same; a
-    few are left out or merged where that cannot change a result: the DAC's grid origin
-    is skipped when it is 0 (that changes at most the sign of a zero, which no later step
-    sees), its clip is a maximum and a minimum (one ``clip`` where neither bound is 0: the
-    same values, signed zeros included), and the ADC's rounding writes the codes
-    (integers, held in float64 so that a NaN input stays NaN as in the NumPy backend).
-
-    A step's arrays hold a few hundred elements, so a NumPy call costs more than its
-    arithmetic: the scalars are 0-d float64 arrays (a Python float is converted at every
-    call), outputs are passed positionally, the rows window is taken only when it is not
-    the whole operand, and a product of one row takes ``np.dot`` (:func:`row_product`).
+    """``mvm``: the tile's ADC codes (``float``: its exact product) of the step's input:
+    the tile pipeline's ``convert``, ``currents`` and ``codes`` (:mod:`tile_read`).
 
     Args:
         x, codes: slots of the operand ``[M, K]`` (all the weight's rows) and of the
@@ -287,14 +179,18 @@ def mvm_kernel(
             buffers of the simulator of one dtype (their rows have unit stride), else None.
         chip: the programmed tile (quantized, pcm); None in float mode.
         weight: float mode: the tile's window of the weight, contiguous.
-        converted: slot of the tile's :class:`Converted` input (quantized, pcm).
+        converted: slot of the :class:`~snuc.runtime.tile_read.Workspace` holding the
+            tile's converted input (quantized, pcm); tiles that convert the same input
+            share it.
         converts: this tile converts the input (else an earlier tile sharing it did).
-        work: slot of the tile's :class:`Workspace` (quantized, pcm).
+        work: slot of the tile's :class:`~snuc.runtime.tile_read.Workspace` (quantized,
+            pcm).
         noise: slot of the tile's read-noise stream (pcm).
     """
-    rows = None if tile.rows == (0, x_width) else slice(*tile.rows)
-    matmul, dot, count = np.matmul, _dot, _count_nonzero
+    count = np_fast.count_nonzero
     if chip is None:
+        rows = None if tile.rows == (0, x_width) else slice(*tile.rows)
+        matmul, dot = np.matmul, np_fast.dot
         by_row = x_dtype is not None and row_product(weight, x_dtype)
 
         def exact(s: list) -> None:
@@ -306,119 +202,26 @@ def mvm_kernel(
                 matmul(window, weight, s[codes])
 
         return exact
-    divide, multiply, rint = np.divide, np.multiply, np.rint
-    full_scale, m = _scalar(chip.adc_range), _scalar(adc_max_code(chip.adc_bits))
-    lo, hi = chip.dac
-    origin, step = dac_grid(lo, hi, chip.dac_bits)
-    origin_, step_ = _scalar(origin), _scalar(step)
-    dac_clip = _clipper(lo, hi)
-    binary = chip.binary_input
-    conductance, variance = chip.conductance_us, chip.variance_us2
-    float64 = np.dtype(np.float64)
-    by_row = row_product(conductance, float64) and (
-        variance is None or row_product(variance, float64)
-    )
-    adc_clip = _clipper(-1.0, 1.0) if variance is not None or not never_clips(chip) else None
+    convert, currents, to_codes, _ = chip.stages
+    noisy = chip.noisy
 
     def read(s: list) -> None:
         done = s[converted]
         x_q = done.x_q
         if converts:
-            x_q[...] = s[x] if rows is None else s[x][:, rows]
-            if not binary:  # crossbar.dac_quantize, in place
-                dac_clip(x_q)
-                if origin:
-                    np.subtract(x_q, origin_, x_q)
-                divide(x_q, step_, x_q)
-                rint(x_q, x_q)
-                multiply(x_q, step_, x_q)
-                if origin:
-                    np.add(x_q, origin_, x_q)
-                if variance is not None:
-                    multiply(x_q, x_q, done.squared)
+            convert(s[x], x_q, done.squared)
             done.driven = count(x_q)
         s[TALLY][tally] += done.driven
         ws = s[work]
         current = ws.current
-        product = dot if by_row and x_q.shape[0] == 1 else matmul
-        product(x_q, conductance, current)
-        if variance is not None:
-            spread = ws.spread
-            # x_q**2 == x_q for x_q in {0, 1}.
-            product(x_q if binary else done.squared, variance, spread)
-            np.sqrt(spread, spread)
+        if noisy:
             flat = ws.spread_flat
-            multiply(flat, s[noise].take(flat.size), flat)
-            np.add(current, spread, current)
-        # The ADC's codes: crossbar.adc_quantize up to its rounding.
-        divide(current, full_scale, current)
-        if adc_clip is not None:
-            adc_clip(current)
-        multiply(current, m, current)
-        rint(current, s[codes])
+            currents(x_q, done.squared, current, ws.spread, flat, s[noise].take(flat.size))
+        else:
+            currents(x_q, None, current, None, None, None)
+        to_codes(current, s[codes])
 
     return read
-
-
-def row_product(weight: np.ndarray, dtype: np.dtype) -> bool:
-    """Whether ``np.dot(x, weight, out)`` computes ``np.matmul(x, weight, out)`` bit for
-    bit for one row x ``[1, K]`` of ``dtype`` with unit stride (and out ``[1, N]``, C
-    order, of that dtype), at about half its cost per call.
-
-    Both hand such a row to BLAS's gemv with the same arguments (row major, transposed,
-    K by N, leading dimension N, unit strides) when the weight is C-contiguous and of
-    the row's dtype, float32 or float64, with more than one row and column (with one,
-    NumPy takes other paths, which may differ).
-    """
-    k, n = weight.shape
-    return (
-        weight.flags.c_contiguous
-        and weight.dtype == dtype
-        and dtype in (np.dtype(np.float32), np.dtype(np.float64))
-        and k > 1
-        and n > 1
-    )
-
-
-def _scalar(value: float) -> np.ndarray:
-    """A float64 operand of every element: a 0-d array, which NumPy takes without the
-    conversion a Python float costs at each call (the same float64 value)."""
-    return np.asarray(value, np.float64)
-
-
-def _clipper(lo: float, hi: float) -> Callable[[np.ndarray], None]:
-    """Clip a float64 array to ``[lo, hi]`` in place, as ``maximum`` then ``minimum``.
-
-    NumPy's ``clip`` computes the same values (NaN stays NaN) in one call, except that
-    the sign of a zero at a bound of 0 may differ; ``maximum``/``minimum`` are kept for
-    such a bound.
-    """
-    lo_, hi_ = _scalar(lo), _scalar(hi)
-    if lo and hi:
-
-        def clip(a: np.ndarray) -> None:
-            _clip(a, lo_, hi_, a)
-
-        return clip
-
-    def clip_by_parts(a: np.ndarray) -> None:
-        np.maximum(a, lo_, out=a)
-        np.minimum(a, hi_, out=a)
-
-    return clip_by_parts
-
-
-def never_clips(chip: TileChip) -> bool:
-    """Whether no input can drive a column of a noiseless tile past the ADC's full scale.
-
-    ``|I_j| <= max(|lo|, |hi|) * sum_i |G_ij|`` for every DAC output; when that is at most
-    the full scale F (as for the quantize pass's default ranges; 1e-9 relative is allowed
-    for the order of the sums), ``|I / F|`` exceeds 1 by at most about 1e-9, so ``rint(I
-    / F * m)`` is m, what the clip to ``[-1, 1]`` would give: the clip can be left out.
-    """
-    drive = max(abs(chip.dac[0]), abs(chip.dac[1]))
-    bound = drive * float(np.abs(chip.conductance_us).sum(axis=0).max(initial=0.0))
-    return bound <= chip.adc_range * (1 + 1e-9)
 
 
 def adc_kernel(
@@ -430,9 +233,8 @@ def adc_kernel(
     gain: int | None = None,
     same_dtype: bool = False,
 ) -> Kernel:
-    """``adc``: values from codes, ``float32(code * adc_range / m * s * alpha)`` (the rest
-    of ``crossbar.adc_quantize`` and the tile's gain, as the NumPy backend computes them,
-    in float64, rounded once to the result's dtype); float mode: a copy.
+    """``adc``: values from codes, the tile pipeline's ``values`` stage
+    (:mod:`tile_read`); float mode: a copy.
 
     Args:
         codes, out: slots of the codes and of the values.
@@ -446,18 +248,10 @@ def adc_kernel(
     """
     if chip is None:
         return copy_kernel(codes, out, None, None, same_dtype)
-    multiply, divide = np.multiply, np.divide
-    full_scale, m = _scalar(chip.adc_range), _scalar(adc_max_code(chip.adc_bits))
+    values = chip.stages.values
 
     def read_out(s: list) -> None:
-        values = s[scratch]
-        multiply(s[codes], full_scale, values)
-        divide(values, m, values)
-        multiply(values, s[gain], values)
-        if same_dtype:
-            s[out][...] = values
-        else:
-            np.copyto(s[out], values, casting="same_kind")
+        values(s[codes], s[scratch], s[gain], s[out], same_dtype)
 
     return read_out
 
@@ -475,24 +269,16 @@ def vector_kernel(
     alloc: Allocator,
     spikes: int | None,
 ) -> Kernel:
-    """A vector instruction: the NumPy backend's kernel of its IR op, writing into its
-    result buffers; with ``spikes`` (a tally index) it also counts its spikes (its last
-    result: the neuron update's ``y`` or a step's output).
-
-    The ops of the usual networks (element-wise arithmetic, sigmoid, the SNU update with
-    a step, concatenation) take :func:`step_kernel`: the same ufuncs in the same order,
-    with less overhead per call on a timestep's few hundred elements."""
+    """A vector instruction: the NumPy backend's kernel of its IR op
+    (:func:`plan_kernels.node_kernel`), writing into its result buffers; with ``spikes``
+    (a tally index) it also counts its spikes (its last result: the neuron update's ``y``
+    or a step's output)."""
     node = Node(
         instr.ir_op(),
         tuple(name[1:] for name in instr.srcs),
         tuple(name[1:] for name in instr.dsts),
     )
-    kernel = step_kernel(
-        node, ins, outs, types=types, constants=constants, alloc=alloc, spikes=spikes
-    )
-    if kernel is not None:
-        return kernel
-    kernel = kernels.node_kernel(
+    return kernels.node_kernel(
         node,
         ins,
         outs,
@@ -501,168 +287,8 @@ def vector_kernel(
         invariants=constants,
         chips={},
         alloc=alloc,
+        tally=None if spikes is None else (TALLY, spikes),
     )
-    if spikes is None:
-        return kernel
-    y = outs[-1]
-    count = _count_nonzero
-
-    def counted(s: list) -> None:
-        kernel(s)
-        s[TALLY][spikes] += count(s[y])
-
-    return counted
-
-
-_ARITHMETIC = {"dig.add": np.add, "dig.sub": np.subtract, "dig.mul": np.multiply}
-
-
-def step_kernel(
-    node: Node,
-    ins: list[int],
-    outs: list[int],
-    *,
-    types: Mapping[str, TensorType],
-    constants: Mapping[str, np.ndarray],
-    alloc: Allocator,
-    spikes: int | None,
-) -> Kernel | None:
-    """The kernel :func:`plan_kernels.node_kernel` makes for ``node``, computing the same
-    values with the same ufuncs in the same order, for one timestep's arrays: outputs
-    passed positionally (``maximum`` aside, which takes them by keyword only), NumPy's
-    functions bound once, a bool result assigned instead of copied; None for the ops it
-    does not cover (the NumPy backend's kernel then runs as it is).
-
-    Covered: ``dig.add``, ``dig.sub``, ``dig.mul`` and a float ``dig.div`` of operands of
-    the result's dtype, ``dig.sigmoid``, ``snu.layer`` with a step (which adds its spikes
-    to the tally at index ``spikes``) and ``dig.concat`` of operands of the result's dtype.
-    """
-    name = node.op.NAME
-    type_ = types[node.outputs[0]]
-    dtype, shape = type_.np_dtype, type_.shape
-    same = all(types[v].np_dtype == dtype for v in node.inputs if v in types)
-    same = same and all(constants[v].dtype == dtype for v in node.inputs if v in constants)
-
-    def operand(i: int, negate: bool = False) -> int:
-        """Operand i's slot; a constant one broadcast to the result's shape (as
-        ``node_kernel`` does, so the ufunc takes its fastest path)."""
-        value = constants.get(node.inputs[i])
-        if value is None or value.dtype != dtype:
-            return ins[i]
-        return alloc.full(-value if negate else value, shape)
-
-    def constant(v: float) -> int:
-        return alloc.full(np.asarray(v, dtype), shape)
-
-    if spikes is not None and not (name == "snu.layer" and node.op.h == "step"):
-        return None
-    if (name in _ARITHMETIC or (name == "dig.div" and dtype.kind == "f")) and same:
-        ufunc = _ARITHMETIC.get(name, np.divide)
-        return _binary(ufunc, operand(0), operand(1), outs[0])
-    if name == "dig.sigmoid":
-        temps = [alloc.temp(dtype, shape) for _ in range(3)] + [alloc.temp(np.bool_, shape)]
-        return _sigmoid(ins[0], outs[0], (*temps, constant(1), constant(0), constant(-1)))
-    if name == "snu.layer" and node.op.h == "step":
-        threshold = node.inputs[4] in constants
-        operands = (ins[0], ins[1], ins[2], operand(3), operand(4, negate=threshold))
-        temps = (alloc.temp(dtype, shape), alloc.temp(dtype, shape), constant(1), constant(0))
-        spike = alloc.temp(np.bool_, shape)
-        relu = node.op.g == "relu"
-        return _snu_step(operands, outs[0], outs[1], (*temps, spike), relu, threshold, spikes)
-    if name == "dig.concat" and same:
-        return _concat(ins, [types[v].shape for v in node.inputs], node.op.axis, outs[0])
-    return None
-
-
-def _binary(ufunc: np.ufunc, x: int, y: int, out: int) -> Kernel:
-    """``out = ufunc(x, y)``."""
-
-    def kernel(s: list) -> None:
-        ufunc(s[x], s[y], s[out])
-
-    return kernel
-
-
-def _sigmoid(x: int, out: int, temps: tuple[int, ...]) -> Kernel:
-    """``plan_kernels._sigmoid``: ``max(e, x >= 0) / (1 + e)``, ``e = exp(-|x|)``, with
-    ``-|x|`` as ``copysign(x, -1)`` (the same bits as ``negative(absolute(x))``, NaN
-    included: both leave the magnitude and set the sign)."""
-    e, d, num, nonnegative, ones, zeros, minus_ones = temps
-    copysign, exp, add = np.copysign, np.exp, np.add
-    greater_equal, maximum, divide = np.greater_equal, np.maximum, np.divide
-
-    def kernel(s: list) -> None:
-        xs, te, tn = s[x], s[e], s[num]
-        copysign(xs, s[minus_ones], te)
-        exp(te, te)
-        add(s[ones], te, s[d])
-        flags = s[nonnegative]
-        greater_equal(xs, s[zeros], flags)
-        tn[...] = flags
-        maximum(te, tn, out=tn)
-        divide(tn, s[d], s[out])
-
-    return kernel
-
-
-def _snu_step(
-    operands: tuple[int, ...],
-    s_out: int,
-    y_out: int,
-    temps: tuple[int, ...],
-    relu: bool,
-    threshold: bool,
-    spikes: int | None,
-) -> Kernel:
-    """``plan_kernels.snu_layer`` with ``h = step``: ``s = g(a + decay * s_prev * (1 -
-    y_prev))``, ``y = s + bias > 0`` (``s > -bias`` with ``threshold``: the bias slot
-    holds ``-bias``); with ``spikes``, y's spikes add up in the tally at that index."""
-    a, s_prev, y_prev, decay, bias = operands
-    u, v, ones, zeros, spike = temps
-    subtract, multiply, add, maximum, greater = (
-        np.subtract,
-        np.multiply,
-        np.add,
-        np.maximum,
-        np.greater,
-    )
-    count = _count_nonzero
-
-    def kernel(s: list) -> None:
-        tu, tv, st, flags = s[u], s[v], s[s_out], s[spike]
-        subtract(s[ones], s[y_prev], tu)
-        multiply(s[decay], s[s_prev], tv)
-        multiply(tv, tu, tv)
-        add(s[a], tv, st)
-        if relu:
-            maximum(st, s[zeros], out=st)
-        if threshold:
-            greater(st, s[bias], flags)
-        else:
-            greater(add(st, s[bias], tu), s[zeros], flags)
-        s[y_out][...] = flags
-        if spikes is not None:
-            s[TALLY][spikes] += count(flags)
-
-    return kernel
-
-
-def _concat(xs: list[int], shapes: list[tuple[Dim, ...]], axis: int, out: int) -> Kernel:
-    """``out = concatenate(xs, axis)``: each operand copied into its part of ``out``."""
-    axis %= len(shapes[0])
-    parts = []
-    lo = 0
-    for x, shape in zip(xs, shapes, strict=True):
-        hi = lo + shape[axis]
-        parts.append((x, (slice(None),) * axis + (slice(lo, hi),)))
-        lo = hi
-
-    def kernel(s: list) -> None:
-        o = s[out]
-        for x, where in parts:
-            o[where] = s[x]
-
-    return kernel
 
 
 def spiking(instr: VectorOp) -> bool:

@@ -21,7 +21,8 @@ import numpy as np
 from snuc.ir.graph import Graph
 from snuc.ir.types import BATCH, TensorType
 from snuc.runtime import sim_ops as ops
-from snuc.runtime.plan_tiles import NoiseStream, TileChip
+from snuc.runtime.plan_tiles import TileChip
+from snuc.runtime.read_noise import NoiseStream
 from snuc.runtime.sim_ops import Slot
 
 if TYPE_CHECKING:  # the plan owns its runs; only its type is named here
@@ -115,8 +116,7 @@ class Kit:
         self.steps = steps
         self.offset = offset
         self.tally = [0] * len(layout.tallies)
-        self._noise: dict[int, tuple[NoiseStream, int]] = {}
-        self._step_noise: dict[int, ops.StepNoise] = {}
+        self._noise: dict[int, NoiseStream] = {}
         self.buffers = {
             key: [np.zeros(type_.concrete(batch), dtype) for _ in range(copies)]
             for key, (copies, type_, dtype) in layout.buffers.items()
@@ -149,29 +149,21 @@ class Kit:
         if steps != self.edges_steps:
             self.edges.clear()
             self.edges_steps = steps
-        for stream, per_step in self._noise.values():
-            stream.restart(max(1, steps * per_step), offset=offset)
-        for shared in self._step_noise.values():
-            shared.restart()
+        for stream in self._noise.values():
+            stream.restart(max(1, steps * stream.per_step), offset=offset)
         self.steps, self.offset = steps, offset
 
     def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
-        """The read-noise stream of a tile (created on first use)."""
+        """The read-noise stream of a tile (created on first use); the copies of a
+        duplicated tile share it, each taking its steps (``serving``)."""
         found = self._noise.get(chip.tile)
         if found is None:
-            stream = NoiseStream(
-                self.plan.config.seed, chip.tile, max(1, self.steps * per_step), offset=self.offset
-            )
-            found = self._noise[chip.tile] = (stream, per_step)
-        return found[0]
-
-    def step_noise(self, chip: TileChip, per_step: int) -> ops.StepNoise:
-        """The read noise of a duplicated tile by timestep, which its copies share
-        (created on first use)."""
-        found = self._step_noise.get(chip.tile)
-        if found is None:
-            found = self._step_noise[chip.tile] = ops.StepNoise(
-                self.noise(chip, per_step), per_step
+            found = self._noise[chip.tile] = NoiseStream(
+                self.plan.config.seed,
+                chip.tile,
+                max(1, self.steps * per_step),
+                offset=self.offset,
+                per_step=per_step,
             )
         return found
 

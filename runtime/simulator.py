@@ -23,7 +23,7 @@ instruction works on ``[B, ...]`` buffers.
 Duplicated tiles (docs/isa.md "Tile duplication"): an instruction tagged ``(K, j)`` runs
 only for timesteps t with ``t mod K == j``; each copy of a tile is its own programmed
 array (pcm), and the copies of one tile share its read-noise block, each taking the rows
-of the timesteps it serves (:class:`~snuc.runtime.sim_ops.StepNoise`).
+of the timesteps it serves (:meth:`~snuc.runtime.read_noise.NoiseStream.serving`).
 
 Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
 the timing simulation: a batch is B sequences streamed through the pipeline back to back
@@ -70,6 +70,7 @@ from snuc.runtime.plan_tiles import TileChip, program_tiles
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
 from snuc.runtime.sim_run import Clock, Kit, Output, Run, batch_slice, join
 from snuc.runtime.sim_stats import COMPONENTS, SimStats, format_stats, run_stats
+from snuc.runtime.tile_read import Workspace
 
 __all__ = ["SimPlan", "SimStats", "SimulationError", "format_stats", "run_sim"]
 
@@ -639,9 +640,9 @@ class _Compiler:
             converts = converted is None
             if converts:
                 converted = self.conversions[same_input] = table.new(
-                    ops.fixed(lambda kit: ops.Converted(chip, rows_of(kit.batch)))
+                    ops.fixed(lambda kit: Workspace(chip, rows_of(kit.batch)))
                 )
-            work = table.new(ops.fixed(lambda kit: ops.Workspace(chip, rows_of(kit.batch))))
+            work = table.new(ops.fixed(lambda kit: Workspace(chip, rows_of(kit.batch))))
             tag = instr.tag
             if chip.noisy and tag is None:
                 noise = table.new(
@@ -650,9 +651,7 @@ class _Compiler:
             elif chip.noisy:  # a copy of a duplicated tile: the steps it serves
                 noise = table.new(
                     ops.fixed(
-                        lambda kit: kit.step_noise(chip, rows_of(kit.batch) * chip.n_cols).serving(
-                            *tag
-                        )
+                        lambda kit: kit.noise(chip, rows_of(kit.batch) * chip.n_cols).serving(*tag)
                     )
                 )
         driven = len(self.tallies)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from snuc import driver
 from snuc.ir import Graph, SnucError, TensorType, ops
 from snuc.ir.target import parse_target
-from snuc.runtime import numpy_backend, plan_tiles
+from snuc.runtime import numpy_backend, read_noise
 from snuc.runtime.interpreter import run
 from snuc.runtime.numpy_backend import Plan, run_numpy
 from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Shift, schedule
@@ -507,7 +507,7 @@ def test_a_plan_is_built_once_and_serves_many_runs():
 def test_read_noise_drawn_ahead_in_small_pieces_is_the_interpreters(thread, monkeypatch):
     """Pieces of 7 normals (never a whole step) on the background thread, or without it."""
     monkeypatch.setattr(numpy_backend, "BACKGROUND_NOISE_ELEMENTS", 0)
-    monkeypatch.setattr(plan_tiles, "NOISE_BLOCK_ELEMENTS", 7)
+    monkeypatch.setattr(read_noise, "NOISE_BLOCK_ELEMENTS", 7)
     graph = snu_stack()
     x = spikes((13, 3, 6), seed=18)
     plan = Plan.build(graph, mode="pcm", target=TARGET, noise_thread=thread)
@@ -666,7 +666,7 @@ def test_noisy_runs_reuse_their_streams_from_the_start(noise_thread, monkeypatch
     """pcm runs reuse a finished run's read-noise streams, started over: each run draws
     the interpreter's numbers, at any T, with the noise drawn on a thread or not."""
     monkeypatch.setattr(numpy_backend, "BACKGROUND_NOISE_ELEMENTS", 1)
-    monkeypatch.setattr(plan_tiles, "NOISE_BLOCK_ELEMENTS", 7)
+    monkeypatch.setattr(read_noise, "NOISE_BLOCK_ELEMENTS", 7)
     monkeypatch.setattr(numpy_backend, "block_steps", lambda least, size, steps: 3)
     graph = snu_stack()
     plan = Plan.build(graph, mode="pcm", target=TARGET, noise_thread=noise_thread)

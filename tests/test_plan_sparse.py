@@ -1,6 +1,6 @@
 """Spike products without silent rows and inputs (``snuc.runtime.plan_sparse``), in the
 NumPy backend's float products and its quantised and pcm tile reads, and the order in
-which a run's read-noise streams are drawn ahead (``plan_tiles.draw_ahead``).
+which a run's read-noise streams are drawn ahead (``read_noise.draw_ahead``).
 
 The reduced products must give the dense product's numbers (silent rows exactly ``+0``),
 choose the reduction the module describes, and leave every backend equal to the
@@ -16,7 +16,7 @@ import pytest
 from equivalence import assert_same  # tests/ is on sys.path under pytest
 from test_numpy_backend import MODES, TARGET, snu_stack, spikes
 
-from snuc.runtime import plan_kernels, plan_sparse, plan_tiles
+from snuc.runtime import plan_kernels, plan_sparse, plan_tiles, read_noise
 from snuc.runtime.interpreter import run
 from snuc.runtime.numpy_backend import Plan
 
@@ -156,16 +156,16 @@ class _RecordingPool:
 def test_a_runs_streams_draw_their_first_pieces_first():
     pool = _RecordingPool()
     streams = [
-        plan_tiles.NoiseStream(0, tile, 10 * plan_tiles.NOISE_BLOCK_ELEMENTS, pool, ahead=False)
+        read_noise.NoiseStream(0, tile, 10 * read_noise.NOISE_BLOCK_ELEMENTS, pool, ahead=False)
         for tile in (4, 7, 9)
     ]
     assert pool.order == []
-    plan_tiles.draw_ahead(streams)
-    ahead = plan_tiles.NOISE_LOOKAHEAD
+    read_noise.draw_ahead(streams)
+    ahead = read_noise.NOISE_LOOKAHEAD
     assert pool.order == [4, 7, 9] * ahead
-    alone = plan_tiles.NoiseStream(0, 4, 10 * plan_tiles.NOISE_BLOCK_ELEMENTS, _RecordingPool())
-    want = alone.take(3 * plan_tiles.NOISE_BLOCK_ELEMENTS)
-    np.testing.assert_array_equal(streams[0].take(3 * plan_tiles.NOISE_BLOCK_ELEMENTS), want)
+    alone = read_noise.NoiseStream(0, 4, 10 * read_noise.NOISE_BLOCK_ELEMENTS, _RecordingPool())
+    want = alone.take(3 * read_noise.NOISE_BLOCK_ELEMENTS)
+    np.testing.assert_array_equal(streams[0].take(3 * read_noise.NOISE_BLOCK_ELEMENTS), want)
 
 
 def test_a_tile_read_without_silent_rows_gives_each_row_its_own_noise(monkeypatch):
