@@ -11,11 +11,15 @@ nodes)::
 
 ``canonicalize`` rewrites every spike twice (the comparison into a step, then the
 ``s - thr`` under it into ``s + (-thr)``: two sweeps of rewrites), ``lift-snu`` lifts every
-layer into one ``snu.layer`` and ``tile`` cuts every dense into tiles. Each pass runs on
-the previous one's output, as in the default pipeline, timed alone (no verification);
-the best of ``--repeat`` runs counts. The ratio column is the 10^4-node time over the
+layer into one ``snu.layer`` and ``tile`` cuts every dense into tiles; the other passes of
+the default pipeline (up to ``quantize``) follow. Each pass runs on the previous one's
+output, as in the default pipeline, timed alone (no verification); the best of
+``--repeat`` runs counts. The ratio column is the 10^4-node time over the
 10^3-node time: 10 for a pass linear in the graph, 100 for a quadratic one (goal: at
-most 15).
+most 15). Timed runs follow timeit's convention and pause the garbage collector (a full
+collection scans every object of the process, the other graphs included). The calls
+ratio is the same ratio for the Python function calls of one run (cProfile): the pass's
+work, which a shared machine's load does not disturb.
 
 ``--relus N ...`` also times ``snuc compile`` (the whole command, in a fresh process) on a
 stateless ONNX step model of N chained Relus, the case issue 16 measured.
@@ -30,7 +34,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
 import json
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -40,8 +47,9 @@ from pathlib import Path
 NODES_PER_LAYER = 9
 """Nodes of one SNU layer as :func:`build_chain` spells it."""
 
-PASSES = ("canonicalize", "lift-snu", "tile")
-"""The passes timed, in pipeline order."""
+PASSES = ("canonicalize", "lift-snu", "dead-code", "lower-conv", "tile", "place", "quantize")
+"""The passes timed: the default pipeline's, in its order (the goal is set for canonicalize,
+lift-snu and tile; the others only carry the graph along, where they cost a copy)."""
 
 
 def build_chain(nodes: int, width: int = 8, seed: int = 0):
@@ -86,16 +94,32 @@ def time_passes(nodes: int, repeat: int) -> dict:
 
     target = parse_target("pcm-256x256")
     graph = build_chain(nodes)
-    row = {"nodes": len(graph), "seconds": {}}
+    row = {"nodes": len(graph), "seconds": {}, "calls": {}}
     for name in PASSES:
         best, out = float("inf"), graph
         for _ in range(repeat):
+            gc.collect()
+            gc.disable()  # as timeit does: a full collection scans the whole process
             start = time.perf_counter()
             out = get_pass(name)().run(graph, target)
             best = min(best, time.perf_counter() - start)
+            gc.enable()
         row["seconds"][name] = best
+        row["calls"][name] = count_calls(name, graph, target)
         graph = out
     return row
+
+
+def count_calls(name: str, graph, target) -> int:
+    """Python function calls one run of pass ``name`` makes: a measure of its work that,
+    unlike its time, a shared machine does not disturb."""
+    from snuc.passes import get_pass
+
+    profile = cProfile.Profile()
+    profile.enable()
+    get_pass(name)().run(graph, target)
+    profile.disable()
+    return pstats.Stats(profile).total_calls
 
 
 def relu_chain_model(length: int, path: Path) -> None:
@@ -137,9 +161,11 @@ def _table(rows: list[dict]) -> str:
     head = ["pass", *(f"{r['nodes']:,} nodes s" for r in rows)]
     body = [[name, *(f"{r['seconds'][name]:.3f}" for r in rows)] for name in PASSES]
     if len(rows) > 1:
-        head.append("ratio")
+        head += ["ratio", "calls ratio"]
         for line, name in zip(body, PASSES, strict=True):
-            line.append(f"{rows[-1]['seconds'][name] / rows[0]['seconds'][name]:.1f}x")
+            first, last = rows[0], rows[-1]
+            line.append(f"{last['seconds'][name] / first['seconds'][name]:.1f}x")
+            line.append(f"{last['calls'][name] / first['calls'][name]:.2f}x")
     widths = [max(map(len, column)) for column in zip(head, *body, strict=True)]
 
     def line(cells: list[str]) -> str:

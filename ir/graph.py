@@ -497,20 +497,30 @@ class Graph:
             self._release(name)
 
     def copy(self) -> Graph:
-        """A copy sharing the (read-only) constant arrays."""
+        """A copy sharing the (read-only) constant arrays and the (immutable) nodes.
+
+        The copy's keys follow this graph's node order, so both order their nodes alike
+        and later insertions and appends order the same way in both.
+        """
+        order = self._order()
         g = Graph(self.name)
-        for name, arr in self.constants.items():
-            g.constants[name] = arr
-            g._types[name] = self._types[name]
-        for name in self.inputs:
-            g.add_input(name, self._types[name])
-        for s in self._states:
-            g.add_state(s.name, self._types[s.name])
-        for node in self.nodes():
-            g.add_node(node.op, node.inputs, node.outputs, node.loc)
-        for i, s in enumerate(self._states):
-            g._feed(i, s.next)
+        g.inputs = list(self.inputs)
         g.outputs = list(self.outputs)
+        g.constants = dict(self.constants)
+        g._states = list(self._states)
+        g._state_index = dict(self._state_index)
+        g._feeds = {value: dict(states) for value, states in self._feeds.items()}
+        # Values in the order a graph built afresh would claim them.
+        names = [*self.constants, *self.inputs, *(s.name for s in self._states)]
+        names += [o for nid in order for o in self._nodes[nid].outputs]
+        g._types = {name: self._types[name] for name in names}
+        for position, nid in enumerate(order, start=1):
+            g._nodes[nid] = self._nodes[nid]
+            g._key[nid] = (position,)
+        g._counter = len(order)
+        g._producer = dict(self._producer)
+        g._users = {value: dict(users) for value, users in self._users.items() if users}
+        g._sorted = list(order)
         return g
 
     # ------------------------------------------------------------------ checking
