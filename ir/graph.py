@@ -111,6 +111,8 @@ class _FreshNames:
         if numbered is None:
             return
         base, i = numbered.group(1), int(numbered.group(2))
+        if numbered.group(2) != str(i) or i < 1:
+            return  # base_0 or base_01: never a name fresh() gives
         if i < self._next.get(base, 1):
             heapq.heappush(self._released.setdefault(base, []), i)
 

@@ -310,6 +310,10 @@ def test_fresh_names_reuse_the_smallest_released_one():
     assert [g.add_node(Relu(), ["x"])[0] for _ in range(3)] == ["relu_1", "relu_3", "relu_5"]
     g.add_input("relu_6", ROW)
     assert g.fresh("relu") == "relu_7"
+    for odd in ("relu_0", "relu_01"):
+        g.add_node(Relu(), ["x"], odd)
+        g.remove_node(g.producer(odd))
+    assert g.fresh("relu") == "relu_7"
 
 
 def test_states_cannot_be_replaced_wholesale():
