@@ -20,6 +20,8 @@ Every export is checked (``verify=True``): onnxruntime runs the written file on 
 sequences of several lengths and batch sizes, spike-like (binary) and real-valued, and
 every output and every layer state at every step must match PyTorch eager within ``atol``
 (a flipped spike differs by 1). The file appears at ``path`` only once it has passed.
+The check lives in :mod:`snuc.frontend.export_check`; what a step takes and carries (its
+state slots and signature), in :mod:`snuc.frontend.export_signature`.
 
 State names: a layer at ``layers.<i>`` of the network with state ``(s, y)`` has state
 inputs ``layers.<i>.s``, ``layers.<i>.y`` and state outputs ``layers.<i>.s_next``,
@@ -35,18 +37,27 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 from torch import nn
 
+from snuc.frontend.export_check import check_against_torch
+from snuc.frontend.export_signature import (
+    EXAMPLE_BATCH,
+    X_NAME,
+    Y_NAME,
+    Signature,
+    example_step_input,
+    first_line,
+    fresh_name,
+    names_in,
+    state_slots,
+)
 from snuc.frontend.layers import (
     SNU,
     ConvSNU,
@@ -54,7 +65,6 @@ from snuc.frontend.layers import (
     Readout,
     SNUNetwork,
     TimeMajor,
-    layer_step,
 )
 from snuc.ir.errors import SnucError
 
@@ -74,47 +84,8 @@ STEP_OPS = frozenset(
 MIN_OPSET = 18
 """The dynamo exporter's oldest opset."""
 
-X_NAME, Y_NAME = "X", "Y"
 STEP_IN, STEP_OUT = "x_t", "out_t"
-_EXAMPLE_BATCH = 2  # not 0 or 1: torch.export would specialise the batch axis to it
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """One state tensor of the network.
-
-    Attributes:
-        name: the step graph's state input, ``layers.<i>.<state>``; the output is
-            ``<name>_next``.
-        shape: one sample's shape (no batch axis).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def next_name(self) -> str:
-        return f"{self.name}_next"
-
-
-@dataclass(frozen=True)
-class _Signature:
-    """What one step of the network takes and carries.
-
-    Attributes:
-        features: one sample's input shape at one step (``()`` for token ids).
-        dtype: ``torch.float32`` or ``torch.int64`` (token ids).
-        vocab: the number of token ids (int64 input only).
-        slots: the state tensors, layer by layer.
-        counts: how many state tensors each layer has.
-    """
-
-    features: tuple[int, ...]
-    dtype: torch.dtype
-    vocab: int | None
-    slots: tuple[_Slot, ...]
-    counts: tuple[int, ...]
 
 
 class _FlatStep(nn.Module):
@@ -241,7 +212,7 @@ def verify_export(
     path = Path(path)
     onnx_model = _load(path)
     net = _reference_copy(model)
-    _check_against_torch(onnx_model, path.name, net, check_lengths, check_batches, seed, atol)
+    check_against_torch(onnx_model, path.name, net, check_lengths, check_batches, seed, atol)
 
 
 # ----------------------------------------------------------------------- the network side
@@ -263,7 +234,7 @@ def _prepare(
     input_features: int | Sequence[int] | None,
     example_input: torch.Tensor | None,
     input_dtype: str | torch.dtype | None,
-) -> tuple[SNUNetwork, _Signature]:
+) -> tuple[SNUNetwork, Signature]:
     net = _reference_copy(model)
     first = net.layers[0]
     if example_input is not None:
@@ -287,8 +258,8 @@ def _prepare(
                 f"{type(first).__name__}; use input_dtype='float32'"
             )
         vocab = first.num_embeddings
-    slots, counts = _state_slots(net, features, dtype)
-    return net, _Signature(features, dtype, vocab, slots, counts)
+    slots, counts = state_slots(net, features, dtype)
+    return net, Signature(features, dtype, vocab, slots, counts)
 
 
 def _default_features(first: nn.Module, input_features: int | Sequence[int] | None) -> tuple:
@@ -318,47 +289,7 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise SnucError(f"input_dtype={dtype!r} is not supported; use 'float32' or 'int64'")
 
 
-def _example_step_input(features: tuple[int, ...], dtype: torch.dtype, vocab: int | None):
-    gen = torch.Generator().manual_seed(0)
-    if dtype == torch.int64:
-        return torch.randint(0, vocab, (_EXAMPLE_BATCH,), generator=gen)
-    return torch.rand((_EXAMPLE_BATCH, *features), generator=gen)
-
-
-def _state_slots(
-    net: SNUNetwork, features: tuple[int, ...], dtype: torch.dtype
-) -> tuple[tuple[_Slot, ...], tuple[int, ...]]:
-    """Run one step from the zero state to learn every state's name and shape."""
-    first = net.layers[0]
-    vocab = first.num_embeddings if isinstance(first, nn.Embedding) else None
-    x_t = _example_step_input(features, dtype, vocab)
-    slots: list[_Slot] = []
-    counts: list[int] = []
-    for i, layer in enumerate(net.layers):
-        try:
-            with torch.no_grad():
-                x_t, state = layer_step(layer, x_t, None)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            shape = ", ".join(["B", *map(str, features)])
-            raise SnucError(
-                f"layers.{i} ({type(layer).__name__}) fails on the network's step input "
-                f"[{shape}]: {_first_line(exc)}; check input_features and the layer sizes"
-            ) from exc
-        names = layer.state_names if isinstance(layer, TimeMajor) else ()
-        if len(names) != len(state):
-            raise SnucError(
-                f"layers.{i} ({type(layer).__name__}) returns {len(state)} state tensors "
-                f"but names {len(names)} in state_names; make them agree"
-            )
-        slots += [
-            _Slot(f"layers.{i}.{name}", tuple(t.shape[1:]))
-            for name, t in zip(names, state, strict=True)
-        ]
-        counts.append(len(state))
-    return tuple(slots), tuple(counts)
-
-
-def _describe_layers(net: SNUNetwork, sig: _Signature) -> list[dict]:
+def _describe_layers(net: SNUNetwork, sig: Signature) -> list[dict]:
     """JSON-able description of the layers for ``metadata_props["snuc.layers"]``."""
     states = iter(sig.slots)
     out = []
@@ -397,15 +328,15 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _export_step_graph(net: SNUNetwork, sig: _Signature, opset: int) -> onnx.ModelProto:
+def _export_step_graph(net: SNUNetwork, sig: Signature, opset: int) -> onnx.ModelProto:
     """One step of ``net`` as an ONNX model: inputs ``x_t`` + states, outputs ``out_t`` +
     new states, with only :data:`STEP_OPS`."""
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise SnucError(
             f"opset {opset} is not supported; use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}"
         )
-    x_t = _example_step_input(sig.features, sig.dtype, sig.vocab)
-    states = [torch.zeros(_EXAMPLE_BATCH, *slot.shape) for slot in sig.slots]
+    x_t = example_step_input(sig.features, sig.dtype, sig.vocab)
+    states = [torch.zeros(EXAMPLE_BATCH, *slot.shape) for slot in sig.slots]
     batch = torch.export.Dim("B")
     # A list, not a tuple: torch.export takes an empty tuple of dynamic shapes for a list.
     dynamic = ({0: batch}, [{0: batch} for _ in states])
@@ -427,7 +358,7 @@ def _export_step_graph(net: SNUNetwork, sig: _Signature, opset: int) -> onnx.Mod
             root = root.__cause__
         raise SnucError(
             f"torch.onnx.export failed on the network's step ({type(root).__name__}: "
-            f"{_first_line(root)}); only layers from snuc.frontend.layers and per-step "
+            f"{first_line(root)}); only layers from snuc.frontend.layers and per-step "
             "modules are supported"
         ) from exc
     model = program.model_proto
@@ -436,14 +367,7 @@ def _export_step_graph(net: SNUNetwork, sig: _Signature, opset: int) -> onnx.Mod
     return model
 
 
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return "no message"
-
-
-def _normalise_step_graph(model: onnx.ModelProto, sig: _Signature) -> None:
+def _normalise_step_graph(model: onnx.ModelProto, sig: Signature) -> None:
     """Name the step graph's inputs, outputs and weights; drop the exporter's node notes."""
     graph = model.graph
     graph.name = "step"
@@ -521,15 +445,7 @@ def _check_step_ops(graph: onnx.GraphProto) -> None:
             )
 
 
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, k = name, 1
-    while candidate in taken:
-        candidate, k = f"{name}_{k}", k + 1
-    taken.add(candidate)
-    return candidate
-
-
-def _sequence_model(step_model: onnx.ModelProto, sig: _Signature) -> onnx.ModelProto:
+def _sequence_model(step_model: onnx.ModelProto, sig: Signature) -> onnx.ModelProto:
     """Wrap the step graph in a Scan over time, with zero initial states built from X."""
     body = onnx.GraphProto()
     body.CopyFrom(step_model.graph)
@@ -537,12 +453,12 @@ def _sequence_model(step_model: onnx.ModelProto, sig: _Signature) -> onnx.ModelP
     del body.input[:], body.output[:]
     body.input.extend(ins[1:] + ins[:1])  # a Scan body takes the states first, then x_t
     body.output.extend(outs[1:] + outs[:1])
-    taken = _names_in(body) | {X_NAME, Y_NAME}
+    taken = names_in(body) | {X_NAME, Y_NAME}
 
     elem = TensorProto.INT64 if sig.dtype == torch.int64 else TensorProto.FLOAT
     x_info = helper.make_tensor_value_info(X_NAME, elem, ["T", "B", *sig.features])
-    shape, batch = _fresh("X_shape", taken), _fresh("batch", taken)
-    start, end = _fresh("batch_start", taken), _fresh("batch_end", taken)
+    shape, batch = fresh_name("X_shape", taken), fresh_name("batch", taken)
+    start, end = fresh_name("batch_start", taken), fresh_name("batch_end", taken)
     nodes = [
         helper.make_node("Shape", [X_NAME], [shape], name="init/Shape"),
         _int_constant(start, [1]),
@@ -554,8 +470,8 @@ def _sequence_model(step_model: onnx.ModelProto, sig: _Signature) -> onnx.ModelP
         if slot.shape in zeros_by_shape:
             continue
         k = len(zeros_by_shape)
-        dims, full = _fresh(f"state_dims_{k}", taken), _fresh(f"state_shape_{k}", taken)
-        zeros = _fresh(f"zeros_{k}", taken)
+        dims, full = fresh_name(f"state_dims_{k}", taken), fresh_name(f"state_shape_{k}", taken)
+        zeros = fresh_name(f"zeros_{k}", taken)
         nodes += [
             _int_constant(dims, list(slot.shape)),
             helper.make_node("Concat", [batch, dims], [full], axis=0, name=f"init/Concat_{k}"),
@@ -568,7 +484,7 @@ def _sequence_model(step_model: onnx.ModelProto, sig: _Signature) -> onnx.ModelP
             ),
         ]
         zeros_by_shape[slot.shape] = zeros
-    finals = [_fresh(f"{slot.name}_final", taken) for slot in sig.slots]
+    finals = [fresh_name(f"{slot.name}_final", taken) for slot in sig.slots]
     nodes.append(
         helper.make_node(
             "Scan",
@@ -589,11 +505,6 @@ def _sequence_model(step_model: onnx.ModelProto, sig: _Signature) -> onnx.ModelP
     return model
 
 
-def _names_in(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in graph.input} | {v.name for v in graph.initializer}
-    return names | {out for node in graph.node for out in node.output}
-
-
 def _int_constant(name: str, values: list[int]) -> onnx.NodeProto:
     return helper.make_node(
         "Constant",
@@ -604,7 +515,7 @@ def _int_constant(name: str, values: list[int]) -> onnx.NodeProto:
     )
 
 
-def _add_metadata(model: onnx.ModelProto, net: SNUNetwork, sig: _Signature, *, form: str) -> None:
+def _add_metadata(model: onnx.ModelProto, net: SNUNetwork, sig: Signature, *, form: str) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     props["snuc.form"] = form
     props["snuc.layers"] = json.dumps(_describe_layers(net, sig))
@@ -628,7 +539,7 @@ def _write_checked(
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise SnucError(f"the exported model fails the ONNX checker: {_first_line(exc)}") from exc
+        raise SnucError(f"the exported model fails the ONNX checker: {first_line(exc)}") from exc
     if not path.parent.is_dir():
         raise SnucError(f"cannot write {path}: directory {path.parent} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -637,7 +548,7 @@ def _write_checked(
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
         if verify:
-            _check_against_torch(
+            check_against_torch(
                 _load(tmp), path.name, net, check_lengths, check_batches, seed, atol
             )
         os.replace(tmp, path)
@@ -650,198 +561,6 @@ def _load(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(path)
     except OSError as exc:
-        raise SnucError(f"cannot read {path}: {exc.strerror or _first_line(exc)}") from exc
+        raise SnucError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from exc
     except DecodeError as exc:
         raise SnucError(f"{path} is not an ONNX model (the protobuf does not parse)") from exc
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _check_against_torch(
-    onnx_model: onnx.ModelProto,
-    file_name: str,
-    net: SNUNetwork,
-    check_lengths: Sequence[int],
-    check_batches: Sequence[int],
-    seed: int,
-    atol: float,
-) -> None:
-    """Run ``onnx_model`` and ``net`` on the same random sequences; raise on a mismatch."""
-    for what, values in (("check_lengths", check_lengths), ("check_batches", check_batches)):
-        if not values or any(int(v) < 1 for v in values):
-            raise SnucError(f"{what}={tuple(values)!r}: give one or more sizes, each at least 1")
-    form = _form_of(onnx_model)
-    sig = _signature_of(onnx_model, net, form)
-    run = _sequence_runner(onnx_model, sig) if form == "sequence" else _step_runner(onnx_model, sig)
-    cases = _cases(check_lengths, check_batches, sig.dtype)
-    for case, (length, batch, kind) in enumerate(cases):
-        x = _random_sequence(sig, length, batch, kind, seed=seed * 1000 + case)
-        expected = _torch_reference(net, sig, x)
-        got = run(x.numpy())
-        for name, want in expected.items():
-            err = _max_error(got[name], want)
-            if not err <= atol:
-                raise SnucError(
-                    f"export check failed for {file_name}: {name} differs from PyTorch by "
-                    f"{err:.3g} (atol {atol:g}) at T={length}, B={batch}, {kind} input; the "
-                    "ONNX model does not compute what the network computes"
-                )
-
-
-def _max_error(got: np.ndarray, want: np.ndarray) -> float:
-    """The largest difference, relative to the tensor's largest magnitude beyond 1.
-
-    A membrane potential is a sum over hundreds of inputs; float32 summation order alone
-    moves it by about 1e-7 of the sum's terms, which exceeds 1e-5 absolute once the layer's
-    values reach tens, even at elements that are small after cancellation. The check so
-    scales the tolerance with the tensor's magnitude (spikes and tensors within [-1, 1]
-    keep the absolute tolerance: a flipped spike still differs by 1).
-    """
-    if got.shape != want.shape:
-        return float("inf")
-    if got.size == 0:
-        return 0.0
-    want64 = want.astype(np.float64)
-    scale = max(1.0, float(np.max(np.abs(want64))))
-    return float(np.max(np.abs(got.astype(np.float64) - want64))) / scale
-
-
-def _form_of(onnx_model: onnx.ModelProto) -> str:
-    form = {p.key: p.value for p in onnx_model.metadata_props}.get("snuc.form")
-    if form not in ("sequence", "step"):
-        raise SnucError(
-            "the ONNX model has no snuc.form metadata; verify_export checks files written by "
-            "snuc.frontend.export only"
-        )
-    return form
-
-
-def _signature_of(onnx_model: onnx.ModelProto, net: SNUNetwork, form: str) -> _Signature:
-    """The network's signature for the input the ONNX file declares."""
-    x = onnx_model.graph.input[0].type.tensor_type
-    lead = 2 if form == "sequence" else 1  # [T, B, ...] or [B, ...]
-    features = tuple(d.dim_value for d in x.shape.dim[lead:])
-    dtype = torch.int64 if x.elem_type == TensorProto.INT64 else torch.float32
-    first = net.layers[0]
-    vocab = first.num_embeddings if isinstance(first, nn.Embedding) else None
-    if dtype == torch.int64 and vocab is None:
-        raise SnucError(
-            "the ONNX model takes token ids but the network does not start with nn.Embedding"
-        )
-    slots, counts = _state_slots(net, features, dtype)
-    return _Signature(features, dtype, vocab, slots, counts)
-
-
-def _cases(
-    lengths: Sequence[int], batches: Sequence[int], dtype: torch.dtype
-) -> list[tuple[int, int, str]]:
-    kinds = ("token-id",) if dtype == torch.int64 else ("binary", "real-valued")
-    return [(int(t), int(b), kind) for t in lengths for b in batches for kind in kinds]
-
-
-def _random_sequence(
-    sig: _Signature, length: int, batch: int, kind: str, *, seed: int
-) -> torch.Tensor:
-    """Check input. Real values are continuous, so a state landing exactly on the threshold
-    (where float rounding could flip a spike) has probability zero."""
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "token-id":
-        return torch.randint(0, sig.vocab, (length, batch), generator=gen)
-    shape = (length, batch, *sig.features)
-    if kind == "binary":
-        return (torch.rand(shape, generator=gen) < 0.3).to(torch.float32)
-    return torch.randn(shape, generator=gen)
-
-
-def _torch_reference(net: SNUNetwork, sig: _Signature, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """PyTorch eager on ``x``: ``Y`` and every state at every step, by name."""
-    outs: list[torch.Tensor] = []
-    steps: list[list[torch.Tensor]] = []
-    state = None
-    with torch.no_grad():
-        for x_t in x.unbind(0):
-            out_t, state = net.step(x_t, state)
-            outs.append(out_t)
-            steps.append([t for layer_state in state for t in layer_state])
-    result = {Y_NAME: torch.stack(outs).numpy()}
-    for k, slot in enumerate(sig.slots):
-        result[slot.name] = torch.stack([step[k] for step in steps]).numpy()
-    return result
-
-
-Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-def _sequence_runner(onnx_model: onnx.ModelProto, sig: _Signature) -> Runner:
-    """Runs the model for ``Y`` and a twin whose Scan also emits every state at every step."""
-    scans = [n for n in onnx_model.graph.node if n.op_type == "Scan"]
-    if len(scans) != 1:
-        raise SnucError(f"a sequence-form model holds one Scan, this one {len(scans)}")
-    n = len(sig.slots)
-    if len(scans[0].input) != n + 1:
-        raise SnucError(
-            f"the ONNX model carries {len(scans[0].input) - 1} states but the network has "
-            f"{n}; export the network again"
-        )
-    plain = _session(onnx_model)
-    traced = _session(_with_state_traces(onnx_model, sig))
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        (y,) = plain.run([Y_NAME], {X_NAME: x})
-        traces = traced.run(None, {X_NAME: x})[1:]
-        return {Y_NAME: y, **{slot.name: t for slot, t in zip(sig.slots, traces, strict=True)}}
-
-    return run
-
-
-def _with_state_traces(onnx_model: onnx.ModelProto, sig: _Signature) -> onnx.ModelProto:
-    """A copy of a sequence-form model that also outputs each new state as ``[T, B, ...]``
-    (its Scan body copies them to scan outputs), after ``Y`` in slot order."""
-    model = onnx.ModelProto()
-    model.CopyFrom(onnx_model)
-    scan = next(n for n in model.graph.node if n.op_type == "Scan")
-    body_attr = next(a for a in scan.attribute if a.name == "body")
-    body = body_attr.g
-    taken = _names_in(body) | _names_in(model.graph)
-    for slot, value in zip(sig.slots, list(body.output), strict=False):
-        inner, outer = _fresh(f"{slot.name}_trace", taken), _fresh(f"{slot.name}_steps", taken)
-        body.node.append(helper.make_node("Identity", [value.name], [inner]))
-        body.output.append(helper.make_tensor_value_info(inner, TensorProto.FLOAT, None))
-        scan.output.append(outer)
-        model.graph.output.append(helper.make_tensor_value_info(outer, TensorProto.FLOAT, None))
-    return model
-
-
-def _step_runner(onnx_model: onnx.ModelProto, sig: _Signature) -> Runner:
-    """Runs the step-form model once per timestep, feeding the new states back."""
-    inputs = [v.name for v in onnx_model.graph.input]
-    outputs = [v.name for v in onnx_model.graph.output]
-    n = len(sig.slots)
-    if len(inputs) != n + 1 or len(outputs) != n + 1:
-        raise SnucError(
-            f"the ONNX model carries {len(inputs) - 1} states but the network has {n}; "
-            "export the network again"
-        )
-    session = _session(onnx_model)
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        states = [np.zeros((x.shape[1], *slot.shape), np.float32) for slot in sig.slots]
-        ys: list[np.ndarray] = []
-        traces: list[list[np.ndarray]] = [[] for _ in sig.slots]
-        for x_t in x:
-            out_t, *states = session.run(outputs, dict(zip(inputs, [x_t, *states], strict=True)))
-            ys.append(out_t)
-            for trace, s in zip(traces, states, strict=True):
-                trace.append(s)
-        result = {Y_NAME: np.stack(ys)}
-        result.update({slot.name: np.stack(t) for slot, t in zip(sig.slots, traces, strict=True)})
-        return result
-
-    return run

@@ -7,6 +7,8 @@ that touches a run-time value becomes IR nodes. The same code lowers the Scan bo
 timestep, ``lead = 0``) and the per-timestep ops of a sequence-form model's outer graph
 (``lead = 1``), whose run-time values carry the time axis first: there every axis is
 shifted by one, and an op that works along the time axis mixes timesteps and is an error.
+The lowerings of data movement and reductions live in :mod:`snuc.frontend.onnx_shape_ops`;
+the dispatch table here names every lowering by ONNX op type.
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from snuc.frontend.onnx_eval import (
     live_nodes,
     subgraphs,
     type_name,
+)
+from snuc.frontend.onnx_shape_ops import (
+    lower_concat,
+    lower_constant_of_shape,
+    lower_expand,
+    lower_flatten,
+    lower_gather,
+    lower_reduce,
+    lower_reshape,
+    lower_slice,
+    lower_softmax,
+    lower_squeeze,
+    lower_transpose,
+    lower_unsqueeze,
 )
 from snuc.frontend.onnx_shapes import T_DIM, SymbolicError
 from snuc.frontend.onnx_values import (
@@ -700,232 +716,6 @@ class Lowerer:
         rank = self.graph.type_of(x).rank
         self.result(node, ops.ReduceMean(axes=tuple(range(2, rank)), keepdims=True), [x])
 
-    # ------------------------------------------------------------------ shape ops
-
-    def reshape_to(self, node: onnx.NodeProto, x: str, shape: Sequence) -> None:
-        """Bind the node's output to ``x`` reshaped to ``shape`` (ONNX view, symbolic dims)."""
-        if self.lead and (not shape or shape[0] != T_DIM):
-            raise self.mixes_time(node)
-        try:
-            dims = tuple(shp.to_ir_dim(d) for d in shape[self.lead :])
-        except SymbolicError as err:
-            raise SnucError(
-                f"{describe(node)}: cannot express its output shape {shp.format_shape(shape)} "
-                f"per timestep: {err}"
-            ) from None
-        if dims == self.graph.type_of(x).shape:
-            self.bind(node.output[0], Tensor(x))
-        else:
-            self.result(node, ops.Reshape(shape=dims), [x])
-
-    def _shape_operand(self, node: onnx.NodeProto, value: Value | None) -> list:
-        """A shape input (Reshape, Expand, ConstantOfShape) as ints and symbolic dims."""
-        if isinstance(value, Const) and value.array.dtype.kind in "iu":
-            return [int(d) for d in value.array.reshape(-1)]
-        if isinstance(value, Sym):
-            return list(value.array.reshape(-1))
-        raise SnucError(
-            f"{describe(node)}: its shape input is computed from run-time values; snuc "
-            f"needs shapes known at import (the batch size may be symbolic)"
-        )
-
-    def _reshape(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        target = self._shape_operand(node, vals[1])
-        allowzero = bool(attr(node, "allowzero", 0))
-        try:
-            shape = shp.resolve_reshape(self.full_shape(vals[0]), target, allowzero)
-        except SymbolicError as err:
-            raise SnucError(f"{describe(node)}: cannot resolve {node.output[0]!r}: {err}") from None
-        self.reshape_to(node, x, shape)
-
-    def _flatten(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        shape = self.full_shape(vals[0])
-        axis = int(attr(node, "axis", 1))
-        axis = axis + len(shape) if axis < 0 else axis
-        if not 0 <= axis <= len(shape):
-            raise SnucError(f"{describe(node)}: axis {axis} is out of range")
-        self.reshape_to(node, x, (shp.product(shape[:axis]), shp.product(shape[axis:])))
-
-    def _squeeze(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        shape = self.full_shape(vals[0])
-        axes = self.axes(node, vals, since=13)
-        if axes is None:
-            kept = [d for d in shape if d != 1]
-        else:
-            drop = {self.norm_axis(node, a, len(shape)) for a in axes}
-            for a in drop:
-                if shape[a] != 1:
-                    raise SnucError(f"{describe(node)}: cannot squeeze axis {a} of size {shape[a]}")
-            kept = [d for i, d in enumerate(shape) if i not in drop]
-        self.reshape_to(node, x, kept)
-
-    def _unsqueeze(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        shape = list(self.full_shape(vals[0]))
-        axes = self.axes(node, vals, since=13) or []
-        rank = len(shape) + len(axes)
-        for a in sorted(self.norm_axis(node, a, rank) for a in axes):
-            shape.insert(a, 1)
-        self.reshape_to(node, x, shape)
-
-    def _transpose(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        rank = len(self.full_shape(vals[0]))
-        perm = [int(p) for p in attr(node, "perm", range(rank - 1, -1, -1))]
-        if self.lead:
-            if perm[0] != 0:
-                raise self.mixes_time(node)
-            perm = [p - 1 for p in perm[1:]]
-        if perm == sorted(perm):
-            self.bind(node.output[0], Tensor(x))
-        else:
-            self.result(node, ops.Transpose(perm=tuple(perm)), [x])
-
-    def _concat(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        present = [v for v in vals if v is not None]
-        if self.lead and not all(isinstance(v, Tensor) for v in present):
-            raise self.mixes_time(node)
-        rank = len(self.full_shape(present[0]))
-        axis = self.step_axis(node, int(attr(node, "axis")), rank)
-        names = [self.operand(v, node, f"{node.output[0]}_in{i}") for i, v in enumerate(present)]
-        self.result(node, ops.Concat(axis=axis), names)
-
-    def _gather(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        data, indices = vals
-        shape = self.full_shape(data)
-        axis = self.norm_axis(node, int(attr(node, "axis", 0)), len(shape))
-        if isinstance(indices, Tensor):
-            # Embedding lookup (constant table) or gather by computed indices.
-            if self.lead and (isinstance(data, Tensor) or axis != 0):
-                raise self.mixes_time(node)
-            table = self.operand(data, node, f"{node.output[0]}_table")
-            step_axis = axis - self.lead if isinstance(data, Tensor) else axis
-            self.result(node, ops.Gather(axis=step_axis), [table, indices.name])
-            return
-        x = self.tensor(data, node)
-        step_axis = self.step_axis(node, axis, len(shape))
-        idx = np.asarray(self.int_list(node, indices, "indices")).reshape(indices.array.shape)
-        size = shape[axis]
-        if not isinstance(size, int):
-            raise SnucError(f"{describe(node)}: cannot gather along the batch")
-        idx = np.where(idx < 0, idx + size, idx).astype(np.int64)
-        self.result(node, ops.Gather(axis=step_axis), [x, self.constant(idx, indices.name, node)])
-
-    def _slice(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        """Slicing, as one constant-index gather per sliced axis."""
-        x = self.tensor(vals[0], node)
-        shape = self.full_shape(vals[0])
-        if self.ctx.opset >= 10:
-            params = [
-                None if i >= len(vals) or vals[i] is None else self.int_list(node, vals[i], what)
-                for i, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))
-            ]
-        else:
-            params = [attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None]
-        starts, ends, axes, steps = params
-        axes = list(range(len(starts))) if axes is None else axes
-        steps = [1] * len(starts) if steps is None else steps
-        gathers = []
-        for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-            a = self.norm_axis(node, axis, len(shape))
-            size = shape[a]
-            if not isinstance(size, int):
-                raise SnucError(f"{describe(node)}: cannot slice along the batch or time axis")
-            if step == 0:
-                raise SnucError(f"{describe(node)}: slice step 0")
-            idx = np.arange(size)[slice(start, end, step)]
-            if not np.array_equal(idx, np.arange(size)):
-                gathers.append((self.step_axis(node, a, len(shape)), idx.astype(np.int64)))
-        if not gathers:
-            self.bind(node.output[0], Tensor(x))
-            return
-        for i, (axis, idx) in enumerate(gathers):
-            hint = None if i == len(gathers) - 1 else f"{node.output[0]}_{i}"
-            idx_name = self.constant(idx, f"{node.output[0]}_idx", node)
-            x = self.emit(node, ops.Gather(axis=axis), [x, idx_name], hint=hint)
-        self.bind(node.output[0], Tensor(x))
-
-    def _expand(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        data = vals[0]
-        target = self._shape_operand(node, vals[1])
-        shape = self.full_shape(data)
-        try:
-            out = shp.broadcast(shape, target)
-        except SymbolicError as err:
-            raise SnucError(f"{describe(node)}: {err}") from None
-        if not isinstance(data, Tensor):
-            array = np.broadcast_to(data.array, [1 if shp.is_symbolic(d) else d for d in out])
-            self.bind(node.output[0], Splat(np.array(array), out))
-            return
-        if self.lead and len(out) != len(shape):
-            raise self.mixes_time(node)
-        if out == shape:
-            self.bind(node.output[0], Tensor(data.name))
-            return
-        # Multiplying by ones broadcasts exactly (x * 1 == x for every x, even -0 and NaN).
-        dtype = DTYPES[self.graph.type_of(data.name).dtype]
-        ones = np.ones([1 if shp.is_symbolic(d) else d for d in out[self.lead :]], dtype=dtype)
-        self.result(
-            node, ops.Mul(), [data.name, self.constant(ones, f"{node.output[0]}_ones", node)]
-        )
-
-    def _constant_of_shape(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        dims = self._shape_operand(node, vals[0])
-        value = attr(node, "value")
-        fill = (
-            numpy_helper.to_array(value).reshape(-1)
-            if value is not None
-            else np.zeros(1, np.float32)
-        )
-        array = np.full([1 if shp.is_symbolic(d) else d for d in dims], fill[0], dtype=fill.dtype)
-        self.bind(node.output[0], Splat(array, tuple(dims)))
-
-    # ------------------------------------------------------------------ reductions
-
-    def _reduce(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        rank = len(self.full_shape(vals[0]))
-        since = 13 if node.op_type == "ReduceSum" else 18
-        axes = self.axes(node, vals, since=since)
-        if not axes:
-            if self.ctx.opset >= since and attr(node, "noop_with_empty_axes", 0):
-                self.bind(node.output[0], Tensor(x))
-                return
-            axes = list(range(rank))
-        step_axes = tuple(sorted({self.step_axis(node, a, rank) for a in axes}))
-        keepdims = bool(attr(node, "keepdims", 1))
-        op_class = ops.ReduceSum if node.op_type == "ReduceSum" else ops.ReduceMean
-        self.result(node, op_class(axes=step_axes, keepdims=keepdims), [x])
-
-    def _softmax(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        x = self.tensor(vals[0], node)
-        shape = self.full_shape(vals[0])
-        op_class = ops.Softmax if node.op_type == "Softmax" else ops.LogSoftmax
-        if self.ctx.opset >= 13:
-            axis = self.step_axis(node, int(attr(node, "axis", -1)), len(shape))
-            self.result(node, op_class(axis=axis), [x])
-            return
-        # Before opset 13 the input is seen as a matrix [prod(dims[:axis]), prod(dims[axis:])]
-        # and normalised along its rows: one softmax over all the trailing axes.
-        axis = self.step_axis(node, int(attr(node, "axis", 1)), len(shape)) + self.lead
-        if axis == len(shape) - 1:
-            self.result(node, op_class(axis=-1), [x])
-            return
-        inner = shape[axis:]
-        if not all(isinstance(d, int) for d in inner):
-            raise SnucError(
-                f"{describe(node)}: normalises over {shp.format_shape(inner)}, which includes "
-                f"the batch"
-            )
-        out = node.output[0]
-        flat_shape = tuple(shp.to_ir_dim(d) for d in (*shape[self.lead : axis], shp.product(inner)))
-        flat = self.emit(node, ops.Reshape(shape=flat_shape), [x], hint=f"{out}_flat")
-        y = self.emit(node, op_class(axis=-1), [flat], hint=f"{out}_rows")
-        self.result(node, ops.Reshape(shape=self.graph.type_of(x).shape), [y])
-
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     """The array a Constant node holds."""
@@ -948,26 +738,26 @@ _LOWERINGS: dict[str, Callable[[Lowerer, onnx.NodeProto, list], None]] = {
     **{op: Lowerer._binary for op in _BINARY},
     "AveragePool": Lowerer._pool,
     "Cast": Lowerer._cast,
-    "Concat": Lowerer._concat,
-    "ConstantOfShape": Lowerer._constant_of_shape,
+    "Concat": lower_concat,
+    "ConstantOfShape": lower_constant_of_shape,
     "Conv": Lowerer._conv,
-    "Expand": Lowerer._expand,
-    "Flatten": Lowerer._flatten,
-    "Gather": Lowerer._gather,
+    "Expand": lower_expand,
+    "Flatten": lower_flatten,
+    "Gather": lower_gather,
     "Gemm": Lowerer._gemm,
     "GlobalAveragePool": Lowerer._global_average_pool,
     "LeakyRelu": Lowerer._leaky_relu,
-    "LogSoftmax": Lowerer._softmax,
+    "LogSoftmax": lower_softmax,
     "MatMul": Lowerer._matmul,
     "MaxPool": Lowerer._pool,
-    "ReduceMean": Lowerer._reduce,
-    "ReduceSum": Lowerer._reduce,
-    "Reshape": Lowerer._reshape,
-    "Slice": Lowerer._slice,
-    "Softmax": Lowerer._softmax,
-    "Squeeze": Lowerer._squeeze,
-    "Transpose": Lowerer._transpose,
-    "Unsqueeze": Lowerer._unsqueeze,
+    "ReduceMean": lower_reduce,
+    "ReduceSum": lower_reduce,
+    "Reshape": lower_reshape,
+    "Slice": lower_slice,
+    "Softmax": lower_softmax,
+    "Squeeze": lower_squeeze,
+    "Transpose": lower_transpose,
+    "Unsqueeze": lower_unsqueeze,
     "Where": Lowerer._where,
 }
 

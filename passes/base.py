@@ -208,7 +208,7 @@ def is_filled_with(array: np.ndarray | None, fill: float) -> bool:
 
 def is_unused(graph: Graph, node: Node) -> bool:
     """Whether no node, output or state uses any result of ``node``."""
-    return not any(graph.users(v) or graph.uses_outside_nodes(v) for v in node.outputs)
+    return not any(graph.is_used(v) for v in node.outputs)
 
 
 def take_place(graph: Graph, old: Sequence[str], new_node: Node) -> None:

@@ -211,14 +211,17 @@ def _split_bias(
     graph: Graph, spike: Node, y_prev: str
 ) -> Match[tuple[str, str | None, tuple[str, ...]]]:
     """The operand of ``h`` as ``s`` or ``s + b``: ``s`` (a state's next), ``b``, the add."""
-    nexts = {st.next for st in graph.states if st.name != y_prev}
+
+    def is_next(value: str) -> bool:
+        return any(st.name != y_prev for st in graph.states_fed_by(value))
+
     u = spike.inputs[0]
-    if u in nexts:
+    if is_next(u):
         return Match.success((u, None, ()))
     add = graph.producer(u)
     if add is not None and add.op.NAME == "dig.add":
         for s, b in (add.inputs, add.inputs[::-1]):
-            if s in nexts:
+            if is_next(s):
                 if not graph.is_constant(b):
                     return Match.fail(f"the bias %{b} added to the membrane %{s} is not a constant")
                 return Match.success((s, b, (add.id,)))
@@ -261,7 +264,7 @@ def match_snu(graph: Graph, y_prev: str) -> Match[SNUMatch]:
     if not split:
         return Match.fail(split.reason)
     s, bias, bias_nodes = split.value
-    s_prevs = [st.name for st in graph.states if st.next == s]
+    s_prevs = [st.name for st in graph.states_fed_by(s)]
     s_node = graph.producer(s)
     if s_node is not None and s_node.op.NAME == "dig.relu":
         g, pre = "relu", graph.producer(s_node.inputs[0])

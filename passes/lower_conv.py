@@ -21,7 +21,6 @@ float32 rounding of the sums.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -30,7 +29,6 @@ import numpy as np
 from snuc.ir.graph import Graph, Node
 from snuc.ir.ops import Conv, Dense, Im2Col, Transpose
 from snuc.passes.base import Pass, register_pass
-from snuc.passes.tiling import rebuild_graph, unused_name
 
 if TYPE_CHECKING:
     from snuc.ir.target import TargetSpec
@@ -53,52 +51,69 @@ def conv_matrix(weight: np.ndarray, group: int) -> np.ndarray:
     return matrix
 
 
-def _lower(source: Graph, new: Graph, node: Node, matrices: dict[tuple[str, int], str]) -> None:
-    """Add the im2col, dense and transpose that replace ``xbar.conv`` ``node``."""
+def _matrices(graph: Graph, convs: list[Node]) -> dict[tuple[str, int], str]:
+    """Add one weight matrix per (weight, group) of ``convs``; their names, by that pair.
+
+    Matrices are named in the order of their weights among the constants, then by group.
+    """
+    groups: dict[str, list[int]] = {}
+    for weight, group in sorted({(n.inputs[1], n.op.group) for n in convs}):
+        groups.setdefault(weight, []).append(group)
+    matrices = {}
+    for name in [c for c in graph.constants if c in groups]:
+        for group in groups[name]:
+            matrix = graph.fresh(f"{name}.matrix")
+            graph.add_constant(matrix, conv_matrix(graph.constants[name], group), copy=False)
+            matrices[name, group] = matrix
+    return matrices
+
+
+def _lower(graph: Graph, node: Node, matrix: str) -> None:
+    """Replace ``xbar.conv`` ``node`` by an im2col and a dense before it, and a transpose."""
     op: Conv = node.op
     x, weight = node.inputs
-    kernel = tuple(source.type_of(weight).shape[2:])
+    kernel = tuple(graph.type_of(weight).shape[2:])
     im2col = Im2Col(kernel=kernel, strides=op.strides, pads=op.pads, dilations=op.dilations)
-    patches = unused_name(source, new, f"{node.id}_patches")
-    new.add_node(im2col, (x,), patches, node.loc)
-    product = unused_name(source, new, f"{node.id}_matrix")
-    new.add_node(Dense(), (patches, matrices[weight, op.group]), product, node.loc)
-    new.add_node(Transpose(perm=(0, 3, 1, 2)), (product,), node.outputs, node.loc)
+    patches = graph.fresh(f"{node.id}_patches")
+    graph.add_node(im2col, (x,), patches, node.loc, before=node)
+    product = graph.fresh(f"{node.id}_matrix")
+    graph.add_node(Dense(), (patches, matrix), product, node.loc, before=node)
+    graph.rewrite_node(node, Transpose(perm=(0, 3, 1, 2)), (product,))
+
+
+def _put_matrices_in_place(graph: Graph, matrices: dict[tuple[str, int], str]) -> None:
+    """Drop the constants nothing uses any more; each matrix takes its weight's place."""
+    after: dict[str, list[str]] = {}
+    for (weight, _), matrix in matrices.items():
+        after.setdefault(weight, []).append(matrix)
+    added = set(matrices.values())
+    order = []
+    for name in [c for c in graph.constants if c not in added]:
+        if graph.is_used(name):
+            order.append(name)
+        else:
+            graph.remove_constant(name)
+        order += after.get(name, [])
+    graph.reorder_constants(order)
 
 
 @register_pass
 @dataclass(frozen=True)
 class LowerConv(Pass):
-    """Lower every ``xbar.conv`` to ``dig.im2col``, ``xbar.dense`` and ``dig.transpose``."""
+    """Lower every ``xbar.conv`` to ``dig.im2col``, ``xbar.dense`` and ``dig.transpose``.
+
+    When the graph has a conv, the constants nothing uses afterwards are dropped.
+    """
 
     name: ClassVar[str] = "lower-conv"
 
     def run(self, graph: Graph, target: TargetSpec | None) -> Graph:
-        nodes = list(graph.nodes())
-        convs = [n for n in nodes if isinstance(n.op, Conv)]
+        graph = graph.copy()
+        convs = [n for n in graph.nodes() if isinstance(n.op, Conv)]
         if not convs:
-            return graph.copy()
-        lowered = {(n.inputs[1], n.op.group) for n in convs}
-        uses = Counter(v for n in nodes for v in n.inputs)
-        uses.update(graph.outputs)
-        uses.update(s.next for s in graph.states)
-        uses.subtract(n.inputs[1] for n in convs)
-        matrices: dict[tuple[str, int], str] = {}
-
-        def constants(new: Graph, name: str) -> None:
-            array = graph.constants[name]
-            if uses[name] > 0:
-                new.add_constant(name, array, copy=False)
-            for weight, group in sorted(lowered):
-                if weight == name:
-                    matrix = unused_name(graph, new, f"{name}.matrix")
-                    new.add_constant(matrix, conv_matrix(array, group), copy=False)
-                    matrices[weight, group] = matrix
-
-        def lower(new: Graph, node: Node) -> bool:
-            if not isinstance(node.op, Conv):
-                return False
-            _lower(graph, new, node, matrices)
-            return True
-
-        return rebuild_graph(graph, lower, constants)
+            return graph
+        matrices = _matrices(graph, convs)
+        for node in convs:
+            _lower(graph, node, matrices[node.inputs[1], node.op.group])
+        _put_matrices_in_place(graph, matrices)
+        return graph

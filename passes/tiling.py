@@ -22,20 +22,19 @@ final value keeps the dense's name (a single tile takes it itself), and every ti
 ``layer`` is that name. Results equal the dense's up to float32 rounding of the re-grouped
 sums (the interpreter sums a row block's products, then the blocks).
 
-The module also holds :func:`rebuild_graph`, which ``lower-conv`` shares: building a new
-graph in one sweep keeps the nodes in source order and costs time linear in the graph,
-where rewriting thousands of tiles in place would not.
+The pass rewrites the graph in place through its use-lists: a dense's tiles and sums are
+inserted just before it and the dense itself becomes the last of them, so the nodes keep
+their order (the tiles where the dense was) and the pass costs time linear in the graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph, Node
-from snuc.ir.ops import Add, Concat, CrossbarMVM
+from snuc.ir.ops import Add, Concat, CrossbarMVM, Op
 from snuc.ir.target import DEFAULT_TARGET, parse_target
 from snuc.passes.base import Pass, register_pass
 
@@ -48,67 +47,19 @@ def target_or_default(target: TargetSpec | None) -> TargetSpec:
     return parse_target(DEFAULT_TARGET) if target is None else target
 
 
-def unused_name(old: Graph, new: Graph, hint: str) -> str:
-    """A value name taken neither in ``old`` nor in ``new`` (``hint``, ``hint_1``, ...)."""
-    name = new.fresh(hint)
-    i = 0
-    while old.has_value(name) or new.has_value(name):
-        i += 1
-        name = new.fresh(f"{hint}_{i}")
-    return name
-
-
-def rebuild_graph(
-    graph: Graph,
-    lower: Callable[[Graph, Node], bool],
-    constants: Callable[[Graph, str], None] | None = None,
-) -> Graph:
-    """A new graph with ``graph``'s interface, its nodes passed one by one through ``lower``.
-
-    Inputs, states and outputs keep their names. Nodes are visited in ``graph.nodes()``
-    order; ``lower(new, node)`` either adds what replaces ``node`` to ``new`` (under
-    ``node``'s result names, so later nodes find them) and returns True, or returns False
-    and the node is copied as it is. Constant arrays are shared, never copied.
-
-    Args:
-        graph: the graph to rebuild; it is not modified.
-        lower: adds a node's replacement, or declines.
-        constants: ``constants(new, name)`` adds what replaces constant ``name`` (in the
-            constants' order); by default every constant is kept.
-
-    Returns:
-        The new graph.
-    """
-    new = Graph(graph.name)
-    for name, array in graph.constants.items():
-        if constants is None:
-            new.add_constant(name, array, copy=False)
-        else:
-            constants(new, name)
-    for name in graph.inputs:
-        new.add_input(name, graph.type_of(name))
-    for s in graph.states:
-        new.add_state(s.name, graph.type_of(s.name))
-    for node in graph.nodes():
-        if not lower(new, node):
-            new.add_node(node.op, node.inputs, node.outputs, node.loc)
-    for s in graph.states:
-        new.set_next(s.name, s.next)
-    new.outputs = list(graph.outputs)
-    return new
-
-
 def blocks(size: int, limit: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges covering ``0..size`` in order, each at most ``limit`` long."""
     return [(start, min(start + limit, size)) for start in range(0, size, limit)]
 
 
-def tile_dense(source: Graph, new: Graph, node: Node, target: TargetSpec, first_tile: int) -> int:
-    """Add the tiles of ``xbar.dense`` ``node`` (of ``source``) and their sums to ``new``.
+def tile_dense(graph: Graph, node: Node, target: TargetSpec, first_tile: int) -> int:
+    """Replace ``xbar.dense`` ``node`` by its tiles and their sums, in place.
+
+    The tiles and partial sums go just before the dense; the dense itself becomes the
+    last of them (the concat, the last sum or the only tile), keeping its name.
 
     Args:
-        source: the graph ``node`` belongs to (its names stay reserved).
-        new: the graph being built.
+        graph: the graph ``node`` belongs to.
         node: the ``xbar.dense``.
         target: gives the block sizes.
         first_tile: the number of the first tile.
@@ -120,7 +71,7 @@ def tile_dense(source: Graph, new: Graph, node: Node, target: TargetSpec, first_
         SnucError: the weight matrix has no rows or no columns.
     """
     x, weight = node.inputs
-    k, n = source.type_of(weight).shape
+    k, n = graph.type_of(weight).shape
     if k == 0 or n == 0:
         raise SnucError(
             f"{node.loc.prefix()}xbar.dense %{node.id} has an empty weight matrix @{weight} "
@@ -129,33 +80,35 @@ def tile_dense(source: Graph, new: Graph, node: Node, target: TargetSpec, first_
     row_blocks = blocks(k, target.rows)
     col_blocks = blocks(n, target.weight_cols)
     layer = node.id
-    single = len(row_blocks) == 1 and len(col_blocks) == 1
 
-    def name(hint: str) -> str:
-        return unused_name(source, new, hint)
+    def insert(op: Op, inputs: tuple[str, ...], hint: str) -> str:
+        return graph.add_node(op, inputs, graph.fresh(hint), node.loc, before=node)[0]
 
+    if len(row_blocks) == 1 and len(col_blocks) == 1:
+        op = CrossbarMVM(layer=layer, tile=first_tile, rows=row_blocks[0], cols=col_blocks[0])
+        graph.rewrite_node(node, op, (x, weight))
+        return first_tile + 1
     tiles: dict[tuple[int, int], str] = {}
     tile = first_tile
     for i, rows in enumerate(row_blocks):
         for j, cols in enumerate(col_blocks):
             op = CrossbarMVM(layer=layer, tile=tile, rows=rows, cols=cols)
-            result = layer if single else name(f"{layer}_t{tile}")
-            tiles[i, j] = new.add_node(op, (x, weight), result, node.loc)[0]
+            tiles[i, j] = insert(op, (x, weight), f"{layer}_t{tile}")
             tile += 1
-    if single:
-        return tile
     sums = []
     for j in range(len(col_blocks)):
         total = tiles[0, j]
         for i in range(1, len(row_blocks)):
+            operands = (total, tiles[i, j])
             if i < len(row_blocks) - 1:
-                result = name(f"{layer}_c{j}_r{i}")
+                total = insert(Add(), operands, f"{layer}_c{j}_r{i}")
+            elif len(col_blocks) == 1:
+                graph.rewrite_node(node, Add(), operands)
+                return tile
             else:
-                result = layer if len(col_blocks) == 1 else name(f"{layer}_c{j}")
-            total = new.add_node(Add(), (total, tiles[i, j]), result, node.loc)[0]
+                total = insert(Add(), operands, f"{layer}_c{j}")
         sums.append(total)
-    if len(sums) > 1:
-        new.add_node(Concat(axis=-1), sums, layer, node.loc)
+    graph.rewrite_node(node, Concat(axis=-1), sums)
     return tile
 
 
@@ -172,14 +125,11 @@ class Tile(Pass):
 
     def run(self, graph: Graph, target: TargetSpec | None) -> Graph:
         target = target_or_default(target)
-        existing = [n.op.tile for n in graph.nodes() if isinstance(n.op, CrossbarMVM)]
+        graph = graph.copy()
+        nodes = list(graph.nodes())
+        existing = [n.op.tile for n in nodes if isinstance(n.op, CrossbarMVM)]
         next_tile = max(existing, default=-1) + 1
-
-        def lower(new: Graph, node: Node) -> bool:
-            nonlocal next_tile
-            if node.op.NAME != "xbar.dense":
-                return False
-            next_tile = tile_dense(graph, new, node, target, next_tile)
-            return True
-
-        return rebuild_graph(graph, lower)
+        for node in nodes:
+            if node.op.NAME == "xbar.dense":
+                next_tile = tile_dense(graph, node, target, next_tile)
+        return graph
