@@ -12,7 +12,7 @@ Every size runs in a fresh Python process, so its peak resident memory (``ru_max
 its own. The table gives the time to build the model (drawing the random weights); the
 wall time of the pipeline plus the mapping report; the peak memory of the whole process;
 and that peak over the weights' float32 size, ``W``. ``growth / W`` leaves out the
-process's footprint before the model was built (the interpreter, NumPy, networkx). Goal:
+process's footprint before the model was built (the interpreter, NumPy). Goal:
 10^8 weights in under a minute with a peak under 3x ``W``, so no pass may copy weights.
 
 Usage::
