@@ -108,6 +108,8 @@ def plan_run_config(
     Raises:
         SnucError: a configuration that needs another plan (another mode or chip).
     """
+    if not options and (config is None or config is built):
+        return built  # the common case, without building and checking a copy per run
     wanted = dataclasses.replace(config or built, **options)
     if wanted.plan_config != built.plan_config:
         raise SnucError(
