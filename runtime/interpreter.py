@@ -34,6 +34,7 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from snuc.ir import ops
 from snuc.ir.crossbar import adc_quantize, dac_quantize
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
@@ -46,17 +47,17 @@ from snuc.runtime.read_noise import NoiseStream
 
 Semantics = Callable[..., tuple[np.ndarray, ...]]
 
-OP_SEMANTICS: dict[str, Semantics] = {}
-"""By op name, ``f(op, *operands) -> results``: the meaning of every registered op."""
+OP_SEMANTICS: dict[type[Op], Semantics] = {}
+"""By op class, ``f(op, *operands) -> results``: the meaning of every registered op."""
 
 
-def _defines(name: str) -> Callable[[Semantics], Semantics]:
-    """Decorator: register the decorated function as the semantics of op ``name``."""
+def semantics(op_class: type[Op]) -> Callable[[Semantics], Semantics]:
+    """Decorator: register the decorated function as the semantics of ``op_class``."""
 
     def register(fn: Semantics) -> Semantics:
-        if name in OP_SEMANTICS:
-            raise RuntimeError(f"semantics of {name} defined twice")
-        OP_SEMANTICS[name] = fn
+        if op_class in OP_SEMANTICS:
+            raise RuntimeError(f"semantics of {op_class.NAME} defined twice")
+        OP_SEMANTICS[op_class] = fn
         return fn
 
     return register
@@ -118,25 +119,25 @@ def _reduced_axes(op: Op, x: np.ndarray) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- element-wise
 
 
-@_defines("dig.add")
+@semantics(ops.Add)
 def _add(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x + y`` with broadcasting."""
     return (np.add(x, y),)
 
 
-@_defines("dig.sub")
+@semantics(ops.Sub)
 def _sub(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x - y`` with broadcasting."""
     return (np.subtract(x, y),)
 
 
-@_defines("dig.mul")
+@semantics(ops.Mul)
 def _mul(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x * y`` with broadcasting."""
     return (np.multiply(x, y),)
 
 
-@_defines("dig.div")
+@semantics(ops.Div)
 def _div(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x / y`` with broadcasting.
 
@@ -148,37 +149,37 @@ def _div(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     return (np.divide(x, y),)
 
 
-@_defines("dig.greater")
+@semantics(ops.Greater)
 def _greater(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x > y`` (bool) with broadcasting."""
     return (np.greater(x, y),)
 
 
-@_defines("dig.greater_equal")
+@semantics(ops.GreaterOrEqual)
 def _greater_equal(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x >= y`` (bool) with broadcasting."""
     return (np.greater_equal(x, y),)
 
 
-@_defines("dig.less")
+@semantics(ops.Less)
 def _less(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x < y`` (bool) with broadcasting."""
     return (np.less(x, y),)
 
 
-@_defines("dig.neg")
+@semantics(ops.Neg)
 def _neg(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = -x``."""
     return (np.negative(x),)
 
 
-@_defines("dig.relu")
+@semantics(ops.Relu)
 def _relu(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = max(x, 0)``."""
     return (np.maximum(x, x.dtype.type(0)),)
 
 
-@_defines("dig.leaky_relu")
+@semantics(ops.LeakyRelu)
 def _leaky_relu(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = x if x >= 0 else alpha * x``; ``alpha`` is rounded to x's dtype first.
 
@@ -189,7 +190,7 @@ def _leaky_relu(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     return (np.where(x >= 0, x, alpha * x),)
 
 
-@_defines("dig.sigmoid")
+@semantics(ops.Sigmoid)
 def _sigmoid_op(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = 1 / (1 + exp(-x))``, computed as ``e / (1 + e)`` with ``e = exp(x)`` for x < 0.
 
@@ -199,19 +200,19 @@ def _sigmoid_op(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     return (_sigmoid(x),)
 
 
-@_defines("dig.tanh")
+@semantics(ops.Tanh)
 def _tanh(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = tanh(x)``."""
     return (np.tanh(x),)
 
 
-@_defines("dig.step")
+@semantics(ops.Step)
 def _step_op(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = 1 where x > 0 else 0``, in x's dtype (the SNU spike; ``step(0) = 0``)."""
     return (_step(x),)
 
 
-@_defines("dig.cast")
+@semantics(ops.Cast)
 def _cast(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = x`` converted to dtype ``to``.
 
@@ -222,7 +223,7 @@ def _cast(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     return (x.astype(DTYPES[op.to]),)
 
 
-@_defines("dig.where")
+@semantics(ops.Where)
 def _where(op: Op, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x where cond else y`` with broadcasting."""
     return (np.where(cond, x, y),)
@@ -231,7 +232,7 @@ def _where(op: Op, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.n
 # --------------------------------------------------------------------------- SNU
 
 
-@_defines("snu.layer")
+@semantics(ops.SNULayer)
 def _snu_layer(
     op: Op,
     a: np.ndarray,
@@ -259,20 +260,20 @@ def _snu_layer(
 # --------------------------------------------------------------------------- matrix work
 
 
-@_defines("xbar.dense")
+@semantics(ops.Dense)
 def _dense(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = x @ W``: ``y[..., n] = sum_k x[..., k] W[k, n]``."""
     return (np.matmul(x, w),)
 
 
-@_defines("xbar.mvm")
+@semantics(ops.CrossbarMVM)
 def _mvm(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     """One crossbar tile, exact weights: ``y = x[..., r0:r1] @ W[r0:r1, c0:c1]``."""
     (r0, r1), (c0, c1) = op.rows, op.cols
     return (np.matmul(x[..., r0:r1], w[r0:r1, c0:c1]),)
 
 
-@_defines("dig.im2col")
+@semantics(ops.Im2Col)
 def _im2col(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y[n, i, j, (c*kh + u)*kw + v] = x_pad[n, c, i*sh + u*dh, j*sw + v*dw]``."""
     windows = _windows(_pad_hw(x, op.pads, 0), op.kernel, op.strides, op.dilations)
@@ -282,7 +283,7 @@ def _im2col(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     )
 
 
-@_defines("dig.matmul")
+@semantics(ops.MatMul)
 def _matmul(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x @ y`` with NumPy (= ONNX MatMul) semantics for ranks 1 and >= 3."""
     return (np.matmul(x, y),)
@@ -312,13 +313,13 @@ def _conv2d(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     return (out.transpose(0, 1, 3, 2).reshape(n, m, oh, ow),)
 
 
-@_defines("xbar.conv")
+@semantics(ops.Conv)
 def _xbar_conv(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     """2-D convolution with a constant weight; the equation is :func:`_conv2d`'s."""
     return _conv2d(op, x, w)
 
 
-@_defines("dig.conv")
+@semantics(ops.DigitalConv)
 def _dig_conv(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
     """2-D convolution with a computed weight; the equation is :func:`_conv2d`'s."""
     return _conv2d(op, x, w)
@@ -327,7 +328,7 @@ def _dig_conv(op: Op, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
 # --------------------------------------------------------------------------- shape ops
 
 
-@_defines("dig.reshape")
+@semantics(ops.Reshape)
 def _reshape(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = reshape(x, shape)`` in row-major order, with ``B`` set to the actual batch.
 
@@ -337,19 +338,19 @@ def _reshape(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     return (np.reshape(x, shape),)
 
 
-@_defines("dig.transpose")
+@semantics(ops.Transpose)
 def _transpose(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = transpose(x, perm)``: ``y.shape[i] = x.shape[perm[i]]``."""
     return (np.transpose(x, op.perm),)
 
 
-@_defines("dig.concat")
+@semantics(ops.Concat)
 def _concat(op: Op, *xs: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = concatenate(xs, axis)``."""
     return (np.concatenate(xs, axis=op.axis),)
 
 
-@_defines("dig.gather")
+@semantics(ops.Gather)
 def _gather(op: Op, table: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = take(table, indices, axis)``: ``y[..., i..., ...] = table[..., indices[i...], ...]``.
 
@@ -368,13 +369,13 @@ def _gather(op: Op, table: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------- reductions
 
 
-@_defines("dig.reduce_sum")
+@semantics(ops.ReduceSum)
 def _reduce_sum(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = sum(x, axes, keepdims)`` in x's dtype; empty ``axes`` reduces all axes."""
     return (np.sum(x, axis=_reduced_axes(op, x), keepdims=op.keepdims, dtype=x.dtype),)
 
 
-@_defines("dig.reduce_mean")
+@semantics(ops.ReduceMean)
 def _reduce_mean(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = sum(x, axes, keepdims) / count`` in x's dtype; empty ``axes`` reduces all axes.
 
@@ -388,14 +389,14 @@ def _reduce_mean(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     return (np.divide(total, count),)
 
 
-@_defines("dig.softmax")
+@semantics(ops.Softmax)
 def _softmax(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = exp(x - max) / sum(exp(x - max))`` along ``axis``; the max keeps exp finite."""
     e = np.exp(x - np.max(x, axis=op.axis, keepdims=True))
     return (e / np.sum(e, axis=op.axis, keepdims=True),)
 
 
-@_defines("dig.log_softmax")
+@semantics(ops.LogSoftmax)
 def _log_softmax(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y = (x - max) - log(sum(exp(x - max)))`` along ``axis``."""
     z = x - np.max(x, axis=op.axis, keepdims=True)
@@ -405,14 +406,14 @@ def _log_softmax(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
 # --------------------------------------------------------------------------- pooling
 
 
-@_defines("dig.maxpool")
+@semantics(ops.MaxPool)
 def _maxpool(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y[n, c, i, j] = max_{u, v} x_pad[n, c, i*sh + u, j*sw + v]``; padding is -inf."""
     windows = _windows(_pad_hw(x, op.pads, -np.inf), op.kernel, op.strides)
     return (np.max(windows, axis=(-2, -1)),)
 
 
-@_defines("dig.avgpool")
+@semantics(ops.AvgPool)
 def _avgpool(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """``y[n, c, i, j] = sum_{u, v} x_pad[n, c, i*sh + u, j*sw + v] / count[i, j]``.
 
@@ -433,15 +434,15 @@ def _avgpool(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
 
 def _evaluate(node: Node, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
     """:func:`evaluate_node` without the floating-point error state (the caller sets it)."""
-    semantics = OP_SEMANTICS.get(node.op.NAME)
-    if semantics is None:
+    meaning = OP_SEMANTICS.get(type(node.op))
+    if meaning is None:
         raise SnucError(
             f"{node.loc.prefix()}op {node.op.NAME} (%{node.id}) has no reference semantics; "
-            f"known ops: {', '.join(sorted(OP_SEMANTICS))}"
+            f"known ops: {', '.join(sorted(cls.NAME for cls in OP_SEMANTICS))}"
         )
     node.op.check_arity(len(args), node.loc)
     try:
-        results = semantics(node.op, *args)
+        results = meaning(node.op, *args)
     except SnucError as err:
         raise SnucError(f"{node.loc.prefix()}{node.op.NAME} %{node.id}: {err}") from None
     return tuple(np.asarray(r) for r in results)
@@ -451,7 +452,7 @@ def evaluate_node(node: Node, args: Sequence[np.ndarray]) -> tuple[np.ndarray, .
     """Compute one node's results from its operand values (one per ``node.inputs``).
 
     Args:
-        node: the node; its op's name selects the semantics in :data:`OP_SEMANTICS`.
+        node: the node; its op's class selects the semantics in :data:`OP_SEMANTICS`.
         args: the operand arrays, in ``node.inputs`` order, with concrete batch sizes.
 
     Returns:
@@ -528,13 +529,13 @@ def crossbar_tiles(nodes: Iterable[Node], mode: str) -> list[Node]:
     tiles: list[Node] = []
     numbers: dict[int, str] = {}
     for node in nodes:
-        if node.op.NAME in ("xbar.dense", "xbar.conv"):
+        if isinstance(node.op, (ops.Dense, ops.Conv)):
             raise SnucError(
                 f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; mode {mode!r} "
                 "runs crossbar tiles only: compile with the lower-conv, tile, place and "
                 "quantize passes"
             )
-        if node.op.NAME != "xbar.mvm":
+        if not isinstance(node.op, ops.CrossbarMVM):
             continue
         op = node.op
         if op.adc_range <= 0:
