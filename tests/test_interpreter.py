@@ -16,7 +16,8 @@ from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
 from snuc.ir import REGISTRY, Graph, Loc, SnucError, TensorType, VerifyError, ops
-from snuc.runtime.interpreter import OP_SEMANTICS, evaluate_node, run
+from snuc.runtime.interpreter import evaluate_node, run
+from snuc.runtime.semantics import OP_SEMANTICS
 
 OPSET = 18
 SEEDS = st.integers(0, 2**32 - 1)

@@ -1,7 +1,7 @@
 """Every op carries its meaning: semantics, a range rule, a chip cost and a fast kernel.
 
 An op is defined by its class (snuc.ir.ops) plus registrations against that class: its
-reference semantics (``@semantics`` in snuc.runtime.interpreter), its value-range rule
+reference semantics (``@semantics`` in snuc.runtime.semantics), its value-range rule
 (snuc.ir.crossbar.RANGE_RULES), its vector instruction on the digital units
 (snuc.ir.machine.DIGITAL_OPS) and its fast kernel (``@kernel`` in
 snuc.runtime.plan_kernels). This test names every op that lacks one.
@@ -17,8 +17,8 @@ from snuc.ir import ops
 from snuc.ir.crossbar import RANGE_RULES
 from snuc.ir.machine import MNEMONIC_OF
 from snuc.ir.ops import REGISTRY, Op
-from snuc.runtime.interpreter import OP_SEMANTICS
 from snuc.runtime.plan_kernels import FAST_KERNELS
+from snuc.runtime.semantics import OP_SEMANTICS
 
 TABLES = {
     "semantics": OP_SEMANTICS,
