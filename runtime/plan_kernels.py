@@ -69,7 +69,6 @@ _greater, _greater_equal, _maximum = np.greater, np.greater_equal, np.maximum
 _absolute, _negative = np.absolute, np.negative
 
 
-
 def unary(ufunc: np.ufunc, x: int, out: int) -> Kernel:
     """``out = ufunc(x)``."""
 
@@ -555,9 +554,7 @@ def node_kernel(
         noise = alloc.noise(chip) if chip.noisy else None
         work = alloc.workspace(chip, types[node.outputs[0]])
         return tile_read(chip, ins[0], outs[0], work, noise)
-    build = Build(
-        node, ins, outs, bound, types, invariants, alloc, node.inputs[0] in spikes, tally
-    )
+    build = Build(node, ins, outs, bound, types, invariants, alloc, node.inputs[0] in spikes, tally)
     return FAST_KERNELS[type(node.op)].make(build)
 
 

@@ -63,4 +63,3 @@ def test_a_missing_registration_is_named(what: str):
     tables = dict(TABLES)
     tables[what] = [cls for cls in TABLES[what] if cls is not op_class]
     assert missing(tables) == [f"{op_class.NAME} has no {what}"]
-
