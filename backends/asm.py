@@ -37,7 +37,6 @@ from snuc.ir.machine_isa import (
     attr_noun,
     attr_types,
 )
-from snuc.ir.ops import REGISTRY
 from snuc.ir.target import PARAMS, TargetSpec
 from snuc.ir.text import syntax_error
 from snuc.ir.types import BATCH, DTYPES, TensorType
@@ -356,7 +355,7 @@ class _Builder:
                 f"unknown instruction {str(opcode)!r}; expected mvm, adc, send, recv, sync or "
                 f"one of {', '.join(DIGITAL_OPS)}",
             )
-        fields = {**attr_types(REGISTRY[info.ir_name]), **_VECTOR_FIELDS}
+        fields = {**attr_types(info.op), **_VECTOR_FIELDS}
         values = self.attrs(attrs_tree, fields, str(opcode), None)
         for key in _VECTOR_FIELDS:
             if key not in values:

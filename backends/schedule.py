@@ -35,7 +35,7 @@ from snuc.backends.modulo import ModuloScheduler, Placement
 from snuc.ir.crossbar import guaranteed_ranges
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph, Node
-from snuc.ir.machine import CORE, DIGITAL_OPS, GDU, HOST, Unit, fixed_ops, mvm_shape
+from snuc.ir.machine import CORE, DIGITAL_OPS, GDU, HOST, MNEMONIC_OF, Unit, fixed_ops, mvm_shape
 from snuc.ir.machine_isa import (
     Adc,
     Instruction,
@@ -45,7 +45,7 @@ from snuc.ir.machine_isa import (
     busy_cycles,
     energy_pj_per_timestep,
 )
-from snuc.ir.ops import CrossbarMVM
+from snuc.ir.ops import Add, Conv, CrossbarMVM, Dense, Mul
 from snuc.ir.scc import strongly_connected
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target
 
@@ -54,9 +54,6 @@ __all__ = ["ModuloSchedule", "Placement", "duplication", "schedule_graph"]
 # --------------------------------------------------------------------------- digital work
 
 
-_MNEMONIC_OF_IR = {
-    info.ir_name: name for name, info in DIGITAL_OPS.items() if name not in ("acc", "scale")
-}
 _REDUCTIONS = ("reduce_sum", "reduce_mean")
 
 
@@ -69,15 +66,15 @@ def digital_mnemonic(graph: Graph, node: Node) -> str:
     Raises:
         SnucError: no instruction computes the node's op.
     """
-    name = node.op.NAME
-    if name == "dig.add" and any(_is_partial_sum(graph, v) for v in node.inputs):
+    op = node.op
+    if isinstance(op, Add) and any(_is_partial_sum(graph, v) for v in node.inputs):
         return "acc"
-    if name == "dig.mul" and any(graph.is_constant(v) for v in node.inputs):
+    if isinstance(op, Mul) and any(graph.is_constant(v) for v in node.inputs):
         return "scale"
-    mnemonic = _MNEMONIC_OF_IR.get(name)
+    mnemonic = MNEMONIC_OF.get(type(op))
     if mnemonic is None:
         raise SnucError(
-            f"{node.loc.prefix()}{name} %{node.id} has no instruction on the chip; the "
+            f"{node.loc.prefix()}{op.NAME} %{node.id} has no instruction on the chip; the "
             "digital units run the ops of docs/isa.md"
         )
     return mnemonic
@@ -85,7 +82,7 @@ def digital_mnemonic(graph: Graph, node: Node) -> str:
 
 def _is_partial_sum(graph: Graph, value: str) -> bool:
     node = graph.producer(value)
-    while node is not None and node.op.NAME == "dig.add":
+    while node is not None and isinstance(node.op, Add):
         producers = [graph.producer(v) for v in node.inputs]
         if any(p is not None and isinstance(p.op, CrossbarMVM) for p in producers):
             return True
@@ -526,7 +523,7 @@ def check_schedulable(graph: Graph) -> None:
     """Raise SnucError naming the first node that keeps ``graph`` from being scheduled:
     an untiled crossbar op or an unplaced tile."""
     for node in graph.nodes():
-        if node.op.NAME in ("xbar.dense", "xbar.conv"):
+        if isinstance(node.op, (Dense, Conv)):
             raise SnucError(
                 f"{node.loc.prefix()}{node.op.NAME} %{node.id} is not tiled; run the "
                 "lower-conv, tile and place passes before schedule"

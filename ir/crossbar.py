@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from snuc.ir import ops
 from snuc.ir.graph import Graph
 from snuc.ir.ops import Op
 from snuc.ir.target import TargetSpec
@@ -333,44 +334,52 @@ def _cast(op: Op, r: list[ValueRange]) -> tuple[ValueRange, ...]:
     return (ValueRange(r[0].lo, r[0].hi),)
 
 
+def _unknown(op: Op, r: list[ValueRange]) -> tuple[ValueRange, ...]:
+    return (UNKNOWN_RANGE,) * op.RESULTS
+
+
 def _snu(op: Op, r: list[ValueRange]) -> tuple[ValueRange, ...]:
     s = ValueRange(0.0, math.inf) if op.g == "relu" else UNKNOWN_RANGE
     return (s, SPIKES if op.h == "step" else UNIT_INTERVAL)
 
 
-_RULES: dict[str, RangeRule] = {
-    "dig.step": lambda op, r: (SPIKES,),
-    "dig.greater": lambda op, r: (SPIKES,),
-    "dig.greater_equal": lambda op, r: (SPIKES,),
-    "dig.less": lambda op, r: (SPIKES,),
-    "dig.sigmoid": lambda op, r: (UNIT_INTERVAL,),
-    "dig.softmax": lambda op, r: (UNIT_INTERVAL,),
-    "dig.tanh": lambda op, r: (ValueRange(-1.0, 1.0),),
-    "dig.log_softmax": lambda op, r: (ValueRange(-math.inf, 0.0),),
-    "dig.cast": _cast,
-    "snu.layer": _snu,
-    "dig.relu": lambda op, r: (_monotone(_relu, r[0], True),),
-    "dig.leaky_relu": lambda op, r: (
+RANGE_RULES: dict[type[Op], RangeRule] = {
+    ops.Step: lambda op, r: (SPIKES,),
+    ops.Greater: lambda op, r: (SPIKES,),
+    ops.GreaterOrEqual: lambda op, r: (SPIKES,),
+    ops.Less: lambda op, r: (SPIKES,),
+    ops.Sigmoid: lambda op, r: (UNIT_INTERVAL,),
+    ops.Softmax: lambda op, r: (UNIT_INTERVAL,),
+    ops.Tanh: lambda op, r: (ValueRange(-1.0, 1.0),),
+    ops.LogSoftmax: lambda op, r: (ValueRange(-math.inf, 0.0),),
+    ops.Cast: _cast,
+    ops.SNULayer: _snu,
+    ops.Relu: lambda op, r: (_monotone(_relu, r[0], True),),
+    ops.LeakyRelu: lambda op, r: (
         _monotone(_leaky(op.alpha), r[0], True) if op.alpha >= 0 else UNKNOWN_RANGE,
     ),
-    "dig.neg": lambda op, r: (ValueRange(-r[0].hi, -r[0].lo),),
-    "dig.add": lambda op, r: (ValueRange(r[0].lo + r[1].lo, r[0].hi + r[1].hi),),
-    "dig.sub": lambda op, r: (ValueRange(r[0].lo - r[1].hi, r[0].hi - r[1].lo),),
-    "dig.mul": lambda op, r: (_product(r[0], r[1]),),
-    "dig.where": lambda op, r: (r[1] | r[2],),
-    "dig.reshape": lambda op, r: (r[0],),
-    "dig.transpose": lambda op, r: (r[0],),
-    "dig.maxpool": lambda op, r: (r[0],),
-    "dig.concat": lambda op, r: (_union(r),),
-    "dig.gather": lambda op, r: (r[0],),
-    "dig.im2col": lambda op, r: (_with_padding(r[0], any(op.pads)),),
-    "dig.reduce_mean": lambda op, r: (ValueRange(r[0].lo, r[0].hi),),
-    "dig.avgpool": lambda op, r: (
+    ops.Neg: lambda op, r: (ValueRange(-r[0].hi, -r[0].lo),),
+    ops.Add: lambda op, r: (ValueRange(r[0].lo + r[1].lo, r[0].hi + r[1].hi),),
+    ops.Sub: lambda op, r: (ValueRange(r[0].lo - r[1].hi, r[0].hi - r[1].lo),),
+    ops.Mul: lambda op, r: (_product(r[0], r[1]),),
+    ops.Where: lambda op, r: (r[1] | r[2],),
+    ops.Reshape: lambda op, r: (r[0],),
+    ops.Transpose: lambda op, r: (r[0],),
+    ops.MaxPool: lambda op, r: (r[0],),
+    ops.Concat: lambda op, r: (_union(r),),
+    ops.Gather: lambda op, r: (r[0],),
+    ops.Im2Col: lambda op, r: (_with_padding(r[0], any(op.pads)),),
+    ops.ReduceMean: lambda op, r: (ValueRange(r[0].lo, r[0].hi),),
+    ops.AvgPool: lambda op, r: (
         _with_padding(ValueRange(r[0].lo, r[0].hi), op.count_include_pad and any(op.pads)),
     ),
+    **dict.fromkeys(
+        (ops.Div, ops.ReduceSum, ops.MatMul, ops.Dense, ops.Conv, ops.DigitalConv, ops.CrossbarMVM),
+        _unknown,
+    ),
 }
-"""By op name, the ranges of an op's results from its operands' ranges. Ops not listed
-(matrix products, sums, division, ...) give :data:`UNKNOWN_RANGE`."""
+"""By op class, the ranges of an op's results from its operands' ranges; every op has one
+(a registry test checks it). Matrix products, sums and division give :data:`UNKNOWN_RANGE`."""
 
 _WIDEN_AFTER = 8
 """Rounds of the state fixed point after which a state still growing is taken as unknown."""
@@ -383,11 +392,8 @@ def _propagate(graph: Graph, state_ranges: dict[str, ValueRange]) -> dict[str, V
     for name in graph.inputs:
         ranges[name] = SPIKES if graph.type_of(name).dtype == "bool" else UNKNOWN_RANGE
     for node in graph.nodes():
-        rule = _RULES.get(node.op.NAME)
-        if rule is None:
-            results = (UNKNOWN_RANGE,) * len(node.outputs)
-        else:
-            results = rule(node.op, [ranges[v] for v in node.inputs])
+        rule = RANGE_RULES[type(node.op)]
+        results = rule(node.op, [ranges[v] for v in node.inputs])
         ranges.update(zip(node.outputs, results, strict=True))
     return ranges
 

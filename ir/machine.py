@@ -10,7 +10,8 @@ that machine model, read from a :class:`~snuc.ir.target.TargetSpec`:
 * :class:`Cost` and the cost functions (:func:`mvm_cost`, :func:`digital_cost`,
   :func:`transfer_cost`): cycles, latency, energy and resource reservations of each kind
   of work, and :func:`crossbar_work`, the crossbars' MVM cycles per timestep;
-* :data:`DIGITAL_OPS` and :func:`fixed_ops`: the vector instructions of the digital units.
+* :data:`DIGITAL_OPS`, :data:`MNEMONIC_OF` and :func:`fixed_ops`: the vector instructions of
+  the digital units, by mnemonic and by the op class they compute.
 
 The instructions themselves, each with its cost, are :mod:`snuc.ir.machine_isa`. The
 scheduler (:mod:`snuc.backends.schedule`), the program checks (:mod:`snuc.backends.isa`,
@@ -25,10 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from snuc.ir import ops
 from snuc.ir.crossbar import guaranteed_ranges
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
-from snuc.ir.ops import CrossbarMVM
+from snuc.ir.ops import CrossbarMVM, Op
 from snuc.ir.target import TargetSpec
 
 CORE, GDU = "core", "gdu"
@@ -287,7 +289,7 @@ class DigitalOp:
     """One vector instruction of the digital units.
 
     Attributes:
-        ir_name: the IR op it computes (its attributes are the instruction's).
+        op: the IR op class it computes (its attributes are the instruction's).
         ops: operations per element; None when it depends on the operands' shapes (the
             instruction then states it).
         gdu_only: only a GDU runs it (reductions, normalisation, table look-ups, digital
@@ -295,54 +297,61 @@ class DigitalOp:
         meaning: one line for docs and errors.
     """
 
-    ir_name: str
+    op: type[Op]
     ops: int | None
     gdu_only: bool
     meaning: str
 
 
-def _op(ir: str, ops: int | None, meaning: str, gdu_only: bool = False) -> DigitalOp:
-    return DigitalOp(ir, ops, gdu_only, meaning)
+def _op(op: type[Op], n_ops: int | None, meaning: str, gdu_only: bool = False) -> DigitalOp:
+    return DigitalOp(op, n_ops, gdu_only, meaning)
 
 
 DIGITAL_OPS: Mapping[str, DigitalOp] = MappingProxyType(
     {
-        "acc": _op("dig.add", 1, "accumulate crossbar partial sums: z = x + y"),
-        "add": _op("dig.add", 1, "z = x + y"),
-        "sub": _op("dig.sub", 1, "z = x - y"),
-        "mul": _op("dig.mul", 1, "z = x * y"),
-        "scale": _op("dig.mul", 1, "z = x * c with c a constant (affine scaling)"),
-        "div": _op("dig.div", 1, "z = x / y"),
-        "neg": _op("dig.neg", 1, "y = -x"),
-        "relu": _op("dig.relu", 1, "y = max(x, 0)"),
-        "leaky_relu": _op("dig.leaky_relu", 1, "y = x if x >= 0 else alpha * x"),
-        "sigmoid": _op("dig.sigmoid", 1, "y = 1 / (1 + exp(-x)) (table and interpolation)"),
-        "tanh": _op("dig.tanh", 1, "y = tanh(x) (table and interpolation)"),
-        "step": _op("dig.step", 1, "y = 1 where x > 0 else 0 (spike)"),
-        "greater": _op("dig.greater", 1, "z = x > y"),
-        "greater_equal": _op("dig.greater_equal", 1, "z = x >= y"),
-        "less": _op("dig.less", 1, "z = x < y"),
-        "cast": _op("dig.cast", 1, "y = x converted to another dtype"),
-        "where": _op("dig.where", 1, "z = x where c else y"),
-        "snu": _op("snu.layer", None, "fused SNU update: s = g(a + l*s'*(1-y')), y = h(s + b)"),
-        "reshape": _op("dig.reshape", 0, "view of a buffer in another shape (free)"),
-        "transpose": _op("dig.transpose", 1, "copy with permuted axes"),
-        "concat": _op("dig.concat", 1, "copy buffers side by side"),
-        "im2col": _op("dig.im2col", 1, "copy convolution patches"),
-        "maxpool": _op("dig.maxpool", None, "maximum over each window"),
-        "avgpool": _op("dig.avgpool", None, "mean over each window"),
-        "gather": _op("dig.gather", 1, "table look-up (embedding)", gdu_only=True),
-        "reduce_sum": _op("dig.reduce_sum", 1, "sum over axes", gdu_only=True),
-        "reduce_mean": _op("dig.reduce_mean", 1, "mean over axes", gdu_only=True),
-        "softmax": _op("dig.softmax", 4, "softmax along an axis", gdu_only=True),
-        "log_softmax": _op("dig.log_softmax", 4, "log-softmax along an axis", gdu_only=True),
-        "matmul": _op("dig.matmul", None, "digital matrix product", gdu_only=True),
-        "conv": _op("dig.conv", None, "digital convolution", gdu_only=True),
+        "acc": _op(ops.Add, 1, "accumulate crossbar partial sums: z = x + y"),
+        "add": _op(ops.Add, 1, "z = x + y"),
+        "sub": _op(ops.Sub, 1, "z = x - y"),
+        "mul": _op(ops.Mul, 1, "z = x * y"),
+        "scale": _op(ops.Mul, 1, "z = x * c with c a constant (affine scaling)"),
+        "div": _op(ops.Div, 1, "z = x / y"),
+        "neg": _op(ops.Neg, 1, "y = -x"),
+        "relu": _op(ops.Relu, 1, "y = max(x, 0)"),
+        "leaky_relu": _op(ops.LeakyRelu, 1, "y = x if x >= 0 else alpha * x"),
+        "sigmoid": _op(ops.Sigmoid, 1, "y = 1 / (1 + exp(-x)) (table and interpolation)"),
+        "tanh": _op(ops.Tanh, 1, "y = tanh(x) (table and interpolation)"),
+        "step": _op(ops.Step, 1, "y = 1 where x > 0 else 0 (spike)"),
+        "greater": _op(ops.Greater, 1, "z = x > y"),
+        "greater_equal": _op(ops.GreaterOrEqual, 1, "z = x >= y"),
+        "less": _op(ops.Less, 1, "z = x < y"),
+        "cast": _op(ops.Cast, 1, "y = x converted to another dtype"),
+        "where": _op(ops.Where, 1, "z = x where c else y"),
+        "snu": _op(ops.SNULayer, None, "fused SNU update: s = g(a + l*s'*(1-y')), y = h(s + b)"),
+        "reshape": _op(ops.Reshape, 0, "view of a buffer in another shape (free)"),
+        "transpose": _op(ops.Transpose, 1, "copy with permuted axes"),
+        "concat": _op(ops.Concat, 1, "copy buffers side by side"),
+        "im2col": _op(ops.Im2Col, 1, "copy convolution patches"),
+        "maxpool": _op(ops.MaxPool, None, "maximum over each window"),
+        "avgpool": _op(ops.AvgPool, None, "mean over each window"),
+        "gather": _op(ops.Gather, 1, "table look-up (embedding)", gdu_only=True),
+        "reduce_sum": _op(ops.ReduceSum, 1, "sum over axes", gdu_only=True),
+        "reduce_mean": _op(ops.ReduceMean, 1, "mean over axes", gdu_only=True),
+        "softmax": _op(ops.Softmax, 4, "softmax along an axis", gdu_only=True),
+        "log_softmax": _op(ops.LogSoftmax, 4, "log-softmax along an axis", gdu_only=True),
+        "matmul": _op(ops.MatMul, None, "digital matrix product", gdu_only=True),
+        "conv": _op(ops.DigitalConv, None, "digital convolution", gdu_only=True),
     }
 )
 """Every vector instruction, by mnemonic. ``ops`` counts one pass over the elements per
 operation: the fused SNU update is 7 (6 with g = identity), a softmax 4 (max, exp, sum,
 divide); a pooling window of k elements k; a digital matrix product K per output."""
+
+MNEMONIC_OF: Mapping[type[Op], str] = MappingProxyType(
+    {info.op: name for name, info in DIGITAL_OPS.items() if name not in ("acc", "scale")}
+)
+"""By op class, the instruction that runs it on the digital units (the chip cost of a
+digital op); ``acc`` and ``scale`` are the special cases of ``add`` and ``mul`` the
+scheduler picks from the operands."""
 
 
 def fixed_ops(mnemonic: str, attrs: Mapping[str, object]) -> int | None:

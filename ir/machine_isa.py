@@ -35,7 +35,7 @@ from snuc.ir.machine import (
     mvm_cost,
     transfer_cost,
 )
-from snuc.ir.ops import REGISTRY, Op
+from snuc.ir.ops import Op
 from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH
 
@@ -211,7 +211,7 @@ class VectorOp(Instruction):
                 f"unknown instruction {self.opcode!r}; expected mvm, adc, send, recv, sync "
                 f"or one of {', '.join(DIGITAL_OPS)}"
             )
-        cls = REGISTRY[info.ir_name]
+        cls = info.op
         object.__setattr__(self, "dsts", tuple(self.dsts))
         object.__setattr__(self, "srcs", tuple(self.srcs))
         for r in self.dsts:
@@ -247,7 +247,7 @@ class VectorOp(Instruction):
 
     def ir_op(self) -> Op:
         """The IR op the instruction computes."""
-        return REGISTRY[DIGITAL_OPS[self.opcode].ir_name](**dict(self.attrs))
+        return DIGITAL_OPS[self.opcode].op(**dict(self.attrs))
 
     def cost(self, target: TargetSpec, unit: Unit) -> Cost:
         return digital_cost(target, unit, self.n, self.ops)

@@ -6,96 +6,27 @@ Namespaces:
 * ``xbar.*`` -- matrix work whose weight is a constant: it is mapped onto PCM crossbars.
 * ``dig.*``  -- everything else: it runs in the chip's digital units.
 
-An op's fields are its attributes; they are checked when the op is built. ``infer``
-checks the operand types and returns the result types. What an op *computes* is defined
-once, by the reference interpreter (``snuc.runtime.interpreter``); the equation is in each
-docstring.
+What an op is (the :class:`Op` base, the registry by name) is :mod:`snuc.ir.op_base`;
+this module re-exports it. What an op *means* is registered against its class: what it
+computes by the reference interpreter (``@semantics`` in ``snuc.runtime.semantics``; the
+equation is also in each docstring), its value ranges (``RANGE_RULES`` in
+``snuc.ir.crossbar``), its chip cost (``DIGITAL_OPS`` in ``snuc.ir.machine``) and its fast
+kernel (``@kernel`` in ``snuc.runtime.plan_kernels``); tests/test_op_registry.py names any
+op that lacks one. docs/ir.md "Adding an op" lists the steps.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from snuc.ir.errors import UNKNOWN, Loc, VerifyError
+from snuc.ir.op_base import REGISTRY as REGISTRY  # re-exported: ops by name
+from snuc.ir.op_base import Attr as Attr
+from snuc.ir.op_base import Op, _axis, _float, _pair, _require, register
+from snuc.ir.op_base import op_class as op_class
 from snuc.ir.types import BATCH, DTYPES, Dim, TensorType, broadcast_shapes, promote
-
-Attr = int | float | str | bool | tuple
-
-REGISTRY: dict[str, type[Op]] = {}
-
-
-def register(cls: type[Op]) -> type[Op]:
-    """Class decorator: make ``cls`` known under its dotted ``NAME``."""
-    if cls.NAME in REGISTRY:
-        raise RuntimeError(f"op {cls.NAME} registered twice")
-    REGISTRY[cls.NAME] = cls
-    return cls
-
-
-@dataclass(frozen=True)
-class Op:
-    """Base of all ops. Subclasses are frozen dataclasses whose fields are attributes.
-
-    Class attributes:
-        NAME: the dotted name printed in the text IR.
-        OPERANDS: (minimum, maximum) number of operands; maximum None = variadic.
-        RESULTS: number of results.
-        FLOAT_ONLY: operands must be floating point.
-        QUIET: attributes the text form prints only when they differ from their default
-            (added after the text form was fixed, so that older graphs print as before).
-    """
-
-    NAME: ClassVar[str] = ""
-    OPERANDS: ClassVar[tuple[int, int | None]] = (1, 1)
-    RESULTS: ClassVar[int] = 1
-    QUIET: ClassVar[tuple[str, ...]] = ()
-
-    def __post_init__(self) -> None:
-        self.check_attrs()
-
-    def check_attrs(self) -> None:
-        """Validate attribute values; raise VerifyError. Default: nothing to check."""
-
-    def attrs(self) -> dict[str, Attr]:
-        """Attributes by name, in declaration order."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def infer(
-        self,
-        types: tuple[TensorType, ...],
-        consts: tuple[np.ndarray | None, ...],
-        loc: Loc = UNKNOWN,
-    ) -> tuple[TensorType, ...]:
-        """Check operand types (and constant operands where needed); return result types."""
-        raise NotImplementedError
-
-    def check_arity(self, n: int, loc: Loc) -> None:
-        lo, hi = self.OPERANDS
-        if n < lo or (hi is not None and n > hi):
-            want = f"{lo}" if lo == hi else f"{lo}..{'any' if hi is None else hi}"
-            raise VerifyError(f"{loc.prefix()}{self.NAME} takes {want} operands, got {n}")
-
-    def fail(self, loc: Loc, message: str) -> VerifyError:
-        return VerifyError(f"{loc.prefix()}{self.NAME}: {message}")
-
-
-def _require(cond: bool, op: Op, loc: Loc, message: str) -> None:
-    if not cond:
-        raise op.fail(loc, message)
-
-
-def _float(op: Op, t: TensorType, loc: Loc) -> None:
-    _require(t.dtype in ("f32", "f64"), op, loc, f"expected a float operand, got {t}")
-
-
-def _axis(op: Op, axis: int, rank: int, loc: Loc) -> int:
-    _require(-rank <= axis < rank, op, loc, f"axis {axis} out of range for rank {rank}")
-    return axis % rank
-
 
 # --------------------------------------------------------------------------- element-wise
 
@@ -361,11 +292,6 @@ class Dense(Op):
             x.rank >= 1 and x.shape[-1] == w.shape[0], self, loc, f"cannot multiply {x} by {w}"
         )
         return (TensorType(promote([x.dtype, w.dtype], loc), x.shape[:-1] + (w.shape[1],)),)
-
-
-def _pair(v: tuple[int, ...], n: int, name: str, opname: str, minimum: int) -> None:
-    if len(v) != n or any(not isinstance(i, int) or i < minimum for i in v):
-        raise VerifyError(f"{opname}: {name} must be {n} ints >= {minimum}, got {v}")
 
 
 @dataclass(frozen=True)
@@ -817,11 +743,3 @@ class AvgPool(_Pool2d):
 
     NAME: ClassVar = "dig.avgpool"
     count_include_pad: bool = False
-
-
-def op_class(name: str, loc: Loc = UNKNOWN) -> type[Op]:
-    """The class registered under ``name``; a VerifyError naming the known ops otherwise."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise VerifyError(f"{loc.prefix()}unknown op {name!r}") from None

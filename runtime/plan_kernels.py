@@ -13,19 +13,23 @@ positionally, one function per neuron model (:func:`snu_step`) and for the sigmo
 
 Every kernel computes exactly what the reference interpreter's semantics compute, with
 the same float operations in the same order, so results are bit for bit the same (the
-matrix products aside, whose summation order BLAS chooses). Ops without a kernel here
-fall back to the interpreter's semantics (:func:`generic`), which allocate their results.
+matrix products aside, whose summation order BLAS chooses). Each op class registers its
+kernel maker with :func:`kernel` (:data:`FAST_KERNELS`); ops rare in a time loop register
+the interpreter's semantics (:func:`generic`), which allocate their results.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
 
+from snuc.ir import ops
 from snuc.ir.graph import Node
+from snuc.ir.ops import Op
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import np_fast
 from snuc.runtime.interpreter import evaluate_node
@@ -52,10 +56,6 @@ class Allocator(Protocol):
         """A noisy tile's read-noise stream of the run."""
 
 
-UNARY_UFUNCS = {
-    "dig.neg": np.negative,
-    "dig.tanh": np.tanh,
-}
 # Bound once: the kernels of a timestep call them positionally, on small arrays.
 _copysign, _exp, _add, _subtract, _multiply, _divide = (
     np.copysign,
@@ -67,15 +67,6 @@ _copysign, _exp, _add, _subtract, _multiply, _divide = (
 )
 _greater, _greater_equal, _maximum = np.greater, np.greater_equal, np.maximum
 _absolute, _negative = np.absolute, np.negative
-
-BINARY_UFUNCS = {
-    "dig.add": np.add,
-    "dig.sub": np.subtract,
-    "dig.mul": np.multiply,
-    "dig.greater": np.greater,
-    "dig.greater_equal": np.greater_equal,
-    "dig.less": np.less,
-}
 
 
 def unary(ufunc: np.ufunc, x: int, out: int) -> Kernel:
@@ -454,19 +445,96 @@ def generic(
     return kernel
 
 
-_WRITING_OPS = frozenset(
-    {*UNARY_UFUNCS, *BINARY_UFUNCS, "dig.relu", "dig.cast", "dig.where", "dig.concat"}
-    | {"xbar.mvm", "xbar.dense", "dig.matmul", "snu.layer", "dig.step", "dig.sigmoid"}
-)
+@dataclass(frozen=True)
+class Build:
+    """What a kernel maker gets when a plan is built: one node, its slots and the plan.
+
+    Attributes:
+        node: the node.
+        ins, outs: slots of its operands and results.
+        bound: per result, whether its slot has no array, so the kernel must set it.
+        types: every value's type.
+        invariants: the values that are the same at every step, by name.
+        alloc: gives the kernel its scratch slots.
+        spikes: whether operand 0 is guaranteed to hold only 0 and 1.
+        tally: where a spiking kernel counts its spikes (see :func:`node_kernel`).
+    """
+
+    node: Node
+    ins: Sequence[int]
+    outs: Sequence[int]
+    bound: Sequence[bool]
+    types: Mapping[str, TensorType]
+    invariants: Mapping[str, np.ndarray]
+    alloc: Allocator
+    spikes: bool
+    tally: tuple[int, int] | None
+
+    @property
+    def type(self) -> TensorType:
+        """The type of the node's first result."""
+        return self.types[self.node.outputs[0]]
+
+    def operand(self, i: int, negate: bool = False) -> int:
+        """Operand i's slot; an invariant one broadcast to the result's shape."""
+        value = self.invariants.get(self.node.inputs[i])
+        if value is None or value.dtype != self.type.np_dtype:
+            return self.ins[i]
+        return self.alloc.full(-value if negate else value, self.type.shape)
+
+    def constant(self, v: float) -> int:
+        """A slot holding ``v`` in the result's dtype, broadcast to its shape."""
+        return self.alloc.full(np.asarray(v, self.type.np_dtype), self.type.shape)
+
+    def generic(self) -> Kernel:
+        """The interpreter's semantics as the kernel (:func:`generic`)."""
+        return generic(self.node, self.ins, self.outs, self.bound)
+
+
+KernelMaker = Callable[[Build], Kernel]
+
+
+@dataclass(frozen=True)
+class FastKernel:
+    """An op's fast form: ``make`` builds its kernel; ``writes(dtype)`` says whether that
+    kernel writes into arrays its program provides (for a result of ``dtype``), rather
+    than binding its results (a view, or the interpreter's freshly allocated result)."""
+
+    make: KernelMaker
+    writes: Callable[[np.dtype], bool]
+
+
+FAST_KERNELS: dict[type[Op], FastKernel] = {}
+"""By op class, its fast kernel; every op has one (a registry test checks it)."""
+
+
+def _always(dtype: np.dtype) -> bool:
+    return True
+
+
+def _never(dtype: np.dtype) -> bool:
+    return False
+
+
+def kernel(
+    *op_classes: type[Op], writes: Callable[[np.dtype], bool] = _always
+) -> Callable[[KernelMaker], KernelMaker]:
+    """Decorator: register the decorated maker as the fast kernel of ``op_classes``."""
+
+    def register(make: KernelMaker) -> KernelMaker:
+        for cls in op_classes:
+            if cls in FAST_KERNELS:
+                raise RuntimeError(f"fast kernel of {cls.NAME} defined twice")
+            FAST_KERNELS[cls] = FastKernel(make, writes)
+        return make
+
+    return register
 
 
 def writes(node: Node, dtype: np.dtype, chips: Mapping[str, TileChip]) -> bool:
     """Whether ``node``'s kernel writes into arrays its program provides (otherwise it
     binds its results: a view, or the interpreter's freshly allocated result)."""
-    name = node.op.NAME
-    if node.id in chips or name in _WRITING_OPS:
-        return True
-    return name == "dig.div" and dtype.kind == "f"
+    return node.id in chips or FAST_KERNELS[type(node.op)].writes(dtype)
 
 
 def node_kernel(
@@ -482,7 +550,9 @@ def node_kernel(
     spikes: frozenset[str] = frozenset(),
     tally: tuple[int, int] | None = None,
 ) -> Kernel:
-    """The kernel of ``node`` over the slots ``ins`` (operands) and ``outs`` (results).
+    """The kernel of ``node`` over the slots ``ins`` (operands) and ``outs`` (results):
+    a programmed tile's read, else its op's registered :data:`FAST_KERNELS` maker (looked
+    up once, here, when the plan is built).
 
     Args:
         node: the node.
@@ -496,86 +566,159 @@ def node_kernel(
         alloc: gives the kernel its scratch slots.
         spikes: the values guaranteed to hold only 0 and 1 (a float crossbar product of
             one skips its silent inputs and rows).
-        tally: ``(slot, index)``: a spiking node (``dig.step``, ``snu.layer`` with a step)
+        tally: ``(slot, index)``: a spiking node (``dig.step``, an SNU with a step)
             adds the spikes of its last result to ``slots[slot][index]`` (the simulator's
             counts); None: it counts nothing.
     """
-    name = node.op.NAME
-    type_ = types[node.outputs[0]]
-    dtype, shape = type_.np_dtype, type_.shape
-    out = outs[0]
     chip = chips.get(node.id)
-
-    def operand(i: int, negate: bool = False) -> int:
-        """Operand i's slot; an invariant one broadcast to the result's shape."""
-        value = invariants.get(node.inputs[i])
-        if value is None or value.dtype != dtype:
-            return ins[i]
-        return alloc.full(-value if negate else value, shape)
-
-    def constant(v: float) -> int:
-        return alloc.full(np.asarray(v, dtype), shape)
-
     if chip is not None:
         noise = alloc.noise(chip) if chip.noisy else None
-        return tile_read(chip, ins[0], out, alloc.workspace(chip, type_), noise)
-    if name == "snu.layer":
-        soft = node.op.h == "sigmoid"
-        threshold = not soft and node.inputs[4] in invariants
-        operands = [ins[0], ins[1], ins[2], operand(3), operand(4, negate=threshold)]
-        temps = [alloc.temp(dtype, shape), alloc.temp(dtype, shape), constant(1), constant(0)]
-        if soft:
-            temps += [alloc.temp(dtype, shape) for _ in range(3)]
-            temps += [alloc.temp(np.bool_, shape), constant(-1)]
-        else:
-            temps.append(alloc.temp(np.bool_, shape))
-        return snu_layer(
-            operands,
-            outs[0],
-            outs[1],
-            temps,
-            relu=node.op.g == "relu",
-            soft=soft,
-            threshold=threshold,
-            tally=tally,
-        )
-    if name in UNARY_UFUNCS:
-        return unary(UNARY_UFUNCS[name], ins[0], out)
-    if name in BINARY_UFUNCS or (name == "dig.div" and dtype.kind == "f"):
-        ufunc = np.divide if name == "dig.div" else BINARY_UFUNCS[name]
-        if types[node.inputs[0]].np_dtype != dtype:
+        work = alloc.workspace(chip, types[node.outputs[0]])
+        return tile_read(chip, ins[0], outs[0], work, noise)
+    build = Build(node, ins, outs, bound, types, invariants, alloc, node.inputs[0] in spikes, tally)
+    return FAST_KERNELS[type(node.op)].make(build)
+
+
+# --------------------------------------------------------------------------- by op
+
+
+@kernel(ops.SNULayer)
+def _snu_layer_kernel(b: Build) -> Kernel:
+    op, ins, dtype, shape = b.node.op, b.ins, b.type.np_dtype, b.type.shape
+    soft = op.h == "sigmoid"
+    threshold = not soft and b.node.inputs[4] in b.invariants
+    operands = [ins[0], ins[1], ins[2], b.operand(3), b.operand(4, negate=threshold)]
+    temps = [b.alloc.temp(dtype, shape), b.alloc.temp(dtype, shape), b.constant(1), b.constant(0)]
+    if soft:
+        temps += [b.alloc.temp(dtype, shape) for _ in range(3)]
+        temps += [b.alloc.temp(np.bool_, shape), b.constant(-1)]
+    else:
+        temps.append(b.alloc.temp(np.bool_, shape))
+    return snu_layer(
+        operands,
+        b.outs[0],
+        b.outs[1],
+        temps,
+        relu=op.g == "relu",
+        soft=soft,
+        threshold=threshold,
+        tally=b.tally,
+    )
+
+
+def _unary_kernel(ufunc: np.ufunc) -> KernelMaker:
+    return lambda b: unary(ufunc, b.ins[0], b.outs[0])
+
+
+def _binary_kernel(ufunc: np.ufunc) -> KernelMaker:
+    def make(b: Build) -> Kernel:
+        if b.types[b.node.inputs[0]].np_dtype != b.type.np_dtype:
             # A comparison's result is bool: its operands keep their own shapes.
-            return binary(ufunc, ins[0], ins[1], out)
-        return binary(ufunc, operand(0), operand(1), out)
-    if name == "dig.relu":
-        return rectify(ins[0], constant(0), out)
-    if name == "dig.step":
-        spike = alloc.temp(np.bool_, shape)
-        return step(ins[0], constant(0), spike, out, tally)
-    if name == "dig.sigmoid":
-        return sigmoid(ins[0], out, _sigmoid_temps(alloc, dtype, shape))
-    if name == "dig.cast":
-        return cast(ins[0], out)
-    if name == "dig.where":
-        return where(ins[0], ins[1], ins[2], out)
-    if name == "dig.concat" and all(v in types and types[v].np_dtype == dtype for v in node.inputs):
-        return concat(ins, [types[v].shape for v in node.inputs], node.op.axis, out)
-    if name == "dig.concat":
-        return concat_cast(ins, node.op.axis, out)
-    spiking = node.inputs[0] in spikes
-    if name == "xbar.dense":
-        return matmul(ins[0], invariants[node.inputs[1]], out, spikes=spiking)
-    if name == "xbar.mvm":
-        weight = invariants[node.inputs[1]]
-        (r0, r1), (c0, c1) = node.op.rows, node.op.cols
-        rows = None if (r0, r1) == (0, weight.shape[0]) else slice(r0, r1)
-        return matmul(ins[0], weight[r0:r1, c0:c1], out, rows, spikes=spiking)
-    if name == "dig.matmul":
-        return matmul_values(ins[0], ins[1], out)
-    if name in ("dig.reshape", "dig.transpose"):
-        shape_of = _view_function(node)
-        return view(ins[0], out, shape_of) if bound[0] else view_copy(ins[0], out, shape_of)
-    return generic(node, ins, outs, bound)
+            return binary(ufunc, b.ins[0], b.ins[1], b.outs[0])
+        return binary(ufunc, b.operand(0), b.operand(1), b.outs[0])
+
+    return make
+
+
+for _cls, _ufunc in ((ops.Neg, np.negative), (ops.Tanh, np.tanh)):
+    kernel(_cls)(_unary_kernel(_ufunc))
+for _cls, _ufunc in (
+    (ops.Add, np.add),
+    (ops.Sub, np.subtract),
+    (ops.Mul, np.multiply),
+    (ops.Greater, np.greater),
+    (ops.GreaterOrEqual, np.greater_equal),
+    (ops.Less, np.less),
+):
+    kernel(_cls)(_binary_kernel(_ufunc))
+
+
+def _float_result(dtype: np.dtype) -> bool:
+    return dtype.kind == "f"
+
+
+@kernel(ops.Div, writes=_float_result)
+def _div_kernel(b: Build) -> Kernel:
+    # Integer division truncates and checks for zero: the interpreter's semantics do it.
+    return _binary_kernel(np.divide)(b) if _float_result(b.type.np_dtype) else b.generic()
+
+
+@kernel(ops.Relu)
+def _relu_kernel(b: Build) -> Kernel:
+    return rectify(b.ins[0], b.constant(0), b.outs[0])
+
+
+@kernel(ops.Step)
+def _step_kernel(b: Build) -> Kernel:
+    spike = b.alloc.temp(np.bool_, b.type.shape)
+    return step(b.ins[0], b.constant(0), spike, b.outs[0], b.tally)
+
+
+@kernel(ops.Sigmoid)
+def _sigmoid_kernel(b: Build) -> Kernel:
+    return sigmoid(b.ins[0], b.outs[0], _sigmoid_temps(b.alloc, b.type.np_dtype, b.type.shape))
+
+
+@kernel(ops.Cast)
+def _cast_kernel(b: Build) -> Kernel:
+    return cast(b.ins[0], b.outs[0])
+
+
+@kernel(ops.Where)
+def _where_kernel(b: Build) -> Kernel:
+    return where(b.ins[0], b.ins[1], b.ins[2], b.outs[0])
+
+
+@kernel(ops.Concat)
+def _concat_kernel(b: Build) -> Kernel:
+    inputs, types, dtype = b.node.inputs, b.types, b.type.np_dtype
+    if all(v in types and types[v].np_dtype == dtype for v in inputs):
+        return concat(b.ins, [types[v].shape for v in inputs], b.node.op.axis, b.outs[0])
+    return concat_cast(b.ins, b.node.op.axis, b.outs[0])
+
+
+@kernel(ops.Dense)
+def _dense_kernel(b: Build) -> Kernel:
+    return matmul(b.ins[0], b.invariants[b.node.inputs[1]], b.outs[0], spikes=b.spikes)
+
+
+@kernel(ops.CrossbarMVM)
+def _crossbar_mvm_kernel(b: Build) -> Kernel:
+    weight = b.invariants[b.node.inputs[1]]
+    (r0, r1), (c0, c1) = b.node.op.rows, b.node.op.cols
+    rows = None if (r0, r1) == (0, weight.shape[0]) else slice(r0, r1)
+    return matmul(b.ins[0], weight[r0:r1, c0:c1], b.outs[0], rows, spikes=b.spikes)
+
+
+@kernel(ops.MatMul)
+def _matmul_kernel(b: Build) -> Kernel:
+    return matmul_values(b.ins[0], b.ins[1], b.outs[0])
+
+
+@kernel(ops.Reshape, ops.Transpose, writes=_never)
+def _view_kernel(b: Build) -> Kernel:
+    shape_of = _view_function(b.node)
+    make = view if b.bound[0] else view_copy
+    return make(b.ins[0], b.outs[0], shape_of)
+
+
+@kernel(
+    ops.Conv,
+    ops.DigitalConv,
+    ops.Im2Col,
+    ops.Gather,
+    ops.ReduceSum,
+    ops.ReduceMean,
+    ops.Softmax,
+    ops.LogSoftmax,
+    ops.MaxPool,
+    ops.AvgPool,
+    ops.LeakyRelu,
+    writes=_never,
+)
+def _generic_kernel(b: Build) -> Kernel:
+    # Rare in a time loop (or run once, on invariants): the interpreter's semantics.
+    return b.generic()
 
 
 def _sigmoid_temps(alloc: Allocator, dtype: np.dtype, shape: tuple[Dim, ...]) -> list[int]:
@@ -602,7 +745,7 @@ def step(x: int, zeros: int, spike: int, out: int, tally: tuple[int, int] | None
 
 def _view_function(node: Node) -> Callable[[np.ndarray], np.ndarray]:
     """The reshape (the batch as -1, as the interpreter does) or transpose of ``node``."""
-    if node.op.NAME == "dig.reshape":
+    if isinstance(node.op, ops.Reshape):
         shape = tuple(-1 if d == BATCH else d for d in node.op.shape)
         return lambda x: x.reshape(shape)
     perm = node.op.perm

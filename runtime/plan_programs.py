@@ -19,6 +19,7 @@ import numpy as np
 
 from snuc.ir.errors import VerifyError
 from snuc.ir.graph import Graph, Node, State
+from snuc.ir.ops import SNULayer
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import plan_kernels as kernels
 from snuc.runtime.interpreter import evaluate_node
@@ -366,7 +367,7 @@ class _LoopProgram(Program):
             return None
         (node,) = loop.nodes
         steps = getattr(self._kernels[0], "steps", None)
-        if steps is None or node.op.NAME != "snu.layer":
+        if steps is None or not isinstance(node.op, SNULayer):
             return None
         a, s_prev, y_prev = node.inputs[:3]
         s_next, y_next = node.outputs

@@ -103,7 +103,7 @@ attributes (:func:`fixed_ops`)."""
 @pytest.mark.parametrize("mnemonic", sorted(DIGITAL_OPS))
 def test_every_digital_op_has_an_ir_op_and_a_cost(mnemonic: str) -> None:
     info = DIGITAL_OPS[mnemonic]
-    assert info.ir_name in REGISTRY, f"{mnemonic} computes {info.ir_name}, which is no IR op"
+    assert REGISTRY.get(info.op.NAME) is info.op, f"{mnemonic} computes {info.op}, no IR op"
     ops = fixed_ops(mnemonic, {})
     if mnemonic in SHAPE_DEPENDENT:
         assert ops is None
