@@ -121,7 +121,9 @@ def artefact_run_config(config: RunConfig | None, options: Mapping[str, Any]) ->
     compensation = fields.get("drift_compensation")
     if isinstance(compensation, bool):
         fields["drift_compensation"] = "global" if compensation else None
-    return run_config(config or RunConfig(mode="pcm"), fields)
+    if config is None:
+        return RunConfig(**{"mode": "pcm", **fields})
+    return run_config(config, fields) if fields else config
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,6 +15,7 @@ options (``seed``, ``t_inference_s``, ``drift_compensation``), so they may hold 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -80,9 +81,12 @@ class RunConfig:
             check_batch_size(self.batch_size)
         check_batch_offset(self.batch_offset)
 
-    @property
+    @functools.cached_property
     def plan_config(self) -> RunConfig:
-        """This configuration without its batch options: what a plan is built for."""
+        """This configuration without its batch options: what a plan is built for (made
+        once per configuration: a run at batch 1 takes a few hundred microseconds)."""
+        if self.batch_size is None and self.batch_offset == 0:
+            return self
         return dataclasses.replace(self, batch_size=None, batch_offset=0)
 
 
@@ -108,10 +112,10 @@ def plan_run_config(
     Raises:
         SnucError: a configuration that needs another plan (another mode or chip).
     """
-    if not options and (config is None or config is built):
-        return built  # the common case, without building and checking a copy per run
-    wanted = dataclasses.replace(config or built, **options)
-    if wanted.plan_config != built.plan_config:
+    wanted = config or built
+    if options:
+        wanted = dataclasses.replace(wanted, **options)
+    if wanted is not built and wanted.plan_config != built.plan_config:
         raise SnucError(
             f"this plan is built for {built.plan_config}, not {wanted.plan_config}; build a "
             "plan for that configuration"
