@@ -247,9 +247,15 @@ class Block:
     def declared(self, kind: str) -> Iterator[Decl]:
         return (d for d in self.decls if d.kind == kind)
 
+    @functools.cached_property
+    def _holders(self) -> dict[str, Decl]:
+        """The declarations that hold values (every kind but outputs), by name: made once,
+        so that resolving every operand of a block costs time linear in its size."""
+        return {d.name: d for d in self.decls if d.kind != "output"}
+
     def resolve(self, name: str) -> Resolved:
         """Follow ``name`` through the block's states to what holds its value."""
-        decls = {d.name: d for d in self.decls if d.kind != "output"}
+        decls = self._holders
         distance = 0
         seen: set[str] = set()
         while name in decls and decls[name].kind == "state":
