@@ -139,7 +139,7 @@ def write_artefact(
     as_zip = zip or dest.name.endswith(".zip")
     parent = _output_parent(dest)
     _check_replaceable(dest)
-    _remove_leftovers(dest)
+    remove_leftovers(dest)
     arrays = {_CONSTANTS_PREFIX + k: v for k, v in constants.items()}
     arrays.update({_EXTRA_PREFIX + k: v for k, v in extra_arrays.items()})
     staging: Path | None = None
@@ -252,7 +252,7 @@ def _claim_sibling(dest: Path, create: Callable[[Path], None]) -> Path:
     FileExistsError if the path exists). Unlike ``tempfile``'s, it gets the default
     permissions, which the finished artefact keeps."""
     while True:
-        candidate = _sibling_name(dest, "tmp")
+        candidate = sibling_name(dest, "tmp")
         try:
             create(candidate)
         except FileExistsError:
@@ -260,11 +260,11 @@ def _claim_sibling(dest: Path, create: Callable[[Path], None]) -> Path:
         return candidate
 
 
-def _sibling_name(dest: Path, tag: str) -> Path:
+def sibling_name(dest: Path, tag: str) -> Path:
     """An unused hidden name beside ``dest``."""
     while True:
         # The writer's pid lets a later write tell a killed writer's leftovers from a
-        # live one's (see _remove_leftovers).
+        # live one's (see remove_leftovers).
         candidate = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(6)}.{tag}")
         if not os.path.lexists(candidate):
             return candidate
@@ -338,7 +338,7 @@ def _install(built: Path, dest: Path) -> None:
     # No atomic exchange here (not Linux, or a file system without it): move the old one
     # aside first, and back if the new one cannot take its place. A kill between the two
     # renames leaves the old artefact at the hidden ``.old`` name.
-    aside = _sibling_name(dest, "old")
+    aside = sibling_name(dest, "old")
     os.rename(dest, aside)
     try:
         os.rename(built, dest)
@@ -367,7 +367,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _remove_leftovers(dest: Path) -> None:
+def remove_leftovers(dest: Path) -> None:
     """Remove the hidden temporaries of earlier writes to ``dest`` whose process is gone
     (killed mid-write); a live writer's are left alone."""
     pattern = re.compile(rf"\.{re.escape(dest.name)}\.(\d+)-[0-9a-f]{{12}}\.(?:tmp|old)")

@@ -16,6 +16,7 @@ import numpy as np
 
 from snuc.ir.errors import SnucError
 from snuc.ir.limits import check_tensor_bytes
+from snuc.runtime.artefact_files import remove_leftovers, sibling_name
 
 
 def read_array(path: str | os.PathLike, what: str = "input file") -> np.ndarray:
@@ -92,7 +93,8 @@ def write_outputs(path: str | os.PathLike, outputs: np.ndarray | Mapping[str, np
         raise SnucError(f"the output {path} must be a .npy file")
     if not path.parent.is_dir():
         raise SnucError(f"cannot write {path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_leftovers(path)  # of writes to this path that were killed
+    tmp = sibling_name(path, "tmp")
     try:
         with open(tmp, "wb") as f:
             if several:

@@ -338,6 +338,20 @@ def test_output_that_is_the_input_is_refused(saved, spikes, capsys, how):
     assert spikes.read_bytes() == before
 
 
+def test_a_killed_output_write_is_cleaned_by_the_next(saved, spikes, capsys):
+    out = spikes.with_name("y.npy")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = spikes.with_name(f".y.npy.{int(gone.stdout)}-0123456789ab.tmp")
+    live = spikes.with_name(f".y.npy.{os.getpid()}-0123456789ab.tmp")  # a writer still running
+    dead.write_bytes(b"half an array")
+    live.write_bytes(b"half an array")
+    status, _, err = run_cli(capsys, "run", saved, "--input", spikes, "-o", out)
+    assert status == 0, err
+    assert out.exists() and not dead.exists() and live.exists()
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_inputs_are_refused(saved, tmp_path, capsys, value):
     x = tmp_path / "x.npy"
