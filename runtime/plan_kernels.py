@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -172,7 +172,7 @@ _SNU_CALLS = {
 }
 _SNU_NAMES = {
     "subtract": _subtract, "multiply": _multiply, "add": _add, "maximum": _maximum,
-    "greater": _greater, "into": sigmoid_into,
+    "greater": _greater, "into": sigmoid_into, "count": np_fast.count_nonzero,
 }  # fmt: skip
 _SNU_ARGS = "decay, bias, u, v, ones, zeros, h"
 
@@ -211,8 +211,7 @@ def snu_step(*, relu: bool, soft: bool, threshold: bool) -> tuple[SnuStep, SnuLo
         or the scratch of :func:`sigmoid_into` after its ones and zeros (sigmoid). Both
         are called positionally (a step costs a few microseconds).
     """
-    calls = list(_SNU_CALLS["update"]) + list(_SNU_CALLS["relu"] if relu else ())
-    calls += _SNU_CALLS["soft" if soft else "threshold" if threshold else "step"]
+    calls = _snu_calls(relu, soft, threshold)
     step_body = "".join(f"\n    {call}" for call in calls)
     loop_body = "".join(f"\n        {call}" for call in calls)
     source = (
@@ -222,10 +221,22 @@ def snu_step(*, relu: bool, soft: bool, threshold: bool) -> tuple[SnuStep, SnuLo
         f"        s_prev, y_prev = s, y\n"
         f"    return s_prev, y_prev\n"
     )
+    found = _compiled(source, f"<snu_step relu={relu} soft={soft} threshold={threshold}>")
+    return found["step"], found["loop"]
+
+
+def _snu_calls(relu: bool, soft: bool, threshold: bool) -> list[str]:
+    """The update's calls for g and h (``_SNU_CALLS``)."""
+    calls = list(_SNU_CALLS["update"]) + list(_SNU_CALLS["relu"] if relu else ())
+    return calls + list(_SNU_CALLS["soft" if soft else "threshold" if threshold else "step"])
+
+
+def _compiled(source: str, name: str) -> dict[str, Any]:
+    """The functions that ``source``, text made in this module from its fixed call lists
+    and slot numbers (nothing read in), defines over the update's NumPy functions."""
     namespace = dict(_SNU_NAMES)
-    name = f"<snu_step relu={relu} soft={soft} threshold={threshold}>"
-    exec(compile(source, name, "exec"), namespace)  # the fixed text above, nothing read in
-    return namespace["step"], namespace["loop"]
+    exec(compile(source, name, "exec"), namespace)
+    return namespace
 
 
 def snu_layer(
@@ -258,30 +269,21 @@ def snu_layer(
     """
     a, s_prev, y_prev, decay, bias = operands
     u, v, ones, zeros = temps[:4]
-    update, loop = snu_step(relu=relu, soft=soft, threshold=threshold)
+    _, loop = snu_step(relu=relu, soft=soft, threshold=threshold)
+    # The one-step kernel reads its slots in the same function as the update's calls (a
+    # Python call per step and layer is a twentieth of a simulator's SNU step).
+    named = {"a": a, "s_prev": s_prev, "y_prev": y_prev, "s": s_out, "y": y_out}
+    named |= {"decay": decay, "bias": bias, "u": u, "v": v, "ones": ones, "zeros": zeros}
+    lines = [f"{name} = slots[{slot}]" for name, slot in named.items()]
     if soft:
-        sigmoid_scratch = itemgetter(*temps[4:])
-
-        def soft_kernel(s: list) -> None:
-            update(
-                s[a], s[s_prev], s[y_prev], s[s_out], s[y_out], s[decay], s[bias],
-                s[u], s[v], s[ones], s[zeros], sigmoid_scratch(s),
-            )  # fmt: skip
-
-        kernel = soft_kernel
+        lines.append("h = (" + "".join(f"slots[{slot}], " for slot in temps[4:]) + ")")
     else:
-        spike, count = temps[4], np_fast.count_nonzero
-
-        def spiking(s: list) -> None:
-            flags = s[spike]
-            update(
-                s[a], s[s_prev], s[y_prev], s[s_out], s[y_out], s[decay], s[bias],
-                s[u], s[v], s[ones], s[zeros], flags,
-            )  # fmt: skip
-            if tally is not None:
-                s[tally[0]][tally[1]] += count(flags)
-
-        kernel = spiking
+        lines.append(f"h = slots[{temps[4]}]")
+    lines += _snu_calls(relu, soft, threshold)
+    if tally is not None and not soft:
+        lines.append(f"slots[{tally[0]}][{tally[1]}] += count(h)")
+    source = "def kernel(slots):" + "".join(f"\n    {line}" for line in lines) + "\n"
+    kernel = _compiled(source, f"<snu.layer kernel relu={relu} soft={soft}>")["kernel"]
     kernel.steps = _snu_steps(loop, decay, bias, temps)
     return kernel
 
