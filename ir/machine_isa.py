@@ -90,10 +90,6 @@ class Instruction:
                 )
         self.check()
 
-    def runs_at(self, step: int) -> bool:
-        """Whether it runs at timestep ``step`` (all of them when untagged)."""
-        return self.tag is None or step % self.tag[0] == self.tag[1]
-
     def check(self) -> None:
         """Check the fields; raise VerifyError. Default: nothing more to check."""
 

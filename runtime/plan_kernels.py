@@ -8,7 +8,7 @@ block of steps at once (slots hold ``[n * B, ...]``, time folded into the batch)
 simulator's vector instructions (one timestep of one unit); the program around them
 points the slots at the right arrays. A timestep's arrays are small, so the kernels are
 written for a low cost per call: NumPy's functions bound once, outputs passed
-positionally, one function per neuron model (:func:`snu_step`) and for the sigmoid
+positionally, one update per neuron model (:func:`snu_loop`) and for the sigmoid
 (:func:`sigmoid_into`). Crossbar tiles read through :mod:`snuc.runtime.tile_read`.
 
 Every kernel computes exactly what the reference interpreter's semantics compute, with
@@ -150,13 +150,9 @@ def sigmoid_into(
     _divide(num, d, out)
 
 
-SnuStep = Callable[..., None]
-"""``step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones, zeros, h)``: see
-:func:`snu_step`."""
-
 SnuLoop = Callable[..., tuple[np.ndarray, np.ndarray]]
 """``loop(a, s, y, s_prev, y_prev, decay, bias, u, v, ones, zeros, h) -> (s_T, y_T)``: the
-update of :func:`snu_step` for each step k of the sequences ``a``, ``s``, ``y``."""
+update of :func:`snu_loop` for each step k of the sequences ``a``, ``s``, ``y``."""
 
 _SNU_CALLS = {
     "update": (
@@ -177,7 +173,7 @@ _SNU_NAMES = {
 _SNU_ARGS = "decay, bias, u, v, ones, zeros, h"
 
 
-def snu_step(*, relu: bool, soft: bool, threshold: bool) -> tuple[SnuStep, SnuLoop]:
+def snu_loop(*, relu: bool, soft: bool, threshold: bool) -> SnuLoop:
     """The SNU (``h = step``) or sSNU (``h = sigmoid``) update over arrays, the
     interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``, then ``y = h(s + bias)``,
     operation by operation in place::
@@ -192,11 +188,12 @@ def snu_step(*, relu: bool, soft: bool, threshold: bool) -> tuple[SnuStep, SnuLo
     through a bool array (a comparison writing floats takes NumPy's slow casting path),
     assigned to y (the same 0/1 conversion as ``copyto``, cheaper per call).
 
-    The update is written once (``_SNU_CALLS``) and compiled into two functions: one step
-    (the kernel of a time loop and of the simulator), and a loop over a block of steps
-    (the NumPy backend's loop of a lone ``snu.layer``), where a call per step would cost a
-    twentieth of a 150-neuron step at batch 1. Each is specialised to g and h, so no
-    branch runs per step.
+    The update is written once (``_SNU_CALLS``) and compiled into two forms, each
+    specialised to g and h (no branch per step): this loop over a block of steps (the
+    NumPy backend's loop of a lone ``snu.layer``, where a call per step would cost a
+    twentieth of a 150-neuron step at batch 1), and the one-step kernel of
+    :func:`snu_layer` (time loops and the simulator), which reads its slots in the same
+    function.
 
     Args:
         relu: g is relu (else identity).
@@ -204,25 +201,20 @@ def snu_step(*, relu: bool, soft: bool, threshold: bool) -> tuple[SnuStep, SnuLo
         threshold: the bias operand holds ``-bias`` (h = step only).
 
     Returns:
-        ``(step, loop)``: ``step(a, s_prev, y_prev, s_out, y_out, decay, bias, u, v, ones,
-        zeros, h)`` and ``loop(a, s, y, s_prev, y_prev, decay, bias, u, v, ones, zeros,
-        h)`` (see :data:`SnuLoop`). ``u``, ``v``: scratch of the result's shape; ``ones``,
-        ``zeros``: arrays of ones and zeros; ``h``: the bool array of the spikes (step),
-        or the scratch of :func:`sigmoid_into` after its ones and zeros (sigmoid). Both
-        are called positionally (a step costs a few microseconds).
+        ``loop(a, s, y, s_prev, y_prev, decay, bias, u, v, ones, zeros, h)`` (see
+        :data:`SnuLoop`), called positionally. ``u``, ``v``: scratch of the result's shape;
+        ``ones``, ``zeros``: arrays of ones and zeros; ``h``: the bool array of the spikes
+        (step), or the scratch of :func:`sigmoid_into` after its ones and zeros (sigmoid).
     """
     calls = _snu_calls(relu, soft, threshold)
-    step_body = "".join(f"\n    {call}" for call in calls)
     loop_body = "".join(f"\n        {call}" for call in calls)
     source = (
-        f"def step(a, s_prev, y_prev, s, y, {_SNU_ARGS}):{step_body}\n"
         f"def loop(a_seq, s_seq, y_seq, s_prev, y_prev, {_SNU_ARGS}):\n"
         f"    for a, s, y in zip(a_seq, s_seq, y_seq, strict=True):{loop_body}\n"
         f"        s_prev, y_prev = s, y\n"
         f"    return s_prev, y_prev\n"
     )
-    found = _compiled(source, f"<snu_step relu={relu} soft={soft} threshold={threshold}>")
-    return found["step"], found["loop"]
+    return _compiled(source, f"<snu_loop relu={relu} soft={soft} threshold={threshold}>")["loop"]
 
 
 def _snu_calls(relu: bool, soft: bool, threshold: bool) -> list[str]:
@@ -250,7 +242,7 @@ def snu_layer(
     threshold: bool,
     tally: tuple[int, int] | None = None,
 ) -> Kernel:
-    """The kernel of ``snu.layer``: :func:`snu_step` over slots.
+    """The kernel of ``snu.layer``: one step of the update (:func:`snu_loop`) over slots.
 
     Args:
         operands: slots of ``(a, s_prev, y_prev, decay, bias)``; decay and bias may hold
@@ -260,7 +252,7 @@ def snu_layer(
         temps: slots of scratch of the result's shape: two arrays, an array of ones and
             one of zeros; then a bool array (step), or three arrays, a bool array and an
             array of minus ones (sigmoid).
-        relu, soft, threshold: see :func:`snu_step`.
+        relu, soft, threshold: see :func:`snu_loop`.
         tally: ``(slot, index)``: add the step's spikes to ``slots[slot][index]`` (h = step).
 
     Returns:
@@ -269,7 +261,7 @@ def snu_layer(
     """
     a, s_prev, y_prev, decay, bias = operands
     u, v, ones, zeros = temps[:4]
-    _, loop = snu_step(relu=relu, soft=soft, threshold=threshold)
+    loop = snu_loop(relu=relu, soft=soft, threshold=threshold)
     # The one-step kernel reads its slots in the same function as the update's calls (a
     # Python call per step and layer is a twentieth of a simulator's SNU step).
     named = {"a": a, "s_prev": s_prev, "y_prev": y_prev, "s": s_out, "y": y_out}
