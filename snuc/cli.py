@@ -111,6 +111,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "timestep t on copy t mod K (more crossbars, up to K times shorter timestep; "
         "default 1: none)",
     )
+    comp.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="NIR input (required there): the time step NIR's continuous-time neurons run at",
+    )
+    comp.add_argument(
+        "--discretize",
+        choices=["euler", "exact"],
+        default="euler",
+        help="NIR input: Euler (1 - dt/tau, the default) or exact (exp(-dt/tau)) decays",
+    )
     comp.set_defaults(handler=_cmd_compile)
 
     run = sub.add_parser("run", help="run sequences on a simulated chip")
@@ -243,6 +256,8 @@ def _compile(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             placement=args.placement,
             duplicate=args.duplicate,
+            dt=args.dt,
+            discretize=args.discretize,
         )
         sys.stdout.write(text)
         return EXIT_OK
@@ -253,6 +268,8 @@ def _compile(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         placement=args.placement,
         duplicate=args.duplicate,
+        dt=args.dt,
+        discretize=args.discretize,
     )
     if args.emit == "report":
         json.dump(art.report, sys.stdout, indent=2)

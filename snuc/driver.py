@@ -14,6 +14,7 @@ import numpy as np
 from snuc.backends.asm import print_program
 from snuc.backends.program import emit_program
 from snuc.backends.schedule import ModuloSchedule, schedule_graph
+from snuc.frontend.nir_import import is_nir_file, load_nir, nir_to_onnx
 from snuc.frontend.onnx_import import import_onnx
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
@@ -52,8 +53,18 @@ def resolve_target(
     return target
 
 
-def import_model(path: str | os.PathLike, state_pairs: Mapping[str, str] | None = None) -> Graph:
-    """Read an ONNX model (sequence or step form) into a verified step graph."""
+def import_model(
+    path: str | os.PathLike,
+    state_pairs: Mapping[str, str] | None = None,
+    *,
+    dt: float | None = None,
+    discretize: str = "euler",
+) -> Graph:
+    """Read an ONNX model (sequence or step form), or a NIR graph discretised at ``dt``
+    (SPEC §2.1), into a verified step graph."""
+    if is_nir_file(path):
+        model = nir_to_onnx(load_nir(path), dt=dt, discretize=discretize)
+        return import_onnx(model, state_pairs=state_pairs)
     return import_onnx(path, state_pairs=state_pairs)
 
 
@@ -106,6 +117,8 @@ def compile_model(
     placement: str = "pack",
     duplicate: int = 1,
     after: After | None = None,
+    dt: float | None = None,
+    discretize: str = "euler",
 ) -> Artefact:
     """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``).
 
@@ -114,12 +127,13 @@ def compile_model(
     ``duplicate=K`` (``--duplicate``) gives every crossbar with more than 1/K of the
     busiest crossbar's MVM work K copies on spare crossbars, timestep t served by copy
     ``t mod K``: more crossbars for a shorter timestep (docs/isa.md "Tile duplication").
+    ``dt`` and ``discretize`` apply to a NIR model (``--dt``, ``--discretize``).
     """
     check_duplicate(duplicate)
     spec = resolve_target(target, chips)
     samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
     graph = lower(
-        import_model(model, state_pairs),
+        import_model(model, state_pairs, dt=dt, discretize=discretize),
         spec,
         calibration=samples,
         placement=placement,
@@ -150,6 +164,8 @@ def emit_ir(
     calibrate: str | os.PathLike | None = None,
     placement: str = "pack",
     duplicate: int = 1,
+    dt: float | None = None,
+    discretize: str = "euler",
 ) -> str:
     """The text IR of ``model`` after the whole pipeline, or after the stage ``print_after``."""
     if print_after is not None and print_after not in stage_names():
@@ -171,6 +187,8 @@ def emit_ir(
         placement=placement,
         duplicate=duplicate,
         after=keep,
+        dt=dt,
+        discretize=discretize,
     )
     if print_after is not None:
         return dumps[print_after]
