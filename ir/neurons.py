@@ -227,3 +227,115 @@ class SNULayer(NeuronOp):
         s = "nonnegative" if self.g == "relu" else "unknown"
         return (s, "spikes" if self.h == "step" else "unit")
 
+
+@neuron
+@dataclass(frozen=True)
+class LIFSubtract(NeuronOp):
+    """Leaky integrate-and-fire with reset by subtraction (snnTorch's ``Leaky`` default).
+
+    Operands ``(a, v_prev, y_prev, decay, threshold)``; results ``(v, y)``::
+
+        v = decay * v_prev + a - y_prev * threshold
+        y = H(v - threshold)                          1 where v > threshold
+    """
+
+    NAME: ClassVar = "snu.lif_sub"
+    OPERANDS_NAMED: ClassVar = ("a", "v_prev", "y_prev", "decay", "threshold")
+    RESULTS_NAMED: ClassVar = ("v", "y")
+    PREVIOUS: ClassVar = ("v_prev", "y_prev")
+    MNEMONIC: ClassVar = "lif_sub"
+    MEANING: ClassVar = "LIF, reset by subtraction: v = l*v' + a - y'*th, y = H(v - th)"
+    COST: ClassVar = NeuronCost(5, 5.0, _ASSUMED)
+
+    def update(self, invariant: frozenset[str]) -> Update:
+        calls = (
+            "multiply(decay, v_prev, u)",
+            "add(u, a, u)",
+            "multiply(y_prev, threshold, w)",
+            "subtract(u, w, v)",
+            *_SPIKE,
+        )
+        return Update(calls, ("u", "w"), ("h",), spikes="h")
+
+    def ops_per_element(self) -> int:
+        return 5
+
+
+@neuron
+@dataclass(frozen=True)
+class IF(NeuronOp):
+    """Integrate-and-fire (a LIF with decay 1), reset by subtraction.
+
+    Operands ``(a, v_prev, y_prev, threshold)``; results ``(v, y)``::
+
+        v = v_prev + a - y_prev * threshold
+        y = H(v - threshold)
+
+    With reset to zero it is ``snu.layer`` with decay 1, ``g = identity``.
+    """
+
+    NAME: ClassVar = "snu.if"
+    OPERANDS_NAMED: ClassVar = ("a", "v_prev", "y_prev", "threshold")
+    RESULTS_NAMED: ClassVar = ("v", "y")
+    PREVIOUS: ClassVar = ("v_prev", "y_prev")
+    MNEMONIC: ClassVar = "if"
+    MEANING: ClassVar = "integrate-and-fire: v = v' + a - y'*th, y = H(v - th)"
+    COST: ClassVar = NeuronCost(4, 4.0, _ASSUMED)
+
+    def update(self, invariant: frozenset[str]) -> Update:
+        calls = ("add(v_prev, a, u)", "multiply(y_prev, threshold, w)", "subtract(u, w, v)")
+        return Update((*calls, *_SPIKE), ("u", "w"), ("h",), spikes="h")
+
+    def ops_per_element(self) -> int:
+        return 4
+
+
+@neuron
+@dataclass(frozen=True)
+class CurrentLIF(NeuronOp):
+    """Current-based LIF (snnTorch's ``Synaptic``): a synaptic current, then a LIF.
+
+    Operands ``(a, i_prev, v_prev, y_prev, syn_decay, decay, threshold)``; results
+    ``(i, v, y)``::
+
+        i = syn_decay * i_prev + a
+        v = decay * v_prev + i - y_prev * threshold          reset = subtract
+        v = decay * v_prev * (1 - y_prev) + i                reset = zero
+        y = H(v - threshold)
+    """
+
+    NAME: ClassVar = "snu.cuba"
+    OPERANDS_NAMED: ClassVar = (
+        "a", "i_prev", "v_prev", "y_prev", "syn_decay", "decay", "threshold",
+    )  # fmt: skip
+    RESULTS_NAMED: ClassVar = ("i", "v", "y")
+    PREVIOUS: ClassVar = ("i_prev", "v_prev", "y_prev")
+    MNEMONIC: ClassVar = "cuba"
+    MEANING: ClassVar = "current-based LIF: i = ls*i' + a, then a LIF of input i"
+    COST: ClassVar = NeuronCost(8, 8.0, _ASSUMED)
+    reset: str = "subtract"
+
+    def update(self, invariant: frozenset[str]) -> Update:
+        current = ("multiply(syn_decay, i_prev, u)", "add(u, a, i)")
+        if self.reset == "subtract":
+            membrane: tuple[str, ...] = (
+                "multiply(decay, v_prev, u)",
+                "add(u, i, u)",
+                "multiply(y_prev, threshold, w)",
+                "subtract(u, w, v)",
+            )
+            constants: tuple[tuple[str, float], ...] = ()
+        else:
+            membrane = (
+                "subtract(ones, y_prev, w)",
+                "multiply(decay, v_prev, u)",
+                "multiply(u, w, u)",
+                "add(u, i, v)",
+            )
+            constants = (("ones", 1.0),)
+        calls = (*current, *membrane, *_SPIKE)
+        return Update(calls, ("u", "w"), ("h",), constants, spikes="h")
+
+    def ops_per_element(self) -> int:
+        return 7 if self.reset == "subtract" else 8
+

@@ -40,3 +40,59 @@ def _snu_layer(
     y = _step(z) if op.h == "step" else _sigmoid(z)
     return s, y
 
+
+def _spike(v: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """``H(v - threshold)``: 1 where the membrane is above the threshold, in v's dtype."""
+    return _step(v - threshold)
+
+
+@semantics(neurons.LIFSubtract)
+def _lif_sub(
+    op: Op,
+    a: np.ndarray,
+    v_prev: np.ndarray,
+    y_prev: np.ndarray,
+    decay: np.ndarray,
+    threshold: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """LIF with reset by subtraction, results ``(v, y)``::
+
+    v = decay * v_prev + a - y_prev * threshold;  y = H(v - threshold)
+    """
+    v = decay * v_prev + a - y_prev * threshold
+    return v, _spike(v, threshold)
+
+
+@semantics(neurons.IF)
+def _if(
+    op: Op, a: np.ndarray, v_prev: np.ndarray, y_prev: np.ndarray, threshold: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Integrate-and-fire, results ``(v, y)``: ``v = v_prev + a - y_prev * threshold``."""
+    v = v_prev + a - y_prev * threshold
+    return v, _spike(v, threshold)
+
+
+@semantics(neurons.CurrentLIF)
+def _cuba(
+    op: Op,
+    a: np.ndarray,
+    i_prev: np.ndarray,
+    v_prev: np.ndarray,
+    y_prev: np.ndarray,
+    syn_decay: np.ndarray,
+    decay: np.ndarray,
+    threshold: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """Current-based LIF, results ``(i, v, y)``::
+
+    i = syn_decay * i_prev + a
+    v = decay * v_prev + i - y_prev * threshold     (reset = subtract)
+    v = decay * v_prev * (1 - y_prev) + i           (reset = zero)
+    """
+    i = syn_decay * i_prev + a
+    if op.reset == "subtract":
+        v = decay * v_prev + i - y_prev * threshold
+    else:
+        v = decay * v_prev * (1 - y_prev) + i
+    return i, v, _spike(v, threshold)
+
