@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from snuc.ir import ops
 from snuc.ir.graph import Graph
+from snuc.ir.neurons import NEURON_OPS, NeuronOp
 from snuc.ir.ops import Op
 from snuc.ir.target import TargetSpec
 
@@ -338,9 +339,15 @@ def _unknown(op: Op, r: list[ValueRange]) -> tuple[ValueRange, ...]:
     return (UNKNOWN_RANGE,) * op.RESULTS
 
 
-def _snu(op: Op, r: list[ValueRange]) -> tuple[ValueRange, ...]:
-    s = ValueRange(0.0, math.inf) if op.g == "relu" else UNKNOWN_RANGE
-    return (s, SPIKES if op.h == "step" else UNIT_INTERVAL)
+def _neuron(op: NeuronOp, r: list[ValueRange]) -> tuple[ValueRange, ...]:
+    """A neuron model's results take the ranges its definition names."""
+    named = {
+        "spikes": SPIKES,
+        "unit": UNIT_INTERVAL,
+        "nonnegative": ValueRange(0.0, math.inf),
+        "unknown": UNKNOWN_RANGE,
+    }
+    return tuple(named[name] for name in op.result_ranges())
 
 
 RANGE_RULES: dict[type[Op], RangeRule] = {
@@ -353,7 +360,7 @@ RANGE_RULES: dict[type[Op], RangeRule] = {
     ops.Tanh: lambda op, r: (ValueRange(-1.0, 1.0),),
     ops.LogSoftmax: lambda op, r: (ValueRange(-math.inf, 0.0),),
     ops.Cast: _cast,
-    ops.SNULayer: _snu,
+    **dict.fromkeys(NEURON_OPS.values(), _neuron),
     ops.Relu: lambda op, r: (_monotone(_relu, r[0], True),),
     ops.LeakyRelu: lambda op, r: (
         _monotone(_leaky(op.alpha), r[0], True) if op.alpha >= 0 else UNKNOWN_RANGE,

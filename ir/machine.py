@@ -30,6 +30,7 @@ from snuc.ir import ops
 from snuc.ir.crossbar import guaranteed_ranges
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
+from snuc.ir.neurons import NEURON_OPS, NeuronOp
 from snuc.ir.ops import CrossbarMVM, Op
 from snuc.ir.target import TargetSpec
 
@@ -326,7 +327,7 @@ DIGITAL_OPS: Mapping[str, DigitalOp] = MappingProxyType(
         "less": _op(ops.Less, 1, "z = x < y"),
         "cast": _op(ops.Cast, 1, "y = x converted to another dtype"),
         "where": _op(ops.Where, 1, "z = x where c else y"),
-        "snu": _op(ops.SNULayer, None, "fused SNU update: s = g(a + l*s'*(1-y')), y = h(s + b)"),
+        **{cls.MNEMONIC: _op(cls, None, cls.MEANING) for cls in NEURON_OPS.values()},
         "reshape": _op(ops.Reshape, 0, "view of a buffer in another shape (free)"),
         "transpose": _op(ops.Transpose, 1, "copy with permuted axes"),
         "concat": _op(ops.Concat, 1, "copy buffers side by side"),
@@ -343,7 +344,8 @@ DIGITAL_OPS: Mapping[str, DigitalOp] = MappingProxyType(
     }
 )
 """Every vector instruction, by mnemonic. ``ops`` counts one pass over the elements per
-operation: the fused SNU update is 7 (6 with g = identity), a softmax 4 (max, exp, sum,
+operation: a neuron model's fused update as many as its loose ops (the SNU's 7, 6 with
+g = identity; :meth:`~snuc.ir.neurons.NeuronOp.ops_per_element`), a softmax 4 (max, exp, sum,
 divide); a pooling window of k elements k; a digital matrix product K per output."""
 
 MNEMONIC_OF: Mapping[type[Op], str] = MappingProxyType(
@@ -357,8 +359,9 @@ scheduler picks from the operands."""
 def fixed_ops(mnemonic: str, attrs: Mapping[str, object]) -> int | None:
     """Operations per element of ``mnemonic`` with IR attributes ``attrs``; None if it
     depends on the operands' shapes (``matmul``, ``conv``)."""
-    if mnemonic == "snu":
-        return 7 if attrs.get("g", "relu") == "relu" else 6
+    op = DIGITAL_OPS[mnemonic].op
+    if issubclass(op, NeuronOp):
+        return op(**attrs).ops_per_element()
     if mnemonic in ("maxpool", "avgpool"):
         kernel = attrs.get("kernel", (2, 2))
         return int(math.prod(kernel))

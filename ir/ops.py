@@ -2,7 +2,8 @@
 
 Namespaces:
 
-* ``snu.*``  -- spiking-neural-unit dynamics lifted from the graph (Woźniak et al. 2020).
+* ``snu.*``  -- the neuron models lifted from the graph (SPEC §1.1): each defined whole, with
+  its kernels' data, ranges and cost, in :mod:`snuc.ir.neurons` (``SNULayer`` re-exported).
 * ``xbar.*`` -- matrix work whose weight is a constant: it is mapped onto PCM crossbars.
 * ``dig.*``  -- everything else: it runs in the chip's digital units.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from snuc.ir.errors import UNKNOWN, Loc, VerifyError
+from snuc.ir.neurons import SNULayer as SNULayer  # re-exported: defined with the family
 from snuc.ir.op_base import REGISTRY as REGISTRY  # re-exported: ops by name
 from snuc.ir.op_base import Attr as Attr
 from snuc.ir.op_base import Op, _axis, _float, _pair, _require, register
@@ -200,47 +202,6 @@ class Where(Op):
         _require(cond.dtype == "bool", self, loc, f"condition must be bool, got {cond}")
         dtype = promote([x.dtype, y.dtype], loc)
         return (TensorType(dtype, broadcast_shapes([t.shape for t in types], loc)),)
-
-
-# --------------------------------------------------------------------------- SNU
-
-
-@register
-@dataclass(frozen=True)
-class SNULayer(Op):
-    """The SNU / sSNU neuron update of Woźniak et al. (2020), SPEC §1.
-
-    Operands ``(a, s_prev, y_prev, decay, bias)``; results ``(s, y)``::
-
-        s = g(a + decay * s_prev * (1 - y_prev))     g = relu | identity
-        y = h(s + bias)                              h = step (SNU) | sigmoid (sSNU)
-
-    ``a`` is the layer's synaptic input (W x_t, plus H y_{t-1} when recurrent);
-    ``decay`` and ``bias`` broadcast against it (scalar or per neuron).
-    """
-
-    NAME: ClassVar = "snu.layer"
-    OPERANDS: ClassVar = (5, 5)
-    RESULTS: ClassVar = 2
-    g: str = "relu"
-    h: str = "step"
-
-    def check_attrs(self) -> None:
-        if self.g not in ("relu", "identity"):
-            raise VerifyError(f"{self.NAME}: g must be 'relu' or 'identity', got {self.g!r}")
-        if self.h not in ("step", "sigmoid"):
-            raise VerifyError(f"{self.NAME}: h must be 'step' or 'sigmoid', got {self.h!r}")
-
-    def infer(self, types, consts, loc=UNKNOWN):
-        for t in types:
-            _float(self, t, loc)
-        a, s_prev, y_prev, decay, bias = types
-        dtype = promote([t.dtype for t in types], loc)
-        shape = broadcast_shapes([t.shape for t in types], loc)
-        _require(
-            shape == a.shape, self, loc, f"operands broadcast to {shape}, not to a's {a.shape}"
-        )
-        return (TensorType(dtype, shape), TensorType(dtype, shape))
 
 
 # --------------------------------------------------------------------------- matrix work

@@ -8,8 +8,9 @@ block of steps at once (slots hold ``[n * B, ...]``, time folded into the batch)
 simulator's vector instructions (one timestep of one unit); the program around them
 points the slots at the right arrays. A timestep's arrays are small, so the kernels are
 written for a low cost per call: NumPy's functions bound once, outputs passed
-positionally, one update per neuron model (:func:`snu_loop`) and for the sigmoid
-(:func:`sigmoid_into`). Crossbar tiles read through :mod:`snuc.runtime.tile_read`.
+positionally, one update per neuron model (:mod:`snuc.runtime.neuron_kernels`, compiled from
+each model's update data) and for the sigmoid (:func:`sigmoid_into`). Crossbar tiles read
+through :mod:`snuc.runtime.tile_read`.
 
 Every kernel computes exactly what the reference interpreter's semantics compute, with
 the same float operations in the same order, so results are bit for bit the same (the
@@ -22,8 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -57,14 +57,7 @@ class Allocator(Protocol):
 
 
 # Bound once: the kernels of a timestep call them positionally, on small arrays.
-_copysign, _exp, _add, _subtract, _multiply, _divide = (
-    np.copysign,
-    np.exp,
-    np.add,
-    np.subtract,
-    np.multiply,
-    np.divide,
-)
+_copysign, _exp, _add, _divide = np.copysign, np.exp, np.add, np.divide
 _greater, _greater_equal, _maximum = np.greater, np.greater_equal, np.maximum
 _absolute, _negative = np.absolute, np.negative
 
@@ -148,161 +141,6 @@ def sigmoid_into(
     num[...] = nonnegative
     _maximum(e, num, out=num)
     _divide(num, d, out)
-
-
-SnuLoop = Callable[..., tuple[np.ndarray, np.ndarray]]
-"""``loop(a, s, y, s_prev, y_prev, decay, bias, u, v, ones, zeros, h) -> (s_T, y_T)``: the
-update of :func:`snu_loop` for each step k of the sequences ``a``, ``s``, ``y``."""
-
-_SNU_CALLS = {
-    "update": (
-        "subtract(ones, y_prev, u)",
-        "multiply(decay, s_prev, v)",
-        "multiply(v, u, v)",
-        "add(a, v, s)",
-    ),
-    "relu": ("maximum(s, zeros, out=s)",),
-    "soft": ("into(add(s, bias, u), y, ones, zeros, *h)",),
-    "threshold": ("greater(s, bias, h)", "y[...] = h"),
-    "step": ("greater(add(s, bias, u), zeros, h)", "y[...] = h"),
-}
-_SNU_NAMES = {
-    "subtract": _subtract, "multiply": _multiply, "add": _add, "maximum": _maximum,
-    "greater": _greater, "into": sigmoid_into, "count": np_fast.count_nonzero,
-}  # fmt: skip
-_SNU_ARGS = "decay, bias, u, v, ones, zeros, h"
-
-
-def snu_loop(*, relu: bool, soft: bool, threshold: bool) -> SnuLoop:
-    """The SNU (``h = step``) or sSNU (``h = sigmoid``) update over arrays, the
-    interpreter's ``a + ((decay * s_prev) * (1 - y_prev))``, then ``y = h(s + bias)``,
-    operation by operation in place::
-
-        u = 1 - y_prev;  v = decay * s_prev;  v = v * u;  s = a + v;  s = max(s, 0)
-        spike = s > -bias;  y = spike            (h = step, bias known: ``threshold``)
-        u = s + bias;  spike = u > 0;  y = spike (h = step)
-        u = s + bias;  y = sigmoid(u)            (h = sigmoid: :func:`sigmoid_into`)
-
-    ``s + bias > 0`` exactly when ``s > -bias``: a float sum is zero only when the exact
-    sum is, and rounding never flips its sign (NaN is false both ways). The spikes go
-    through a bool array (a comparison writing floats takes NumPy's slow casting path),
-    assigned to y (the same 0/1 conversion as ``copyto``, cheaper per call).
-
-    The update is written once (``_SNU_CALLS``) and compiled into two forms, each
-    specialised to g and h (no branch per step): this loop over a block of steps (the
-    NumPy backend's loop of a lone ``snu.layer``, where a call per step would cost a
-    twentieth of a 150-neuron step at batch 1), and the one-step kernel of
-    :func:`snu_layer` (time loops and the simulator), which reads its slots in the same
-    function.
-
-    Args:
-        relu: g is relu (else identity).
-        soft: h is sigmoid (else the step).
-        threshold: the bias operand holds ``-bias`` (h = step only).
-
-    Returns:
-        ``loop(a, s, y, s_prev, y_prev, decay, bias, u, v, ones, zeros, h)`` (see
-        :data:`SnuLoop`), called positionally. ``u``, ``v``: scratch of the result's shape;
-        ``ones``, ``zeros``: arrays of ones and zeros; ``h``: the bool array of the spikes
-        (step), or the scratch of :func:`sigmoid_into` after its ones and zeros (sigmoid).
-    """
-    calls = _snu_calls(relu, soft, threshold)
-    loop_body = "".join(f"\n        {call}" for call in calls)
-    source = (
-        f"def loop(a_seq, s_seq, y_seq, s_prev, y_prev, {_SNU_ARGS}):\n"
-        f"    for a, s, y in zip(a_seq, s_seq, y_seq, strict=True):{loop_body}\n"
-        f"        s_prev, y_prev = s, y\n"
-        f"    return s_prev, y_prev\n"
-    )
-    return _compiled(source, f"<snu_loop relu={relu} soft={soft} threshold={threshold}>")["loop"]
-
-
-def _snu_calls(relu: bool, soft: bool, threshold: bool) -> list[str]:
-    """The update's calls for g and h (``_SNU_CALLS``)."""
-    calls = list(_SNU_CALLS["update"]) + list(_SNU_CALLS["relu"] if relu else ())
-    return calls + list(_SNU_CALLS["soft" if soft else "threshold" if threshold else "step"])
-
-
-def _compiled(source: str, name: str) -> dict[str, Any]:
-    """The functions that ``source``, text made in this module from its fixed call lists
-    and slot numbers (nothing read in), defines over the update's NumPy functions."""
-    namespace = dict(_SNU_NAMES)
-    exec(compile(source, name, "exec"), namespace)
-    return namespace
-
-
-def snu_layer(
-    operands: Sequence[int],
-    s_out: int,
-    y_out: int,
-    temps: Sequence[int],
-    *,
-    relu: bool,
-    soft: bool,
-    threshold: bool,
-    tally: tuple[int, int] | None = None,
-) -> Kernel:
-    """The kernel of ``snu.layer``: one step of the update (:func:`snu_loop`) over slots.
-
-    Args:
-        operands: slots of ``(a, s_prev, y_prev, decay, bias)``; decay and bias may hold
-            arrays already broadcast to the result's shape, bias already negated with
-            ``threshold``.
-        s_out, y_out: slots of the results.
-        temps: slots of scratch of the result's shape: two arrays, an array of ones and
-            one of zeros; then a bool array (step), or three arrays, a bool array and an
-            array of minus ones (sigmoid).
-        relu, soft, threshold: see :func:`snu_loop`.
-        tally: ``(slot, index)``: add the step's spikes to ``slots[slot][index]`` (h = step).
-
-    Returns:
-        The kernel of one step; its attribute ``steps`` runs the same update over many
-        steps in one call (:func:`_snu_steps`).
-    """
-    a, s_prev, y_prev, decay, bias = operands
-    u, v, ones, zeros = temps[:4]
-    loop = snu_loop(relu=relu, soft=soft, threshold=threshold)
-    # The one-step kernel reads its slots in the same function as the update's calls (a
-    # Python call per step and layer is a twentieth of a simulator's SNU step).
-    named = {"a": a, "s_prev": s_prev, "y_prev": y_prev, "s": s_out, "y": y_out}
-    named |= {"decay": decay, "bias": bias, "u": u, "v": v, "ones": ones, "zeros": zeros}
-    lines = [f"{name} = slots[{slot}]" for name, slot in named.items()]
-    if soft:
-        lines.append("h = (" + "".join(f"slots[{slot}], " for slot in temps[4:]) + ")")
-    else:
-        lines.append(f"h = slots[{temps[4]}]")
-    lines += _snu_calls(relu, soft, threshold)
-    if tally is not None and not soft:
-        lines.append(f"slots[{tally[0]}][{tally[1]}] += count(h)")
-    source = "def kernel(slots):" + "".join(f"\n    {line}" for line in lines) + "\n"
-    kernel = _compiled(source, f"<snu.layer kernel relu={relu} soft={soft}>")["kernel"]
-    kernel.steps = _snu_steps(loop, decay, bias, temps)
-    return kernel
-
-
-SnuSteps = Callable[..., tuple[np.ndarray, np.ndarray]]
-"""``steps(slots, a, s, y, s_prev, y_prev) -> (s_last, y_last)``: see :func:`_snu_steps`."""
-
-
-def _snu_steps(loop: SnuLoop, decay: int, bias: int, temps: Sequence[int]) -> SnuSteps:
-    """The update of :func:`snu_layer` over many steps in one call, for a loop that is one
-    ``snu.layer`` whose states are its own results.
-
-    ``steps(slots, a, s, y, s_prev, y_prev)`` reads the constants and scratch from
-    ``slots`` once, then for each step k writes ``s[k]`` and ``y[k]`` from ``a[k]`` and the
-    previous step's results (``s_prev``, ``y_prev`` before step 0): the history arrays
-    are the results themselves, nothing is copied and no slot is looked up per step.
-    Returns the last step's ``(s, y)``, the states of the step after.
-    """
-    u, v, ones, zeros = temps[:4]
-    h = temps[4] if len(temps) == 5 else itemgetter(*temps[4:])
-
-    def steps(slots: list, a, s, y, s_prev: np.ndarray, y_prev: np.ndarray):
-        tu, tv, one, zero, dec, b = (slots[i] for i in (u, v, ones, zeros, decay, bias))
-        scratch = slots[h] if isinstance(h, int) else h(slots)
-        return loop(a, s, y, s_prev, y_prev, dec, b, tu, tv, one, zero, scratch)
-
-    return steps
 
 
 def cast(x: int, out: int) -> Kernel:
@@ -576,30 +414,6 @@ def node_kernel(
 # --------------------------------------------------------------------------- by op
 
 
-@kernel(ops.SNULayer)
-def _snu_layer_kernel(b: Build) -> Kernel:
-    op, ins, dtype, shape = b.node.op, b.ins, b.type.np_dtype, b.type.shape
-    soft = op.h == "sigmoid"
-    threshold = not soft and b.node.inputs[4] in b.invariants
-    operands = [ins[0], ins[1], ins[2], b.operand(3), b.operand(4, negate=threshold)]
-    temps = [b.alloc.temp(dtype, shape), b.alloc.temp(dtype, shape), b.constant(1), b.constant(0)]
-    if soft:
-        temps += [b.alloc.temp(dtype, shape) for _ in range(3)]
-        temps += [b.alloc.temp(np.bool_, shape), b.constant(-1)]
-    else:
-        temps.append(b.alloc.temp(np.bool_, shape))
-    return snu_layer(
-        operands,
-        b.outs[0],
-        b.outs[1],
-        temps,
-        relu=op.g == "relu",
-        soft=soft,
-        threshold=threshold,
-        tally=b.tally,
-    )
-
-
 def _unary_kernel(ufunc: np.ufunc) -> KernelMaker:
     return lambda b: unary(ufunc, b.ins[0], b.outs[0])
 
@@ -724,7 +538,7 @@ def _sigmoid_temps(alloc: Allocator, dtype: np.dtype, shape: tuple[Dim, ...]) ->
 def step(x: int, zeros: int, spike: int, out: int, tally: tuple[int, int] | None) -> Kernel:
     """``out = x > 0`` as 0 or 1 in out's dtype, through a bool array (a comparison
     writing floats directly takes NumPy's slow casting path); ``tally``: see
-    :func:`snu_layer`."""
+    :func:`node_kernel`."""
     count = np_fast.count_nonzero
 
     def kernel(s: list) -> None:
@@ -744,3 +558,7 @@ def _view_function(node: Node) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: x.reshape(shape)
     perm = node.op.perm
     return lambda x: x.transpose(perm)
+
+
+# The neuron models' kernels are compiled from their update data; importing registers them.
+from snuc.runtime import neuron_kernels as neuron_kernels  # noqa: E402

@@ -19,8 +19,9 @@ import numpy as np
 
 from snuc.ir.errors import VerifyError
 from snuc.ir.graph import Graph, Node, State
-from snuc.ir.ops import SNULayer
+from snuc.ir.neurons import NeuronOp
 from snuc.ir.types import BATCH, Dim, TensorType
+from snuc.runtime import neuron_kernels
 from snuc.runtime import plan_kernels as kernels
 from snuc.runtime.interpreter import evaluate_node
 from snuc.runtime.plan_schedule import Loop, Parallel, PerStep, Shift
@@ -354,32 +355,31 @@ class _LoopProgram(Program):
         published = _states_needed_after(graph, loop, inside)
         self._records = [(self._index[name], name) for name in published]
         self.shared = frozenset([v for _, v in self._moving_in + self._moving] + published)
-        self._snu = self._snu_recurrence(loop, published)
+        self._neuron = self._neuron_recurrence(loop, published)
 
-    def _snu_recurrence(
+    def _neuron_recurrence(
         self, loop: Loop, published: list[str]
-    ) -> tuple[kernels.SnuSteps, str, str, str, int, int] | None:
-        """For a loop that is one ``snu.layer`` whose states are its own previous results
+    ) -> tuple[neuron_kernels.NeuronSteps, str, tuple[str, ...], tuple[int, ...]] | None:
+        """For a loop that is one neuron op whose states are its own previous results
         (a neuron layer without recurrent weights) and whose states no one else reads:
-        ``(steps, a, s_next, y_next, s, y)``, the slots the whole-block update
-        (``kernel.steps``) uses; else None (the loop runs kernel by kernel)."""
+        ``(steps, a, results, state slots)``, what the whole-block update (``kernel.steps``)
+        uses; else None (the loop runs kernel by kernel)."""
         if len(loop.nodes) != 1 or published or self.chained:
             return None
         (node,) = loop.nodes
         steps = getattr(self._kernels[0], "steps", None)
-        if steps is None or not isinstance(node.op, SNULayer):
+        if steps is None or not isinstance(node.op, NeuronOp):
             return None
-        a, s_prev, y_prev = node.inputs[:3]
-        s_next, y_next = node.outputs
+        by_name = dict(zip(node.op.OPERANDS_NAMED, node.inputs, strict=True))
+        a, previous = node.inputs[0], tuple(by_name[p] for p in node.op.PREVIOUS)
         nexts = {st.name: st.next for st in loop.states}
         if (
-            nexts != {s_prev: s_next, y_prev: y_next}
+            nexts != dict(zip(previous, node.outputs, strict=True))
             or a in nexts
             or a not in {v for _, v in self._moving_in}
         ):
             return None
-        index = self._index
-        return (steps, a, s_next, y_next, index[s_prev], index[y_prev])
+        return (steps, a, tuple(node.outputs), tuple(self._index[p] for p in previous))
 
     def _operand(self, value: str, invariants: Mapping[str, np.ndarray]) -> int:
         if value in self._index:
@@ -417,9 +417,9 @@ class _LoopProgram(Program):
         moving_names = self._moving_in + self._moving
         program, carry, records = self._kernels, self._carry, self._records
         chained = self.chained > 0
-        if self._snu is not None:
+        if self._neuron is not None:
             by_name = {v: pair for (_, v), (_, pair) in zip(self._pingpong, pairs, strict=True)}
-            return self._snu_runner(slots, by_name, initial, frozenset(run._buffer_names))
+            return self._neuron_runner(slots, by_name, initial, frozenset(run._buffer_names))
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             if t0 == 0:
@@ -448,21 +448,21 @@ class _LoopProgram(Program):
 
         return runner
 
-    def _snu_runner(
+    def _neuron_runner(
         self,
         slots: list,
         pairs: dict[str, tuple[np.ndarray, np.ndarray]],
         initial: list[tuple[int, np.ndarray]],
         buffered: frozenset[str],
     ) -> Runner:
-        """The runner of a one-layer SNU loop: one ``steps`` call per block, writing each
+        """The runner of a one-layer neuron loop: one ``steps`` call per block, writing each
         step's results straight into the block's arrays (or the pair whose turn it is).
 
         The steps of a block are handed over as lists of per-step views. Those of the
         run's block arrays (``buffered``: the kit's, reused run after run) and of the
         pairs are made once per block size and kept with the runner: making three views
         a step cost about a tenth of a step of a 150-neuron layer at batch 1."""
-        steps, a, s_next, y_next, s_slot, y_slot = self._snu
+        steps, a, results, state_slots = self._neuron
         kept: dict[tuple[str, int, int], list[np.ndarray]] = {}
 
         def history(values: dict[str, np.ndarray], v: str, t0: int, n: int):
@@ -481,14 +481,14 @@ class _LoopProgram(Program):
             if t0 == 0:
                 for slot, zeros in initial:
                     slots[slot] = zeros
-            slots[s_slot], slots[y_slot] = steps(
+            last = steps(
                 slots,
                 history(values, a, t0, n),
-                history(values, s_next, t0, n),
-                history(values, y_next, t0, n),
-                slots[s_slot],
-                slots[y_slot],
+                *[history(values, r, t0, n) for r in results],
+                *[slots[i] for i in state_slots],
             )
+            for slot, value in zip(state_slots, last, strict=True):
+                slots[slot] = value
 
         return runner
 

@@ -219,34 +219,6 @@ def _where(op: Op, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.n
     return (np.where(cond, x, y),)
 
 
-# --------------------------------------------------------------------------- SNU
-
-
-@semantics(ops.SNULayer)
-def _snu_layer(
-    op: Op,
-    a: np.ndarray,
-    s_prev: np.ndarray,
-    y_prev: np.ndarray,
-    decay: np.ndarray,
-    bias: np.ndarray,
-) -> tuple[np.ndarray, ...]:
-    """The SNU / sSNU update of SPEC §1, results ``(s, y)``::
-
-        s = g(a + decay * s_prev * (1 - y_prev))     g = relu: max(., 0) | identity
-        y = h(s + bias)                              h = step: 1 where > 0 | sigmoid
-
-    evaluated left to right in the operands' dtype: ``a + ((decay * s_prev) * (1 - y_prev))``.
-    ``decay`` and ``bias`` broadcast against ``a`` (scalar or per neuron).
-    """
-    s = a + decay * s_prev * (1 - y_prev)
-    if op.g == "relu":
-        s = np.maximum(s, s.dtype.type(0))
-    z = s + bias
-    y = _step(z) if op.h == "step" else _sigmoid(z)
-    return s, y
-
-
 # --------------------------------------------------------------------------- matrix work
 
 
@@ -417,3 +389,7 @@ def _avgpool(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
         inside = _pad_hw(np.ones((1, 1, *x.shape[2:]), dtype=x.dtype), op.pads, 0)
         count = np.sum(_windows(inside, op.kernel, op.strides), axis=(-2, -1))
     return (total / count,)
+
+
+# The neuron models' semantics (snu.*) live beside the family; importing them registers them.
+from snuc.runtime import neuron_semantics as neuron_semantics  # noqa: E402

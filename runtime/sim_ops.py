@@ -39,6 +39,7 @@ import numpy as np
 # Instructions are plain data (backends/isa.py): the runtime only reads them.
 from snuc.backends.isa import Block, Tile, VectorOp
 from snuc.ir.graph import Node
+from snuc.ir.neurons import NeuronOp
 from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import np_fast
 from snuc.runtime import plan_kernels as kernels
@@ -292,10 +293,12 @@ def vector_kernel(
 
 
 def spiking(instr: VectorOp) -> bool:
-    """Whether the instruction's last result is spikes: a step, or an SNU update with
-    ``h = step``."""
-    attrs = dict(instr.attrs)
-    return instr.opcode == "step" or (instr.opcode == "snu" and attrs.get("h") == "step")
+    """Whether the instruction's last result is spikes: a step, or a neuron model that
+    spikes (an SNU with ``h = step``, a LIF)."""
+    if instr.opcode == "step":
+        return True
+    op = instr.ir_op()
+    return isinstance(op, NeuronOp) and op.spike_result() is not None
 
 
 # --------------------------------------------------------------------------- transfers

@@ -1,10 +1,10 @@
 """``snuc run --diagnostics``: where a mode loses accuracy, layer by layer.
 
-For every ``snu.layer`` (and every graph output) it compares a run in the chosen mode with
-a ``float`` run of the same input: the spike rate in both, the fraction of spikes that
-agree, and the mean and largest deviation of the membrane potential ``s`` (or of the
-output). Both runs use the reference interpreter's trace, so the figures are exact for
-the artefact, the seed and the whole batch.
+For every neuron layer (each ``snu.*`` op; and every graph output) it compares a run in the
+chosen mode with a ``float`` run of the same input: the spike rate in both, the fraction of
+spikes that agree, and the mean and largest deviation of the membrane potential (``s`` of
+an SNU, ``v`` of the other models, or of the output). Both runs use the reference
+interpreter's trace, so the figures are exact for the artefact, the seed and the whole batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from snuc.ir.graph import Graph
-from snuc.ir.ops import SNULayer
+from snuc.ir.neurons import NeuronOp
 from snuc.ir.target import TargetSpec
 from snuc.reporting import format_table
 from snuc.runtime.config import RunConfig
@@ -28,15 +28,21 @@ def layer_diagnostics(
     config: RunConfig,
     target: TargetSpec,
 ) -> list[dict[str, Any]]:
-    """One row per SNU layer, then one per output (see the module docstring)."""
+    """One row per neuron layer, then one per output (see the module docstring)."""
     _, exact = run(graph, inputs, RunConfig(mode="float"), trace=True)
     _, noisy = run(graph, inputs, config, target=target, trace=True)
     rows = []
     for node in graph.nodes():
-        if not isinstance(node.op, SNULayer):
+        op = node.op
+        if not isinstance(op, NeuronOp):
             continue
-        s, y = node.outputs
-        rows.append(_row(f"{y} ({node.op.h})", exact[s], noisy[s], exact[y], noisy[y], node.op.h))
+        if op.result_ranges()[-1] == "unknown":  # no output besides the membrane (LI)
+            v = node.outputs[-1]
+            rows.append(_row(f"{v} ({op.NAME})", exact[v], noisy[v], None, None, ""))
+            continue
+        s, y = node.outputs[-2:]
+        h = getattr(op, "h", "step")
+        rows.append(_row(f"{y} ({h})", exact[s], noisy[s], exact[y], noisy[y], h))
     for name in graph.outputs:
         rows.append(_row(f"output {name}", exact[name], noisy[name], None, None, ""))
     return rows

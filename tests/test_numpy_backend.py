@@ -600,8 +600,8 @@ def test_an_untiled_graph_cannot_run_quantized():
 
 
 def _snu_fast_paths(plan: Plan) -> int:
-    """How many of the plan's loops run as one whole-block SNU update."""
-    return sum(getattr(p, "_snu", None) is not None for p in plan._programs)
+    """How many of the plan's loops run as one whole-block neuron update."""
+    return sum(getattr(p, "_neuron", None) is not None for p in plan._programs)
 
 
 def test_one_layer_snu_loops_update_whole_blocks_with_the_interpreters_bits():
