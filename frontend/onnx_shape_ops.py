@@ -1,6 +1,6 @@
 """Lowering ONNX data movement and reductions to snuc IR: the :class:`Lowerer`'s shape ops.
 
-Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Gather, Slice, Expand and
+Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Gather, Slice, Split, Expand and
 ConstantOfShape move or copy elements; ReduceSum, ReduceMean, Softmax and LogSoftmax
 reduce along axes. Each function lowers one ONNX node for a
 :class:`~snuc.frontend.onnx_lower.Lowerer` (``lw``), which keeps what every ONNX value is
@@ -182,6 +182,54 @@ def lower_slice(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -> 
         idx_name = lw.constant(idx, f"{node.output[0]}_idx", node)
         x = lw.emit(node, ops.Gather(axis=axis), [x, idx_name], hint=hint)
     lw.bind(node.output[0], Tensor(x))
+
+
+def lower_split(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -> None:
+    """Splitting into consecutive parts along an axis, one constant-index gather per part.
+
+    The sizes are the ``split`` attribute before opset 13, the ``split`` input from 13;
+    without them, ``num_outputs`` parts (opset 18; the last may be smaller) or equal parts.
+    """
+    x = lw.tensor(vals[0], node)
+    shape = lw.full_shape(vals[0])
+    axis = lw.norm_axis(node, int(attr(node, "axis", 0)), len(shape))
+    size = shape[axis]
+    if not isinstance(size, int):
+        raise SnucError(f"{describe(node)}: cannot split along the batch or time axis")
+    step_axis = lw.step_axis(node, axis, len(shape))
+    sizes = _split_sizes(lw, node, vals, size)
+    start = 0
+    for output, part in zip(node.output, sizes, strict=True):
+        idx = np.arange(start, start + part, dtype=np.int64)
+        start += part
+        if not output:
+            continue
+        if part == size:
+            lw.bind(output, Tensor(x))
+            continue
+        name = lw.constant(idx, f"{output}_idx", node)
+        lw.bind(output, Tensor(lw.emit(node, ops.Gather(axis=step_axis), [x, name], hint=output)))
+
+
+def _split_sizes(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None], size: int) -> list:
+    """The sizes of a Split's parts along an axis of ``size`` elements."""
+    n = len(node.output)
+    if lw.ctx.opset >= 13:
+        given = vals[1] if len(vals) > 1 else None
+        sizes = None if given is None else lw.int_list(node, given, "split sizes")
+    else:
+        sizes = attr(node, "split")
+        sizes = None if sizes is None else [int(s) for s in sizes]
+    if sizes is None:
+        parts = int(attr(node, "num_outputs", n))
+        chunk = -(-size // parts)
+        sizes = [min(chunk, size - i * chunk) for i in range(parts)]
+    if len(sizes) != n or sum(sizes) != size or min(sizes) < 0:
+        raise SnucError(
+            f"{describe(node)}: split sizes {sizes} do not divide the {size} elements of the "
+            f"axis into its {n} outputs"
+        )
+    return sizes
 
 
 def lower_expand(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -> None:

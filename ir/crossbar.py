@@ -36,6 +36,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from snuc.ir import ops
+from snuc.ir.elementwise import ELEMENTWISE
+from snuc.ir.elementwise import RangeRule as ElementwiseRule
 from snuc.ir.graph import Graph
 from snuc.ir.neurons import NEURON_OPS, NeuronOp
 from snuc.ir.ops import Op
@@ -350,6 +352,16 @@ def _neuron(op: NeuronOp, r: list[ValueRange]) -> tuple[ValueRange, ...]:
     return tuple(named[name] for name in op.result_ranges())
 
 
+def _defined(rule: ElementwiseRule) -> RangeRule:
+    """An element-wise op's rule (:mod:`snuc.ir.elementwise`) over :class:`ValueRange`."""
+
+    def ranges(op: Op, r: list[ValueRange]) -> tuple[ValueRange, ...]:
+        bounds = rule(op, r)
+        return (UNKNOWN_RANGE if bounds is None else ValueRange(*bounds),)
+
+    return ranges
+
+
 RANGE_RULES: dict[type[Op], RangeRule] = {
     ops.Step: lambda op, r: (SPIKES,),
     ops.Greater: lambda op, r: (SPIKES,),
@@ -384,6 +396,7 @@ RANGE_RULES: dict[type[Op], RangeRule] = {
         (ops.Div, ops.ReduceSum, ops.MatMul, ops.Dense, ops.Conv, ops.DigitalConv, ops.CrossbarMVM),
         _unknown,
     ),
+    **{cls: _defined(definition.ranges) for cls, definition in ELEMENTWISE.items()},
 }
 """By op class, the ranges of an op's results from its operands' ranges; every op has one
 (a registry test checks it). Matrix products, sums and division give :data:`UNKNOWN_RANGE`."""

@@ -28,6 +28,7 @@ from types import MappingProxyType
 
 from snuc.ir import ops
 from snuc.ir.crossbar import guaranteed_ranges
+from snuc.ir.elementwise import ELEMENTWISE
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.neurons import NEURON_OPS, NeuronOp
@@ -341,6 +342,7 @@ DIGITAL_OPS: Mapping[str, DigitalOp] = MappingProxyType(
         "log_softmax": _op(ops.LogSoftmax, 4, "log-softmax along an axis", gdu_only=True),
         "matmul": _op(ops.MatMul, None, "digital matrix product", gdu_only=True),
         "conv": _op(ops.DigitalConv, None, "digital convolution", gdu_only=True),
+        **{e.mnemonic: _op(cls, e.cost, e.meaning) for cls, e in ELEMENTWISE.items()},
     }
 )
 """Every vector instruction, by mnemonic. ``ops`` counts one pass over the elements per

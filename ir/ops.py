@@ -13,7 +13,9 @@ computes by the reference interpreter (``@semantics`` in ``snuc.runtime.semantic
 equation is also in each docstring), its value ranges (``RANGE_RULES`` in
 ``snuc.ir.crossbar``), its chip cost (``DIGITAL_OPS`` in ``snuc.ir.machine``) and its fast
 kernel (``@kernel`` in ``snuc.runtime.plan_kernels``); tests/test_op_registry.py names any
-op that lacks one. docs/ir.md "Adding an op" lists the steps.
+op that lacks one. An element-wise op is defined in one place instead: one class in
+:mod:`snuc.ir.elementwise` carries its meaning, ranges, cost and ONNX spelling, and those
+tables register it from there (its classes are ``snuc.ir.elementwise.Max`` and so on).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from snuc.ir import elementwise as elementwise  # registers the element-wise ops
+from snuc.ir.elementwise import Binary as _Binary
+from snuc.ir.elementwise import Compare as _Compare
+from snuc.ir.elementwise import FloatUnary as _FloatUnary
+from snuc.ir.elementwise import Unary as _Unary
 from snuc.ir.errors import UNKNOWN, Loc, VerifyError
 from snuc.ir.neurons import SNULayer as SNULayer  # re-exported: defined with the family
 from snuc.ir.op_base import REGISTRY as REGISTRY  # re-exported: ops by name
@@ -31,15 +38,6 @@ from snuc.ir.op_base import op_class as op_class
 from snuc.ir.types import BATCH, DTYPES, Dim, TensorType, broadcast_shapes, promote
 
 # --------------------------------------------------------------------------- element-wise
-
-
-@dataclass(frozen=True)
-class _Binary(Op):
-    OPERANDS: ClassVar = (2, 2)
-
-    def infer(self, types, consts, loc=UNKNOWN):
-        dtype = promote([t.dtype for t in types], loc)
-        return (TensorType(dtype, broadcast_shapes([t.shape for t in types], loc)),)
 
 
 @register
@@ -74,15 +72,6 @@ class Div(_Binary):
     NAME: ClassVar = "dig.div"
 
 
-@dataclass(frozen=True)
-class _Compare(Op):
-    OPERANDS: ClassVar = (2, 2)
-
-    def infer(self, types, consts, loc=UNKNOWN):
-        promote([t.dtype for t in types], loc)
-        return (TensorType("bool", broadcast_shapes([t.shape for t in types], loc)),)
-
-
 @register
 @dataclass(frozen=True)
 class Greater(_Compare):
@@ -105,19 +94,6 @@ class Less(_Compare):
     """``z = x < y`` (bool)."""
 
     NAME: ClassVar = "dig.less"
-
-
-@dataclass(frozen=True)
-class _Unary(Op):
-    def infer(self, types, consts, loc=UNKNOWN):
-        return (types[0],)
-
-
-@dataclass(frozen=True)
-class _FloatUnary(_Unary):
-    def infer(self, types, consts, loc=UNKNOWN):
-        _float(self, types[0], loc)
-        return (types[0],)
 
 
 @register

@@ -14,6 +14,15 @@ one. Each rule here is pattern -> check -> rewrite; a check that fails returns t
   that ``-0.0 + 0.0`` is ``+0.0``: a zero may lose its sign, which no comparison, spike or
   error bound distinguishes.
 * ``double-negation``: ``neg(neg(x))`` becomes ``x`` (exact).
+* ``relu``: ``max(x, 0)`` and ``max(0, x)`` (what exporters write for ReLU, and what
+  ``Clip(x, 0)`` without a max lowers to) become ``relu(x)`` when the zero does not
+  broadcast x: ``relu`` is that same ``max``, bit for bit (NaN included).
+* ``sign-compare``: ``sign(v) > 0`` and ``0 < sign(v)`` become ``v > 0``: both are true
+  exactly where ``v > 0`` (NaN: false both), so their casts become spikes by ``spike``.
+* ``step-at-zero``: ``where(v == 0, 0, step(v))`` (torch.heaviside with value 0 written
+  out) becomes ``step(v)``, which is 0 at ``v == 0`` too. Dynamo's export of
+  ``torch.heaviside(v, 0)``, ``where(v == 0, 0, where(v < 0, 0, 1))``, stays as written: it
+  is 1 at NaN where the step is 0. So does ``(sign(v) + 1) / 2``, which is 0.5 at 0.
 * ``sub-constant``: ``x - c`` becomes ``x + (-c)`` (exact: IEEE defines ``x - c`` as
   ``x + (-c)``) where that lets an add tree or a spike pattern match, i.e. when the result
   feeds ``dig.add``, ``dig.step`` or ``dig.sigmoid``.
@@ -31,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from snuc.ir.graph import Graph, Node
-from snuc.ir.ops import Add, Step
+from snuc.ir.ops import Add, Greater, Relu, Step
 from snuc.ir.types import TensorType, broadcast_shapes
 from snuc.passes.base import (
     Match,
@@ -181,6 +190,76 @@ def replace_by_existing(graph: Graph, node: Node, value: str) -> None:
     erase_unused(graph, (node.id, *node.inputs))
 
 
+# --------------------------------------------------------------------------- ReLU, Heaviside
+
+
+def _is_zero(graph: Graph, value: str) -> bool:
+    return is_filled_with(constant_of(graph, value), 0)
+
+
+def match_relu(graph: Graph, node: Node) -> Match[str]:
+    """``max(x, 0)`` or ``max(0, x)`` of the shape of x: the value ``x``."""
+    x, y = node.inputs
+    for v, zero in ((x, y), (y, x)):
+        if _is_zero(graph, zero) and not graph.is_constant(v):
+            if graph.type_of(v) != graph.type_of(node.id):
+                return Match.fail(f"the zero %{zero} broadcasts %{v} to {graph.type_of(node.id)}")
+            return Match.success(v)
+    return Match.fail("neither operand is a constant 0")
+
+
+def rewrite_relu(graph: Graph, node: Node, x: str) -> None:
+    """Replace ``max(x, 0)`` by ``relu(x)``, keeping its name."""
+    (relu,) = graph.add_node(Relu(), (x,), loc=node.loc)
+    take_place(graph, (node.id,), graph.producer(relu))
+    erase_unused(graph, node.inputs)
+
+
+def match_sign_compare(graph: Graph, node: Node) -> Match[tuple[str, str]]:
+    """``sign(v) > 0`` or ``0 < sign(v)``: ``(v, the zero)``."""
+    s, zero = node.inputs if node.op.NAME == "dig.greater" else node.inputs[::-1]
+    sign = graph.producer(s)
+    if sign is None or sign.op.NAME != "dig.sign":
+        return Match.fail(f"the compared value %{s} is not a dig.sign")
+    if not _is_zero(graph, zero):
+        return Match.fail(f"the threshold %{zero} is not constant 0")
+    return Match.success((sign.inputs[0], zero))
+
+
+def rewrite_sign_compare(graph: Graph, node: Node, found: tuple[str, str]) -> None:
+    """Replace ``sign(v) > 0`` by ``v > 0``, keeping its name."""
+    v, zero = found
+    (compare,) = graph.add_node(Greater(), (v, zero), loc=node.loc)
+    take_place(graph, (node.id,), graph.producer(compare))
+    erase_unused(graph, node.inputs)
+
+
+def match_step_at_zero(graph: Graph, node: Node) -> Match[str]:
+    """``where(v == 0, 0, step(v))`` (or ``0 == v``): the value ``v``."""
+    cond, at_zero, otherwise = node.inputs
+    equal, step = graph.producer(cond), graph.producer(otherwise)
+    if equal is None or equal.op.NAME != "dig.equal":
+        return Match.fail(f"the condition %{cond} is not a dig.equal")
+    if step is None or step.op.NAME != "dig.step":
+        return Match.fail(f"the value %{otherwise} taken elsewhere is not a dig.step")
+    v = step.inputs[0]
+    if v not in equal.inputs:
+        return Match.fail(f"%{cond} does not compare the step's operand %{v}")
+    other = equal.inputs[1] if equal.inputs[0] == v else equal.inputs[0]
+    if not (_is_zero(graph, other) and _is_zero(graph, at_zero)):
+        return Match.fail(f"%{cond} is not %{v} == 0 or the value taken there is not 0")
+    if graph.type_of(otherwise) != graph.type_of(node.id):
+        return Match.fail(f"the where broadcasts the step %{otherwise}")
+    return Match.success(v)
+
+
+def rewrite_step(graph: Graph, node: Node, v: str) -> None:
+    """Replace ``node`` by ``step(v)``, keeping its name."""
+    (step,) = graph.add_node(Step(), (v,), loc=node.loc)
+    take_place(graph, (node.id,), graph.producer(step))
+    erase_unused(graph, node.inputs)
+
+
 # --------------------------------------------------------------------------- x - c
 
 
@@ -215,6 +294,14 @@ RULES: tuple[Rule, ...] = (
         replace_by_existing,
     ),
     Rule("double-negation", frozenset({"dig.neg"}), match_double_negation, replace_by_existing),
+    Rule("relu", frozenset({"dig.max"}), match_relu, rewrite_relu),
+    Rule(
+        "sign-compare",
+        frozenset({"dig.greater", "dig.less"}),
+        match_sign_compare,
+        rewrite_sign_compare,
+    ),
+    Rule("step-at-zero", frozenset({"dig.where"}), match_step_at_zero, rewrite_step),
     Rule("sub-constant", frozenset({"dig.sub"}), match_sub_constant, rewrite_sub_constant),
 )
 """The rules, tried in this order on every node until none applies."""

@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from snuc.ir import ops
+from snuc.ir.elementwise import ELEMENTWISE
 from snuc.ir.graph import Node
 from snuc.ir.ops import Op
 from snuc.ir.types import BATCH, Dim, TensorType
@@ -439,6 +440,38 @@ for _cls, _ufunc in (
     (ops.Less, np.less),
 ):
     kernel(_cls)(_binary_kernel(_ufunc))
+
+
+def _defined_kernel(ufunc: np.ufunc) -> KernelMaker:
+    """The kernel of an element-wise op whose meaning is ``ufunc`` of one or two operands;
+    the output is passed by keyword (``maximum`` and ``minimum`` take no positional one)."""
+
+    def make(b: Build) -> Kernel:
+        same = [v in b.types and b.types[v].np_dtype == b.type.np_dtype for v in b.node.inputs]
+        ins = [b.operand(i) if ok else b.ins[i] for i, ok in enumerate(same)]
+        out = b.outs[0]
+        if len(ins) == 1:
+            (x,) = ins
+
+            def kernel(s: list) -> None:
+                ufunc(s[x], out=s[out])
+
+            return kernel
+        x, y = ins
+
+        def kernel2(s: list) -> None:
+            ufunc(s[x], s[y], out=s[out])
+
+        return kernel2
+
+    return make
+
+
+for _cls, _definition in ELEMENTWISE.items():
+    if _definition.ufunc is None:
+        kernel(_cls, writes=_never)(Build.generic)
+    else:
+        kernel(_cls)(_defined_kernel(_definition.ufunc))
 
 
 def _float_result(dtype: np.dtype) -> bool:

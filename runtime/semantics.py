@@ -31,6 +31,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from snuc.ir import ops
+from snuc.ir.elementwise import ELEMENTWISE, Elementwise
 from snuc.ir.errors import SnucError
 from snuc.ir.ops import Op
 from snuc.ir.types import BATCH, DTYPES
@@ -217,6 +218,21 @@ def _cast(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
 def _where(op: Op, cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x where cond else y`` with broadcasting."""
     return (np.where(cond, x, y),)
+
+
+def _defined(definition: Elementwise) -> Semantics:
+    """The semantics of an op of :mod:`snuc.ir.elementwise`: its ``fn`` on the operands."""
+    fn = definition.fn
+
+    def compute(op: Op, *operands: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (fn(*operands),)
+
+    compute.__doc__ = f"``{definition.meaning}``"
+    return compute
+
+
+for _cls, _definition in ELEMENTWISE.items():
+    semantics(_cls)(_defined(_definition))
 
 
 # --------------------------------------------------------------------------- matrix work
