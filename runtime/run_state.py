@@ -127,9 +127,19 @@ class RunState:
         )
 
     def chunk(self, offset: int) -> ChunkState:
-        """The state of the chunk whose first sequence is ``offset`` (checked by
-        :meth:`check`: every chunk of the run is there)."""
-        return self.chunks[offset]
+        """The state of the chunk whose first sequence is ``offset``.
+
+        Raises:
+            SnucError: the state has no such chunk (its identity lists it, but a file
+                may be edited); one line.
+        """
+        found = self.chunks.get(offset)
+        if found is None:
+            raise SnucError(
+                f"the run state holds no chunk at sequence {offset} (it holds "
+                f"{sorted(self.chunks)}); it is not a state of this run"
+            )
+        return found
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the state to an ``.npz`` file, atomically (a failed write leaves nothing).

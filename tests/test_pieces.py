@@ -328,6 +328,43 @@ def test_a_bad_state_file_is_one_line(tmp_path):
     assert ".npz" in one_line(err)
 
 
+def test_an_edited_state_is_one_line(models):
+    """A state whose identity fits but whose contents do not (a file edited by hand)."""
+    art = models["duplicated"]
+    x = spikes((T, 4, features(art)), seed=10)
+    _, state = art.run(x[:6], return_state=True)
+    chunk = state.chunks[0]
+    name = next(iter(chunk.values))
+    tile, position = next(iter(chunk.noise.items()))
+    for edited, needle in (
+        (dataclasses.replace(state, chunks={}), "no chunk at sequence 0"),
+        (
+            dataclasses.replace(
+                state, chunks={0: dataclasses.replace(chunk, values={**chunk.values, name: x})}
+            ),
+            f"%{name}",
+        ),
+        (
+            dataclasses.replace(
+                state,
+                chunks={
+                    0: dataclasses.replace(
+                        chunk,
+                        noise={
+                            **chunk.noise,
+                            tile: dataclasses.replace(position, generator={"bit_generator": "?"}),
+                        },
+                    )
+                },
+            ),
+            f"tile {tile}",
+        ),
+    ):
+        with pytest.raises(SnucError) as err:
+            art.run(x[6:], state=edited)
+        assert needle in one_line(err)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
