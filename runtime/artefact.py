@@ -34,6 +34,7 @@ from snuc.runtime.artefact_files import (
     write_artefact,
 )
 from snuc.runtime.config import RunConfig, run_config
+from snuc.runtime.run_state import RunState
 
 __all__ = ["BACKENDS", "FORMAT_VERSION", "TIME", "Artefact", "IOSpec", "io_spec", "load"]
 
@@ -92,7 +93,7 @@ def _sim_plan(
 BACKENDS: dict[str, Callable[..., Any]] = {"numpy": _numpy_plan, "sim": _sim_plan}
 """Plan builders by backend name: ``build(graph, config, target, program) -> plan``
 (``program``: the artefact's assembly, or None) whose ``plan.run(inputs, config,
-progress=)`` returns outputs by name."""
+progress=, state=, return_state=)`` returns outputs by name (and the run's end state)."""
 
 _RUN_KEYWORDS = {
     "mode": "mode",
@@ -196,8 +197,10 @@ class Artefact:
         *,
         backend: str = "numpy",
         progress: bool = False,
+        state: RunState | None = None,
+        return_state: bool = False,
         **options: Any,
-    ) -> np.ndarray | dict[str, np.ndarray]:
+    ) -> Any:
         """Run sequences ``[T, B, ...]`` on the simulated chip (SPEC §6, §8).
 
         ``art.run(x, mode="pcm", seed=0, t_inference=86400.0)`` and
@@ -210,6 +213,12 @@ class Artefact:
                 mode on chip 0, one hour after programming, global drift compensation.
             backend: ``"numpy"`` (fast) or ``"sim"`` (the cycle-level simulator).
             progress: show a progress bar on stderr.
+            state: go on from where a run over the previous piece of the sequences
+                stopped: the :class:`~snuc.runtime.run_state.RunState` it returned (its
+                states, timestep count and read-noise positions); the run must have the
+                same configuration and batch. The pieces' outputs are those of one run
+                over the whole sequence.
+            return_state: also return the state where this run stops, for the next piece.
             **options: fields of ``config`` to replace, by keyword:
                 ``mode``: ``"float"``, ``"quantized"`` or ``"pcm"``.
                 ``seed``: names one simulated chip (programming noise, drift exponents,
@@ -225,10 +234,12 @@ class Artefact:
                 whole batch); it keys the read noise as ``batch_size``'s chunks are keyed.
 
         Returns:
-            The output ``[T, B, ...]``, or a dict by output name when there are several.
+            The output ``[T, B, ...]``, or a dict by output name when there are several;
+            with ``return_state``, the pair ``(outputs, state)``.
 
         Raises:
-            SnucError: an unknown backend, a bad configuration, inputs that do not fit.
+            SnucError: an unknown backend, a bad configuration, inputs that do not fit, a
+                state of another run.
         """
         if backend not in BACKENDS:
             raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -239,8 +250,13 @@ class Artefact:
             plans.clear()  # one chip at a time: a plan holds every tile's conductances
             target = TargetSpec.from_dict(self.target)
             plans[key] = BACKENDS[backend](self.graph, config, target, self.program)
-        outputs = plans[key].run(inputs, config, progress=progress)
-        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+        result = plans[key].run(
+            inputs, config, progress=progress, state=state, return_state=return_state
+        )
+        if return_state:
+            outputs, end = result
+            return _one_or_all(outputs), end
+        return _one_or_all(result)
 
     @property
     def last_stats(self) -> Any:
@@ -283,6 +299,11 @@ class Artefact:
             texts[PROGRAM] = self.program.encode("utf-8")
         texts[REPORT] = json_bytes(self.report)
         return texts
+
+
+def _one_or_all(outputs: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """The one output's array, or every output by name (``Artefact.run``'s result)."""
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
 
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:

@@ -27,6 +27,7 @@ from snuc.ir.types import BATCH, TensorType
 from snuc.runtime.chip import program_tile
 from snuc.runtime.config import RunConfig, run_config, run_target
 from snuc.runtime.read_noise import NoiseStream
+from snuc.runtime.run_state import ChunkState, Resumption, RunState
 from snuc.runtime.semantics import OP_SEMANTICS
 
 # --------------------------------------------------------------------------- evaluation
@@ -164,14 +165,23 @@ def _tiles(
     t_inference_s: float,
     drift_compensation: str | None,
     batch_offset: int = 0,
+    start: ChunkState | None = None,
 ) -> dict[str, _Tile]:
-    """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses."""
+    """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses (``start``:
+    where the read-noise streams of a run going on from an earlier piece stand)."""
     tiles: dict[str, _Tile] = {}
     for node in crossbar_tiles(nodes, mode):
         copies = program_tile(graph, node, mode, target, seed, t_inference_s, drift_compensation)
         # Steps draw block[0], block[1], ... in turn: the block, never held whole.
         noise = (
-            None if mode == "quantized" else NoiseStream(seed, node.op.tile, offset=batch_offset)
+            None
+            if mode == "quantized"
+            else NoiseStream(
+                seed,
+                node.op.tile,
+                offset=batch_offset,
+                start=None if start is None else start.noise.get(node.op.tile),
+            )
         )
         tiles[node.id] = _Tile(node, copies, target, noise, graph.type_of(node.id).np_dtype)
     return tiles
@@ -188,6 +198,8 @@ def run(
     *,
     target: TargetSpec | str | None = ...,
     trace: Literal[False] = ...,
+    state: RunState | None = ...,
+    return_state: Literal[False] = ...,
     **options: Any,
 ) -> dict[str, np.ndarray]: ...
 
@@ -200,8 +212,24 @@ def run(
     *,
     target: TargetSpec | str | None = ...,
     trace: Literal[True],
+    state: RunState | None = ...,
+    return_state: Literal[False] = ...,
     **options: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
+
+
+@overload
+def run(
+    graph: Graph,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    config: RunConfig | None = ...,
+    *,
+    target: TargetSpec | str | None = ...,
+    trace: Literal[False] = ...,
+    state: RunState | None = ...,
+    return_state: Literal[True],
+    **options: Any,
+) -> tuple[dict[str, np.ndarray], RunState]: ...
 
 
 def run(
@@ -211,13 +239,15 @@ def run(
     *,
     target: TargetSpec | str | None = None,
     trace: bool = False,
+    state: RunState | None = None,
+    return_state: bool = False,
     **options: Any,
-) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+) -> Any:
     """Run a step graph over whole sequences (SPEC §1): the reference time loop.
 
-    Every state starts at zeros of its type at the actual batch size; each step evaluates
-    the nodes in ``graph.nodes()`` order on that step's inputs; at the end of the step every
-    state takes the value of its ``next``.
+    Every state starts at zeros of its type at the actual batch size (or where ``state``
+    left it); each step evaluates the nodes in ``graph.nodes()`` order on that step's
+    inputs; at the end of the step every state takes the value of its ``next``.
 
     Args:
         graph: the step graph; it is verified first.
@@ -237,17 +267,25 @@ def run(
         target: the chip the graph was compiled for (a TargetSpec or a target name);
             required by ``quantized`` and ``pcm``, ignored by ``float``.
         trace: also return every node result stacked over time.
+        state: go on from where an earlier run over the sequences' previous piece
+            stopped (:class:`~snuc.runtime.run_state.RunState`): its states, its step
+            count (a duplicated tile's copy) and its read-noise streams; the run must be
+            of the same graph, configuration and batch.
+        return_state: also return where this run stops, for the next piece.
         **options: fields of ``config`` to replace, by name (``mode="pcm", seed=1``).
 
     Returns:
         Every graph output stacked over time, ``[T, B, ...]``, by output name; with
         ``trace``, a pair ``(outputs, values)`` where ``values`` holds every node result
-        stacked the same way, by value name.
+        stacked the same way, by value name; with ``return_state``, the
+        :class:`~snuc.runtime.run_state.RunState` after these (``(outputs, state)`` or
+        ``(outputs, values, state)``).
 
     Raises:
         SnucError: a bad configuration, a missing target, a graph not compiled for the
-            mode, a missing, unknown or badly typed input, or a run-time error of a node
-            (see :func:`evaluate_node`). Each message is one line.
+            mode, a missing, unknown or badly typed input, a ``state`` of another run, or
+            a run-time error of a node (see :func:`evaluate_node`). Each message is one
+            line.
         VerifyError: the graph is malformed.
     """
     config = run_config(config, options)
@@ -257,6 +295,8 @@ def run(
     steps, batch = sequence_extent(graph, feeds)
     types = graph.values()
     nodes = list(graph.nodes())
+    resume = Resumption.of(graph, config, batch, [(0, batch)], state, return_state)
+    start = resume.start(config.batch_offset, batch)
     tiles = (
         {}
         if spec is None
@@ -269,6 +309,7 @@ def run(
             t_inference_s=config.t_inference_s,
             drift_compensation=config.drift_compensation,
             batch_offset=config.batch_offset,
+            start=start,
         )
     )
 
@@ -280,10 +321,8 @@ def run(
     }
 
     env: dict[str, np.ndarray] = dict(graph.constants)
-    states = {
-        s.name: np.zeros(types[s.name].concrete(batch), types[s.name].np_dtype)
-        for s in graph.states
-    }
+    states = dict(start.values) if start is not None else resume.zeros(batch)
+    step0 = resume.step
     with np.errstate(all="ignore"):
         for t in range(steps):
             env.update(states)
@@ -292,7 +331,7 @@ def run(
             for node in nodes:
                 args = [env[v] for v in node.inputs]
                 tile = tiles.get(node.id)
-                results = _evaluate(node, args) if tile is None else (tile.mvm(args[0], t),)
+                results = _evaluate(node, args) if tile is None else (tile.mvm(args[0], step0 + t),)
                 for name, value in zip(node.outputs, results, strict=True):
                     if t == 0:
                         _check_result(node, name, value, types[name], batch)
@@ -302,9 +341,18 @@ def run(
             states = {s.name: env[s.next] for s in graph.states}
 
     outputs = {v: stacked[v] for v in graph.outputs}
-    if trace:
-        return outputs, stacked
-    return outputs
+    if not return_state:
+        return (outputs, stacked) if trace else outputs
+    ended = ChunkState(
+        states,
+        {n.op.tile: tiles[n.id].read_noise.position() for n in nodes if _noisy(tiles.get(n.id))},
+    )
+    end = resume.end(steps, {config.batch_offset: ended})
+    return (outputs, stacked, end) if trace else (outputs, end)
+
+
+def _noisy(tile: _Tile | None) -> bool:
+    return tile is not None and tile.read_noise is not None
 
 
 def bind_inputs(

@@ -35,11 +35,14 @@ A plan holds no per-run state, only data it caches per batch size: read-only con
 and the runners, block arrays and read-noise streams of finished runs, which the next run
 at the same batch and block size takes instead of allocating its own (a run takes a kit
 no other run holds; states and streams start over). One plan serves any number of runs
-at any T and B, also from several threads at once.
+at any T and B, also from several threads at once. A run in pieces goes on from the
+:class:`~snuc.runtime.run_state.RunState` of the previous piece (``state=``) and returns
+its own (``return_state=True``): states, step count and read-noise positions, per chunk.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Iterator, Mapping
@@ -57,10 +60,11 @@ from snuc.ir.types import BATCH, TensorType
 from snuc.runtime.config import RunConfig, plan_run_config, run_config, run_target
 from snuc.runtime.interpreter import bind_inputs, evaluate_node, sequence_extent
 from snuc.runtime.plan_fusion import fuse_float_tiles
-from snuc.runtime.plan_programs import CACHED_SIZES, Program, Runner, compile_step
+from snuc.runtime.plan_programs import CACHED_SIZES, Program, Runner, StateCarry, compile_step
 from snuc.runtime.plan_schedule import Schedule, schedule
 from snuc.runtime.plan_tiles import TileChip, block_rows, program_tiles
 from snuc.runtime.read_noise import NoiseStream, draw_ahead
+from snuc.runtime.run_state import ChunkState, Resumption, RunState, graph_fingerprint
 from snuc.runtime.tile_read import Workspace
 
 __all__ = ["BLOCK_ELEMENTS", "Plan", "run_numpy"]
@@ -80,13 +84,16 @@ def run_numpy(
     *,
     target: TargetSpec | str | None = None,
     progress: bool = False,
+    state: RunState | None = None,
+    return_state: bool = False,
     **options: Any,
-) -> dict[str, np.ndarray]:
+) -> Any:
     """Run a step graph over whole sequences: ``interpreter.run``'s results, faster.
 
     Arguments, checks and results are those of :func:`snuc.runtime.interpreter.run`
-    (without ``trace``), except that ``config.batch_size`` cuts the batch into chunks of
-    at most that many sequences, each chunk a run of its own (SPEC §6: pcm's read noise
+    (without ``trace``; with ``state`` and ``return_state``), except that
+    ``config.batch_size`` cuts the batch into chunks of at most that many sequences, each
+    chunk a run of its own (SPEC §6: pcm's read noise
     is drawn per run as ``[T, chunk, ...]``, so results depend on the chunk size), keyed
     also by the chunk's first sequence (``batch_offset + lo``), so that chunks do not
     repeat each other's noise: the first chunk is the run of its sequences alone. Also:
@@ -96,14 +103,16 @@ def run_numpy(
             none without it). The caller decides whether stderr is a terminal.
 
     Returns:
-        Every graph output stacked over time, ``[T, B, ...]``, by output name.
+        Every graph output stacked over time, ``[T, B, ...]``, by output name (with
+        ``return_state``: and the run's end state).
 
     Raises:
         SnucError: as ``interpreter.run``. One line each.
         VerifyError: the graph is malformed.
     """
     config = run_config(config, options)
-    return Plan.build(graph, config, target=target).run(inputs, config, progress=progress)
+    plan = Plan.build(graph, config, target=target)
+    return plan.run(inputs, config, progress=progress, state=state, return_state=return_state)
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,6 +154,11 @@ class Plan:
             found = {v: t.concrete(batch) for v, t in self._types.items()}
             self._shape_cache[batch] = found
         return found
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The graph's fingerprint (a run state's identity), made once per plan."""
+        return graph_fingerprint(self.graph)
 
     @classmethod
     def build(
@@ -213,16 +227,21 @@ class Plan:
         config: RunConfig | None = None,
         *,
         progress: bool = False,
+        state: RunState | None = None,
+        return_state: bool = False,
         **options: Any,
-    ) -> dict[str, np.ndarray]:
+    ) -> Any:
         """Run the plan over whole sequences; see :func:`run_numpy`.
 
         ``config`` (default: the plan's) with ``options`` replaced gives the run's batch
-        options; its other options must be the plan's.
+        options; its other options must be the plan's. ``state``: go on from where a run
+        over the previous piece of the sequences stopped; ``return_state``: return
+        ``(outputs, state)``, the state where this run stops.
 
         Raises:
             SnucError: a missing, unknown or badly typed input, a bad ``batch_size`` or
-                ``batch_offset``, or a configuration that needs another plan.
+                ``batch_offset``, a configuration that needs another plan, or a state of
+                another run.
         """
         config = plan_run_config(self.config, config, options)
         batch_size, batch_offset = config.batch_size, config.batch_offset
@@ -230,15 +249,23 @@ class Plan:
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)
         chunks = batch_chunks(batch, batch_size, batched)
+        resume = Resumption.of_plan(self, config, batch, chunks, state, return_state)
+        ended: dict[int, ChunkState] = {}
         with progress_bar(progress, len(chunks) * steps) as bar:
             results = []
             for lo, hi in chunks:
                 chunk = {n: self._batch_slice(n, a, lo, hi) for n, a in feeds.items()}
-                run = _Run(self, chunk, steps, hi - lo if batched else 1, bar, batch_offset + lo)
+                size = hi - lo if batched else 1
+                offset = batch_offset + lo
+                start = resume.start(offset, size)
+                run = _Run(self, chunk, steps, size, bar, offset, start, resume.step, return_state)
                 results.append(run.outputs())
-        if len(results) == 1:
-            return results[0]
-        return {v: self._join(v, [r[v] for r in results]) for v in results[0]}
+                if return_state:
+                    ended[offset] = run.ended()
+        outputs = results[0]
+        if len(results) > 1:
+            outputs = {v: self._join(v, [r[v] for r in results]) for v in results[0]}
+        return (outputs, resume.end(steps, ended)) if return_state else outputs
 
     def _batch_slice(self, name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
         type_ = self.graph.type_of(name)
@@ -324,10 +351,20 @@ class _Run:
         batch: int,
         bar: Any,
         offset: int = 0,
+        start: ChunkState | None = None,
+        first_step: int = 0,
+        keep_state: bool = False,
     ) -> None:
-        """``offset``: the chunk's first sequence within the whole batch (keys read noise)."""
+        """``offset``: the chunk's first sequence within the whole batch (keys read noise);
+        ``start``: where an earlier piece of the run left the chunk (None: at zeros, at
+        the streams' beginnings), ``first_step`` the piece's first global timestep;
+        ``keep_state``: keep where the run leaves the chunk (:meth:`ended`)."""
         self.plan = plan
         self.offset = offset
+        self.start = start or ChunkState()
+        self.first_step = first_step
+        self.keep_state = keep_state
+        self.carry = StateCarry()
         self.types = plan._types
         self.steps = steps
         self.batch = batch
@@ -365,6 +402,8 @@ class _Run:
                 offset=self.offset,
                 per_step=per_step,
                 ahead=False,
+                start=self.start.noise.get(chip.tile),
+                first_step=self.first_step,
             )
             self._noise[chip.node.id] = stream
         return stream
@@ -418,9 +457,16 @@ class _Run:
             kit = self._kit()
         else:
             for node_id, stream in kit[2].items():
-                total = self._noise_total(node_id)
-                stream.restart(total, self._pool, offset=self.offset, ahead=False)
-        runners, buffers, streams = kit
+                stream.restart(
+                    self._noise_total(node_id),
+                    self._pool,
+                    offset=self.offset,
+                    ahead=False,
+                    start=self.start.noise.get(self.plan.chips[node_id].tile),
+                    first_step=self.first_step,
+                )
+        runners, buffers, streams, self.carry = kit
+        self.carry.start = self.start.values
         draw_ahead(streams.values())  # in the order the blocks read them
         for t0 in range(0, self.steps, self.block):
             n = min(self.block, self.steps - t0)
@@ -431,6 +477,11 @@ class _Run:
                 runner(values, t0, n)
             if self.bar is not None:
                 self.bar.update(n)
+        if self.keep_state:
+            self._ended = ChunkState(
+                self.carry.ended(),
+                {self.plan.chips[node_id].tile: s.position() for node_id, s in streams.items()},
+            )
         if len(self.plan._idle) >= CACHED_SIZES and key not in self.plan._idle:
             self.plan._idle.clear()
         self.plan._idle.setdefault(key, []).append(kit)
@@ -440,9 +491,20 @@ class _Run:
         streams they draw from (by node id)."""
         buffers = {v: self.array(v, self.block) for v in self._buffer_names}
         runners = [program.start(self) for program in self.plan._programs]
-        return runners, buffers, self._noise
+        return runners, buffers, self._noise, self.carry
+
+    def ended(self) -> ChunkState:
+        """Where the run left the chunk: its states and read-noise positions (a run of no
+        steps leaves them where it found them)."""
+        if self.steps == 0:
+            values = self.start.values or {
+                s.name: np.zeros(self.shapes[s.name], self.types[s.name].np_dtype)
+                for s in self.plan.graph.states
+            }
+            return ChunkState(dict(values), dict(self.start.noise))
+        return self._ended
 
 
-_Kit = tuple[list[Runner], dict[str, np.ndarray], dict[str, NoiseStream]]
-"""A run's runners, its block arrays of shared values and its read-noise streams,
-reusable by a later run."""
+_Kit = tuple[list[Runner], dict[str, np.ndarray], dict[str, NoiseStream], StateCarry]
+"""A run's runners, its block arrays of shared values, its read-noise streams and its
+states' edges, reusable by a later run."""

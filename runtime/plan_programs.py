@@ -6,7 +6,9 @@ into the batch (:class:`ParallelProgram`), a node run step by step by the interp
 semantics or its tile's read, a state shifted by one step, or a recurrence of kernels
 over numbered slots (:mod:`snuc.runtime.plan_kernels`). This module owns those programs
 and the slots and scratch their kernels use; a run (``numpy_backend._Run``) starts each
-program once and calls the runner it returns for every block of steps.
+program once and calls the runner it returns for every block of steps. A run in pieces
+(:mod:`snuc.runtime.run_state`) starts the states from where the previous piece left
+them and reads where they end (:class:`StateCarry`), once per run, never per step.
 """
 
 from __future__ import annotations
@@ -38,6 +40,31 @@ Runner = Any
 ``[t0, t0 + n)``; ``values`` maps each shared value to its ``[n, ...]`` array. A block
 with ``t0 == 0`` starts a run: the runner resets what it carries from block to block, so
 a plan reuses its runners (and their arrays) run after run."""
+
+
+class StateCarry:
+    """The states at a run's edges, for the programs of one kit (the runners a plan
+    reuses run after run).
+
+    Attributes:
+        start: the states the run starts from, by name (the kit's runner reads it at
+            ``t0 == 0``); a state not in it starts at zeros.
+    """
+
+    def __init__(self) -> None:
+        self.start: Mapping[str, np.ndarray] = {}
+        self._ends: list[Callable[[], dict[str, np.ndarray]]] = []
+
+    def on_end(self, read: Callable[[], dict[str, np.ndarray]]) -> None:
+        """Register how a program reads the states it holds after a run's last block."""
+        self._ends.append(read)
+
+    def ended(self) -> dict[str, np.ndarray]:
+        """Every state after the run's last block (copies: the kit's arrays are reused)."""
+        states: dict[str, np.ndarray] = {}
+        for read in self._ends:
+            states.update((name, np.array(value)) for name, value in read().items())
+        return states
 
 
 class Program:
@@ -266,10 +293,12 @@ class _ShiftProgram(Program):
     def start(self, run: _Run) -> Runner:
         name, nxt, fixed = self.state.name, self.state.next, self._fixed
         carry = np.zeros(run.shapes[name], run.types[name].np_dtype)
+        edges = run.carry
+        edges.on_end(lambda: {name: carry})
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             if t0 == 0:
-                carry.fill(0)
+                carry[...] = edges.start.get(name, 0)
             out = values[name]
             out[0] = carry
             source = fixed if fixed is not None else values[nxt]
@@ -291,8 +320,8 @@ class _LoopProgram(Program):
     ``next`` values of states only the loop reads (two arrays used in turn); other
     results and the kernels' scratch (one array each); results of views and of the
     interpreter's semantics used only within the step (set by their kernel); and states
-    (an array of zeros at step 0, then the slot their ``next`` had the step before). The
-    slots live for the whole run, so states carry from one block to the next.
+    (an array of zeros, or the run's start, at step 0, then the slot their ``next`` had
+    the step before). The slots live for the whole run, so states carry from one block to the next.
     """
 
     def __init__(
@@ -407,9 +436,11 @@ class _LoopProgram(Program):
         for slot, chip in self._slots.noises:
             slots[slot] = run.noise(chip)
         initial = [
-            (slot, np.zeros(run.shapes[value], types[value].np_dtype))
+            (slot, value, np.zeros(run.shapes[value], types[value].np_dtype))
             for slot, value in self._states
         ]
+        edges = run.carry
+        edges.on_end(lambda: {value: slots[slot] for slot, value in self._states})
         pairs = [
             (slot, tuple(np.empty(run.shapes[v], types[v].np_dtype) for _ in "ab"))
             for slot, v in self._pingpong
@@ -419,12 +450,15 @@ class _LoopProgram(Program):
         chained = self.chained > 0
         if self._neuron is not None:
             by_name = {v: pair for (_, v), (_, pair) in zip(self._pingpong, pairs, strict=True)}
-            return self._neuron_runner(slots, by_name, initial, frozenset(run._buffer_names))
+            return self._neuron_runner(
+                slots, by_name, initial, edges, frozenset(run._buffer_names)
+            )
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             if t0 == 0:
-                for slot, zeros in initial:
-                    slots[slot] = zeros
+                start = edges.start
+                for slot, value, zeros in initial:
+                    slots[slot] = start.get(value, zeros)
             # Per step, each moving slot takes element k of a list: views [k] of the
             # block's arrays (made by one C-level iteration), or the array of the pair
             # whose turn step t0 + k is.
@@ -452,7 +486,8 @@ class _LoopProgram(Program):
         self,
         slots: list,
         pairs: dict[str, tuple[np.ndarray, np.ndarray]],
-        initial: list[tuple[int, np.ndarray]],
+        initial: list[tuple[int, str, np.ndarray]],
+        edges: StateCarry,
         buffered: frozenset[str],
     ) -> Runner:
         """The runner of a one-layer neuron loop: one ``steps`` call per block, writing each
@@ -479,8 +514,9 @@ class _LoopProgram(Program):
 
         def runner(values: dict[str, np.ndarray], t0: int, n: int) -> None:
             if t0 == 0:
-                for slot, zeros in initial:
-                    slots[slot] = zeros
+                start = edges.start
+                for slot, value, zeros in initial:
+                    slots[slot] = start.get(value, zeros)
             last = steps(
                 slots,
                 history(values, a, t0, n),

@@ -8,7 +8,8 @@ from a :class:`NoiseStream`, which draws the block piece by piece, so a run neve
 it whole, however the backend walks through time: the interpreter a step at a time, the
 NumPy backend in blocks of rows (:meth:`NoiseStream.take`, :meth:`NoiseStream.row_steps`),
 the simulator's copies of a duplicated tile each the steps they serve
-(:meth:`NoiseStream.serving`).
+(:meth:`NoiseStream.serving`). A run in pieces (:mod:`snuc.runtime.run_state`) goes on
+where the previous piece's stream stopped (:meth:`NoiseStream.position`, ``start=``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from snuc.ir.errors import SnucError
 from snuc.runtime import pcm
 
 NOISE_BLOCK_ELEMENTS = 1 << 16
@@ -27,6 +31,41 @@ NOISE_BLOCK_ELEMENTS = 1 << 16
 
 NOISE_LOOKAHEAD = 3
 """Pieces a :class:`NoiseStream` keeps drawing ahead on a background thread."""
+
+
+@dataclass(frozen=True)
+class NoisePosition:
+    """Where a stream stands: its generator's state before it drew the piece being handed
+    out, and how many of that piece's normals are used. A NumPy generator cannot skip a
+    count of normals (each takes a varying number of raw draws), so the state at a piece's
+    start is kept, and a stream going on from here draws and drops ``used`` normals.
+
+    Attributes:
+        generator: ``bit_generator.state`` (a dict of integers and a name).
+        used: normals of the piece handed out.
+    """
+
+    generator: dict[str, Any]
+    used: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"generator": self.generator, "used": self.used}
+
+    @staticmethod
+    def from_json(data: Any) -> NoisePosition:
+        """The position :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: not a position.
+        """
+        generator, used = data["generator"], data["used"]
+        if (
+            not isinstance(generator, dict)
+            or not isinstance(used, int)
+            or not 0 <= used <= NOISE_BLOCK_ELEMENTS
+        ):
+            raise ValueError("a read-noise position is a generator state and a count")
+        return NoisePosition(generator, used)
 
 
 class NoiseStream:
@@ -43,6 +82,9 @@ class NoiseStream:
         per_step: normals per timestep (``prod(out)``), when the run gives it: a
             duplicated tile's reads need it (:meth:`row_steps`, :meth:`step`).
         drawn: normals handed out since the run started.
+        first_step: the global timestep of the run's first step (a run going on from an
+            earlier piece's state starts past 0): a duplicated tile's step t reads copy
+            ``(first_step + t) mod K``.
     """
 
     def __init__(
@@ -55,12 +97,15 @@ class NoiseStream:
         offset: int = 0,
         per_step: int = 0,
         ahead: bool = True,
+        start: NoisePosition | None = None,
+        first_step: int = 0,
     ) -> None:
         """``total``: the size of the run's block (``T * prod(out)``; None: not known,
         the stream is drawn in whole pieces); ``pool``: a
         one-thread executor that draws ahead (its jobs run in order), or None;
         ``offset``: the run's first sequence within the batch it is a chunk of;
-        ``per_step``: ``prod(out)`` (0: not given); ``ahead``: see :meth:`restart`."""
+        ``per_step``: ``prod(out)`` (0: not given); ``ahead``, ``start``, ``first_step``:
+        see :meth:`restart`."""
         self.per_step = per_step
         self._seed = seed
         self._tile = tile
@@ -68,7 +113,7 @@ class NoiseStream:
         self._ahead: deque[Future] = deque()
         self._steps_ahead: dict[int, np.ndarray] = {}
         self._servings: list[Serving] = []
-        self.restart(total, pool, offset=offset, ahead=ahead)
+        self.restart(total, pool, offset=offset, ahead=ahead, start=start, first_step=first_step)
 
     def _seed_stream(self, offset: int) -> None:
         self._offset = offset
@@ -82,6 +127,8 @@ class NoiseStream:
         *,
         offset: int = 0,
         ahead: bool = True,
+        start: NoisePosition | None = None,
+        first_step: int = 0,
     ) -> None:
         """Start the stream over, for a new run with a block of ``total`` normals whose
         first sequence is ``offset`` within its batch: at the previous run's offset the
@@ -90,10 +137,23 @@ class NoiseStream:
 
         ``ahead``: ask the pool for the first :data:`NOISE_LOOKAHEAD` pieces now; a run
         of several streams sharing one pool passes False and calls :func:`draw_ahead`
-        once they all exist, so their first pieces are drawn first."""
+        once they all exist, so their first pieces are drawn first.
+
+        ``start``: go on from where a stream of an earlier piece of the run stood
+        (:meth:`position`; None: the stream's beginning); ``first_step``: the run's first
+        global timestep (:attr:`first_step`).
+
+        Raises:
+            SnucError: ``start`` is not a position of this kind of generator.
+        """
         if offset != self._offset:
             self._seed_stream(offset)
         self._rng.bit_generator.state = self._start
+        self._piece_start = self._start
+        if start is not None:
+            self._seek(start)
+            self._piece_start = self._rng.bit_generator.state
+        self.first_step = first_step
         self._left = math.inf if total is None else total
         self._pool = pool
         self._ahead.clear()
@@ -105,6 +165,22 @@ class NoiseStream:
             serving.restart()
         if ahead:
             draw_ahead([self])
+
+    def _seek(self, start: NoisePosition) -> None:
+        try:
+            self._rng.bit_generator.state = start.generator
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise SnucError(
+                f"the run state's read-noise position of tile {self._tile} does not fit its "
+                f"generator ({type(e).__name__}: {e})"
+            ) from None
+        self._rng.standard_normal(start.used)  # dropped: the piece's normals already used
+
+    def position(self) -> NoisePosition:
+        """Where the stream stands after the normals handed out: a later run given it as
+        ``start`` goes on with the next one. (Between runs; a run's pool drawing ahead
+        moves the generator, not the position.)"""
+        return NoisePosition(self._piece_start, self._used)
 
     def take(self, n: int) -> np.ndarray:
         """The next ``n`` normals of the stream, as a 1-D float64 array (:attr:`drawn`
@@ -130,7 +206,7 @@ class NoiseStream:
         """The timestep of each of the next ``rows`` rows of ``row_size`` normals (rows
         do not straddle steps: ``row_size`` divides :attr:`per_step`)."""
         first = self.drawn // row_size  # rows handed out before these, this run
-        return (first + np.arange(rows)) // (self.per_step // row_size)
+        return self.first_step + (first + np.arange(rows)) // (self.per_step // row_size)
 
     def step(self, t: int) -> np.ndarray:
         """``block[t]``, flat: the :attr:`per_step` normals of timestep t. Steps may be
@@ -147,10 +223,12 @@ class NoiseStream:
         self._servings.append(serving)
         return serving
 
-    def _draw(self, n: int) -> np.ndarray:
+    def _draw(self, n: int) -> tuple[dict[str, Any], np.ndarray]:
+        """The generator's state, then the next ``n`` normals it draws from there."""
+        state = self._rng.bit_generator.state
         piece = np.empty(n)
         self._rng.standard_normal(out=piece)
-        return piece
+        return state, piece
 
     def _request(self) -> None:
         n = min(NOISE_BLOCK_ELEMENTS, self._left)
@@ -160,13 +238,14 @@ class NoiseStream:
 
     def _next_piece(self) -> np.ndarray:
         if self._ahead:
-            piece = self._ahead.popleft().result()
+            self._piece_start, piece = self._ahead.popleft().result()
             self._request()
             return piece
         # Nothing is being drawn ahead, so the generator is this thread's alone.
         n = max(1, min(NOISE_BLOCK_ELEMENTS, self._left))
         self._left -= n
-        return self._draw(n)
+        self._piece_start, piece = self._draw(n)
+        return piece
 
 
 class Serving:
@@ -179,10 +258,11 @@ class Serving:
         self._stream = stream
         self._k = k
         self._j = j
-        self._next = j
+        self.restart()
 
     def restart(self) -> None:
-        self._next = self._j
+        """Serve the run's first step t of this copy: ``(first_step + t) mod K == j``."""
+        self._next = (self._j - self._stream.first_step) % self._k
 
     def take(self, n: int) -> np.ndarray:
         """The normals of the next step this copy serves (``n`` of them: all the step's)."""

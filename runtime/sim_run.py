@@ -8,6 +8,12 @@ and bindings of a run at one batch size are kept by the plan for its next run
 (:class:`Kit`), so a run allocates only its outputs; the timing is checked once, when the
 plan is built (it does not depend on the data). :class:`Run` runs one chunk of a batch
 (:func:`batch_slice`, :func:`join`) and records the graph's outputs (:class:`Output`).
+
+A run in pieces (:mod:`snuc.runtime.run_state`) starts where the previous piece stopped:
+what a run without one reads as zeros before its first timestep (a state's holder at
+step ``t - distance < 0``) it reads from the states it is given (:class:`Earlier`), a
+duplicated tile's copies serve the global steps, and the read-noise streams go on; at its
+end every state is read back from its holder (:meth:`Run.outputs`).
 """
 
 from __future__ import annotations
@@ -18,17 +24,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from snuc.backends.isa import Program
 from snuc.ir.graph import Graph
+from snuc.ir.machine_isa import Recv
 from snuc.ir.types import BATCH, TensorType
 from snuc.runtime import sim_ops as ops
 from snuc.runtime.plan_tiles import TileChip
 from snuc.runtime.read_noise import NoiseStream
+from snuc.runtime.run_state import ChunkState
 from snuc.runtime.sim_ops import Slot
 
 if TYPE_CHECKING:  # the plan owns its runs; only its type is named here
     from snuc.runtime.simulator import SimPlan, _Layout
 
-__all__ = ["Clock", "Kit", "Output", "Run", "batch_slice", "join"]
+__all__ = [
+    "Clock",
+    "Earlier",
+    "Held",
+    "Kit",
+    "Output",
+    "Run",
+    "batch_slice",
+    "held_states",
+    "join",
+]
 
 PROGRESS_EVERY = 32
 """Windows between updates of the progress bar."""
@@ -36,13 +55,65 @@ PROGRESS_EVERY = 32
 
 @dataclass(frozen=True)
 class Output:
-    """A graph output: what holds it (:meth:`Block.resolve`) and the history that records it."""
+    """A graph output: what holds it (:meth:`Block.resolve`, on ``unit``) and the history
+    that records it."""
 
     name: str
     kind: str
     source: str
     distance: int
     type: TensorType
+    unit: Any = None
+
+
+Held = tuple[str, str, Any, str, int]
+"""Where a block's state is held: ``(state, kind, unit, name, distance)``: the state at
+step t is, at step ``t - distance``, buffer ``name`` of ``unit`` (kind ``"copy"``),
+input ``name`` (``"feed"``) or constant ``name`` (``"const"``); or always zeros
+(``"zero"``)."""
+
+
+def held_states(program: Program) -> tuple[Held, ...]:
+    """Where every block's states are held (:data:`Held`). Each state's first is a
+    holder that has all of its value: a buffer the block computes, not one a ``recv``
+    fills (maybe with a window of the sender's)."""
+    complete: list[Held] = []
+    received: list[Held] = []
+    for block in program.blocks:
+        recvs = {i.value for i in block.instructions if isinstance(i, Recv)}
+        for decl in block.declared("state"):
+            held = block.resolve(decl.name)
+            state, d = decl.name[1:], held.distance
+            if held.kind == "buf":
+                found = (state, "copy", block.unit, held.name, d)
+                (received if held.name in recvs else complete).append(found)
+            elif held.kind in ("input", "const"):
+                kind = "feed" if held.kind == "input" else "const"
+                complete.append((state, kind, None, held.name[1:], d))
+            else:
+                complete.append((state, "zero", None, held.name, d))
+    return (*complete, *received)
+
+
+class Earlier:
+    """What a run reads of the steps before its first: the holders' values at global
+    steps ``first - k``, which are the states it starts from (zeros for a run from the
+    start).
+
+    A read of holder ``(kind, unit, name)`` at ``k`` steps before the run is state s's
+    value when s is held there at distance k (every state of a chain of states is held
+    by the chain's end, each at its own distance).
+    """
+
+    def __init__(self, held: tuple[Held, ...]) -> None:
+        self._state_of = {(kind, unit, name, d): s for s, kind, unit, name, d in held}
+        self.values: dict[str, np.ndarray] = {}
+
+    def value(self, key: tuple[str, Any, str, int]) -> np.ndarray | None:
+        """The value of holder ``(kind, unit, name)`` ``k`` steps before the run (``key``
+        ends in k), or None: zeros."""
+        state = self._state_of.get(key)
+        return None if state is None else self.values.get(state)
 
 
 @dataclass(frozen=True)
@@ -109,12 +180,25 @@ class Kit:
             :attr:`edges_steps` timesteps).
     """
 
-    def __init__(self, plan: SimPlan, batch: int, steps: int, offset: int) -> None:
+    def __init__(
+        self,
+        plan: SimPlan,
+        batch: int,
+        steps: int,
+        offset: int,
+        begin: ChunkState,
+        first_step: int,
+    ) -> None:
         self.plan = plan
         self.layout = layout = plan._layout
         self.batch = batch
         self.steps = steps
         self.offset = offset
+        self.start_state = begin
+        self.first_step = first_step
+        self.earlier = Earlier(layout.states)
+        self.earlier.values = begin.values
+        self._before: dict[tuple[str, Any, str, int], np.ndarray] = {}
         self.tally = [0] * len(layout.tallies)
         self._noise: dict[int, NoiseStream] = {}
         self.buffers = {
@@ -135,23 +219,42 @@ class Kit:
             for number, slot in op.slots:
                 if slot.kind == "fixed":
                     self.base[number] = slot.make(self)
-        self.windows: dict[int, Window] = {}
+        self.windows: dict[tuple[int, int], Window] = {}
         self.edges: dict[int, Window] = {}
         self.edges_steps = steps
 
-    def start(self, steps: int, offset: int) -> None:
+    def start(self, steps: int, offset: int, begin: ChunkState, first_step: int) -> None:
         """Serve a new run: zero the tally, the buffers and the messages, start the read
-        noise over for it."""
+        noise over for it (from ``begin``, the chunk's state after an earlier piece that
+        ended before global step ``first_step``)."""
         self.tally[:] = [0] * len(self.tally)
         for arrays in (*self.buffers.values(), *self.rings.values()):
             for array in arrays:
                 array.fill(0)
-        if steps != self.edges_steps:
+        phase = self.phase
+        was_resumed = bool(self.earlier.values)
+        self.start_state, self.first_step = begin, first_step
+        if steps != self.edges_steps or self.phase != phase:
             self.edges.clear()
             self.edges_steps = steps
-        for stream in self._noise.values():
-            stream.restart(max(1, steps * stream.per_step), offset=offset)
+        self.earlier.values = begin.values
+        if was_resumed or begin.values:  # the windows bind these arrays: fill them in place
+            for key, array in self._before.items():
+                self._fill_before(key, array)
+        for tile, stream in self._noise.items():
+            stream.restart(
+                max(1, steps * stream.per_step),
+                offset=offset,
+                start=begin.noise.get(tile),
+                first_step=first_step,
+            )
         self.steps, self.offset = steps, offset
+
+    @property
+    def phase(self) -> int:
+        """The run's first global step modulo the tiles' copies: the steps a duplicated
+        tile's copy j serves (``t mod K == j``) depend on it, and so do the windows."""
+        return self.first_step % self.layout.duplicate
 
     def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
         """The read-noise stream of a tile (created on first use); the copies of a
@@ -164,8 +267,28 @@ class Kit:
                 max(1, self.steps * per_step),
                 offset=self.offset,
                 per_step=per_step,
+                start=self.start_state.noise.get(chip.tile),
+                first_step=self.first_step,
             )
         return found
+
+    def noise_positions(self) -> dict[int, Any]:
+        """Where each tile's read-noise stream stands, by tile number."""
+        return {tile: stream.position() for tile, stream in self._noise.items()}
+
+    def before(self, key: tuple[str, Any, str, int], like: np.ndarray) -> np.ndarray:
+        """The array a window binds for holder ``key`` (its last item: steps before the
+        run), shaped as ``like``: zeros, or the state the run starts from; refilled in
+        place for each run, so prepared windows keep it."""
+        found = self._before.get(key)
+        if found is None:
+            found = self._before[key] = np.zeros_like(like)
+            self._fill_before(key, found)
+        return found
+
+    def _fill_before(self, key: tuple[str, Any, str, int], array: np.ndarray) -> None:
+        value = self.earlier.value(key)
+        array[...] = 0 if value is None else value
 
     def window(self, k: int) -> Window:
         """The slots, kernels and moving bindings of window k of a run of :attr:`steps`."""
@@ -175,7 +298,9 @@ class Kit:
         moving = []
         for op in self.layout.ops:
             t = k - op.stage
-            if not 0 <= t < steps or (op.tag is not None and t % op.tag[0] != op.tag[1]):
+            if not 0 <= t < steps or (
+                op.tag is not None and (self.first_step + t) % op.tag[0] != op.tag[1]
+            ):
                 continue
             kernels.append(op.kernel)
             for number, slot in op.slots:
@@ -197,7 +322,9 @@ class Kit:
         u = t - slot.distance
         if slot.kind == "copy":
             if u < 0:
-                return self.zeros[(slot.unit, slot.name)]
+                return self.before(
+                    ("copy", slot.unit, slot.name, -u), self.zeros[(slot.unit, slot.name)]
+                )
             copies = self.buffers[(slot.unit, slot.name)]
             return copies[u % len(copies)]
         if slot.kind == "ring":
@@ -205,9 +332,10 @@ class Kit:
             return ring[t % len(ring)]
         if slot.kind == "feed":  # before the input's first step (a later one moves)
             type_ = self.plan.graph.type_of(slot.name)
-            return np.zeros(type_.concrete(self.batch), type_.np_dtype)
+            like = np.zeros(type_.concrete(self.batch), type_.np_dtype)
+            return self.before(("feed", None, slot.name, -u), like)
         value = self.plan.graph.constants[slot.name]  # a constant through a state
-        return value if u >= 0 else np.zeros_like(value)
+        return value if u >= 0 else self.before(("const", None, slot.name, -u), value)
 
 
 class Run:
@@ -229,10 +357,20 @@ class Run:
         batch: int,
         bar: Any,
         offset: int = 0,
+        start: ChunkState | None = None,
+        first_step: int = 0,
+        keep_state: bool = False,
     ) -> None:
-        """``offset``: the chunk's first sequence within the whole batch (keys read noise)."""
+        """``offset``: the chunk's first sequence within the whole batch (keys read noise);
+        ``start``: where an earlier piece of the run left the chunk (None: at zeros, at
+        the streams' beginnings), ``first_step`` the piece's first global timestep;
+        ``keep_state``: keep where the run leaves the chunk (:attr:`ended`)."""
         self.plan = plan
         self.offset = offset
+        self.start = start or ChunkState()
+        self.first_step = first_step
+        self.keep_state = keep_state
+        self.ended: ChunkState | None = None
         self.layout = layout = plan._layout
         self.feeds = feeds
         self.steps = steps
@@ -251,8 +389,52 @@ class Run:
             with np.errstate(all="ignore"):
                 self._loop(kit)
             self.tally = list(kit.tally)
+            if self.keep_state:
+                self.ended = ChunkState(self._states_at_end(kit), kit.noise_positions())
             self._give_back(kit)
+        elif self.keep_state:
+            self.ended = ChunkState(self._states_at_end(None), dict(self.start.noise))
         return {out.name: self._output(out) for out in self.layout.outputs}
+
+    def _states_at_end(self, kit: Kit | None) -> dict[str, np.ndarray]:
+        """Every state after the run's last step: its holder's value ``distance`` steps
+        before the end (in a buffer's copy, the input, a constant), or, for a run shorter
+        than that, the state the run started from that held it then."""
+        earlier = Earlier(self.layout.states)
+        earlier.values = self.start.values
+        states: dict[str, np.ndarray] = {}
+        for state, kind, unit, name, distance in self.layout.states:
+            if state in states:  # the first holder has all of its value
+                continue
+            u = self.steps - distance
+            type_ = self.plan.graph.type_of(state)
+            value: Any = None
+            if kind == "zero":
+                value = None
+            elif u < 0:
+                value = earlier.value((kind, unit, name, -u))
+            elif kind == "copy":
+                assert kit is not None, "a holder written by the run"
+                copies = kit.buffers[(unit, name)]
+                if len(copies) < distance:
+                    raise RuntimeError(
+                        f"buffer {name} of {unit} has {len(copies)} copies, "
+                        f"but a state reads it {distance} steps back"
+                    )
+                value = copies[u % len(copies)]
+            elif kind == "feed":
+                value = self.feeds[name][u]
+            else:
+                value = self.plan.graph.constants[name]
+            array = np.zeros(type_.concrete(self.batch), type_.np_dtype)
+            if value is not None:
+                array[...] = value
+            states[state] = array
+        for s in self.plan.graph.states:  # no block reads it, so no output depends on it
+            if s.name not in states:
+                type_ = self.plan.graph.type_of(s.name)
+                states[s.name] = np.zeros(type_.concrete(self.batch), type_.np_dtype)
+        return states
 
     def _take_kit(self) -> Kit:
         """An idle kit of the plan for this batch size, started for this run, or a new one."""
@@ -262,8 +444,8 @@ class Run:
         except IndexError:  # another thread took the last one
             kit = None
         if kit is None:
-            return Kit(self.plan, self.batch, self.steps, self.offset)
-        kit.start(self.steps, self.offset)
+            return Kit(self.plan, self.batch, self.steps, self.offset, self.start, self.first_step)
+        kit.start(self.steps, self.offset, self.start, self.first_step)
         return kit
 
     def _give_back(self, kit: Kit) -> None:
@@ -287,6 +469,16 @@ class Run:
             return values if out.kind == "buf" else values.copy()
         shifted = np.zeros(shape, out.type.np_dtype)
         shifted[d:] = values[: max(0, self.steps - d)]
+        if self.start.values:  # the rows before the holder's first value: the start's
+            earlier = Earlier(self.layout.states)
+            earlier.values = self.start.values
+            kind = {"buf": "copy", "input": "feed"}.get(out.kind, out.kind)
+            unit = out.unit if kind == "copy" else None
+            name = out.source if kind == "copy" else out.source[1:]
+            for t in range(min(d, self.steps)):
+                value = earlier.value((kind, unit, name, d - t))
+                if value is not None:
+                    shifted[t] = value
         return shifted
 
     def _loop(self, kit: Kit) -> None:
@@ -299,7 +491,8 @@ class Run:
             if steady_from <= k <= steady_to:
                 window = steady[k % period]
                 if window is None:
-                    window = steady[k % period] = self._prepared(kit, kit.windows, k % period, k)
+                    key = (k % period, kit.phase)
+                    window = steady[k % period] = self._prepared(kit, kit.windows, key, k)
             else:
                 window = self._prepared(kit, kit.edges, k, k)
             slots, kernels, moving = window
@@ -312,7 +505,7 @@ class Run:
                 bar.update(finished - done)
                 done = finished
 
-    def _prepared(self, kit: Kit, cache: dict[int, Window], key: int, k: int) -> Window:
+    def _prepared(self, kit: Kit, cache: dict[Any, Window], key: Any, k: int) -> Window:
         """Window k of the kit (prepared once, kept under ``key``), its moving bindings
         taking rows of this run's sequences."""
         window = cache.get(key)

@@ -25,6 +25,12 @@ only for timesteps t with ``t mod K == j``; each copy of a tile is its own progr
 array (pcm), and the copies of one tile share its read-noise block, each taking the rows
 of the timesteps it serves (:meth:`~snuc.runtime.read_noise.NoiseStream.serving`).
 
+Inputs in pieces (:mod:`snuc.runtime.run_state`): a run given the state where a run over
+the previous piece stopped reads it where a run from the start reads zeros (each state's
+holder before the first timestep), serves its duplicated tiles' copies by global step and
+goes on with the read-noise streams; it ends by reading every state back from its holder
+(:mod:`snuc.runtime.sim_run`).
+
 Counts (:class:`SimStats`): the timing does not depend on the data, so cycles come from
 the timing simulation: a batch is B sequences streamed through the pipeline back to back
 (each starting from zero states), ``(B * T - 1) * cycles_per_timestep + latency`` cycles
@@ -41,6 +47,7 @@ precomputed slots; :mod:`snuc.runtime.sim_run` runs them, window by window.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -67,8 +74,9 @@ from snuc.runtime import sim_ops as ops
 from snuc.runtime.config import RunConfig, plan_run_config, run_config, run_target
 from snuc.runtime.interpreter import bind_inputs, sequence_extent
 from snuc.runtime.plan_tiles import TileChip, program_tiles
+from snuc.runtime.run_state import ChunkState, Resumption, RunState, graph_fingerprint
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
-from snuc.runtime.sim_run import Clock, Kit, Output, Run, batch_slice, join
+from snuc.runtime.sim_run import Clock, Held, Kit, Output, Run, batch_slice, held_states, join
 from snuc.runtime.sim_stats import COMPONENTS, SimStats, format_stats, run_stats
 from snuc.runtime.tile_read import Workspace
 
@@ -206,26 +214,37 @@ class SimPlan:
             chips = _chips_by_tile(graph, by_node)
         return cls(graph, program, config, spec, timing, chips)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The graph's fingerprint (a run state's identity), made once per plan."""
+        return graph_fingerprint(self.graph)
+
     def run(
         self,
         inputs: np.ndarray | Mapping[str, np.ndarray],
         config: RunConfig | None = None,
         *,
         progress: bool = False,
+        state: RunState | None = None,
+        return_state: bool = False,
         **options: Any,
-    ) -> dict[str, np.ndarray]:
+    ) -> Any:
         """Run sequences ``[T, B, ...]``; their statistics go to :attr:`last_stats`.
 
         Arguments and results are those of the NumPy backend's ``Plan.run``: the batch
         options of ``config`` (default: the plan's) with ``options`` replaced cut the
         batch into chunks (pcm's read noise is drawn per chunk, keyed also by the chunk's
-        first sequence ``batch_offset + lo``), ``progress`` shows a bar on stderr.
+        first sequence ``batch_offset + lo``), ``progress`` shows a bar on stderr,
+        ``state`` goes on from where a run over the previous piece of the sequences
+        stopped and ``return_state`` returns ``(outputs, state)``.
 
         Raises:
             SnucError: a missing, unknown or badly typed input, a bad ``batch_size`` or
-                ``batch_offset``, or a configuration that needs another plan.
+                ``batch_offset``, a configuration that needs another plan, or a state of
+                another run.
         """
-        return self.run_with_stats(inputs, config, progress=progress, **options)[0]
+        outputs, _, end = self._run(inputs, config, progress, state, return_state, options)
+        return (outputs, end) if return_state else outputs
 
     def run_with_stats(
         self,
@@ -236,6 +255,17 @@ class SimPlan:
         **options: Any,
     ) -> tuple[dict[str, np.ndarray], SimStats]:
         """:meth:`run`, returning the statistics beside the outputs."""
+        return self._run(inputs, config, progress, None, False, options)[:2]
+
+    def _run(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        config: RunConfig | None,
+        progress: bool,
+        state: RunState | None,
+        return_state: bool,
+        options: dict[str, Any],
+    ) -> tuple[dict[str, np.ndarray], SimStats, RunState | None]:
         from snuc.runtime.numpy_backend import batch_chunks, progress_bar
 
         config = plan_run_config(self.config, config, options)
@@ -244,14 +274,20 @@ class SimPlan:
         steps, batch = sequence_extent(self.graph, feeds)
         batched = any(self.graph.type_of(n).has_batch for n in feeds)
         chunks = batch_chunks(batch, batch_size, batched)
+        resume = Resumption.of_plan(self, config, batch, chunks, state, return_state)
         tally = [0] * len(self._layout.tallies)
         results = []
+        ended: dict[int, ChunkState] = {}
         with progress_bar(progress, len(chunks) * steps) as bar:
             for lo, hi in chunks:
                 chunk = {n: batch_slice(self.graph, n, a, lo, hi) for n, a in feeds.items()}
-                run = Run(self, chunk, steps, hi - lo if batched else 1, bar, batch_offset + lo)
+                size, offset = hi - lo if batched else 1, batch_offset + lo
+                start = resume.start(offset, size)
+                run = Run(self, chunk, steps, size, bar, offset, start, resume.step, return_state)
                 results.append(run.outputs())
                 tally = [a + b for a, b in zip(tally, run.tally, strict=True)]
+                if return_state:
+                    ended[offset] = run.ended
         outputs = results[0]
         if len(results) > 1:
             outputs = {v: join(self.graph, v, [r[v] for r in results]) for v in outputs}
@@ -259,7 +295,7 @@ class SimPlan:
             self._layout, self.program, self.timing, steps, batch if batched else 1, tally
         )
         self.last_stats = stats
-        return outputs, stats
+        return outputs, stats, resume.end(steps, ended) if return_state else None
 
 
 class SimulationError(RuntimeError):
@@ -362,6 +398,9 @@ class _Layout:
         duplicate: K: instructions tagged ``(K, j)`` run at timesteps t mod K = j only.
         tagged: by j, the ``static``, ``mvm_phases`` and ``mvm_rows`` of those
             instructions, per sequence and timestep they run at.
+        states: where each block's states are held, one :data:`~snuc.runtime.sim_run.Held`
+            per state declaration: the state at step t is the holder's value at step
+            ``t - distance`` (a run in pieces starts from them and ends in them).
     """
 
     ops: tuple[SimOp, ...]
@@ -377,6 +416,7 @@ class _Layout:
     tagged: Mapping[int, tuple[Mapping[str, tuple[int, float]], int, int]] = field(
         default_factory=dict
     )
+    states: tuple[Held, ...] = ()
 
 
 class _Compiler:
@@ -425,6 +465,7 @@ class _Compiler:
                 j: ({c: (a, e) for c, (a, e) in static.items()}, phases, rows)
                 for j, (static, (phases, rows)) in sorted(self.tagged.items())
             },
+            states=held_states(self.program),
         )
 
     def declare(self, block: Block) -> None:
@@ -740,7 +781,14 @@ class _Compiler:
             ref = next(d for d in declared if d[1:] == name)
             found = block.resolve(ref)
             result.append(
-                Output(name, found.kind, found.name, found.distance, self.graph.type_of(name))
+                Output(
+                    name,
+                    found.kind,
+                    found.name,
+                    found.distance,
+                    self.graph.type_of(name),
+                    block.unit,
+                )
             )
         return result
 

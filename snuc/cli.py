@@ -16,12 +16,16 @@ import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from snuc import __version__
 from snuc.ir.errors import SnucError
 from snuc.runtime.config import MODES, RunConfig
+
+if TYPE_CHECKING:
+    from snuc.runtime.run_state import RunState
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
@@ -152,6 +156,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=None, metavar="N")
     run.add_argument(
         "--diagnostics", action="store_true", help="per layer: spike rates, deviation from float"
+    )
+    run.add_argument(
+        "--state-in",
+        type=_path,
+        default=None,
+        metavar="STATE.npz",
+        help="go on from where the run that wrote this state stopped (input in pieces)",
+    )
+    run.add_argument(
+        "--state-out",
+        type=_path,
+        default=None,
+        metavar="STATE.npz",
+        help="write where this run stops, for --state-in of the next piece",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -309,10 +327,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"--diagnostics needs at least one timestep and one sequence; input file "
             f"{args.input} has shape {list(x.shape)}"
         )
+    state = _state_in(args)
     with _numerical_errors():
-        y = art.run(x, config, backend=args.backend, progress=sys.stderr.isatty())
+        y = art.run(
+            x,
+            config,
+            backend=args.backend,
+            progress=sys.stderr.isatty(),
+            state=state,
+            return_state=args.state_out is not None,
+        )
+    if args.state_out is not None:
+        y, end = y
     written = write_outputs(out, y)
     print(f"wrote {written}", file=sys.stderr)
+    if args.state_out is not None:
+        print(f"wrote {end.save(args.state_out)}", file=sys.stderr)
     _warn_non_finite(y)
     if args.backend == "sim":
         from snuc.runtime.simulator import format_stats
@@ -326,6 +356,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             rows = layer_diagnostics(art.graph, x, config, TargetSpec.from_dict(art.target))
         sys.stdout.write(format_diagnostics(rows, args.mode))
     return EXIT_OK
+
+
+def _state_in(args: argparse.Namespace) -> RunState | None:
+    """``snuc run``'s ``--state-in`` as a RunState (None without it), once the options
+    around it are checked: ``--state-out`` is an ``.npz`` in an existing directory (a run
+    is not wasted on a state it cannot write), ``--diagnostics`` runs from the start."""
+    from snuc.runtime.run_state import RunState
+
+    if args.state_out is not None:
+        state_out = Path(args.state_out)
+        if state_out.suffix != ".npz":
+            raise SnucError(f"--state-out {state_out} must be an .npz file")
+        if not state_out.parent.is_dir():
+            raise SnucError(
+                f"cannot write {state_out}: directory {state_out.parent} does not exist"
+            )
+    if args.state_in is None:
+        return None
+    if args.diagnostics:
+        raise SnucError(
+            "--diagnostics compares layers over a whole run from its start; it cannot go on "
+            "from --state-in"
+        )
+    return RunState.load(args.state_in)
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:
