@@ -14,6 +14,7 @@ the limit and, where raising it makes sense, how.
   linear scan before the recursive parsers of the standard library run (they raise
   RecursionError from about 1,000 levels; a real document has fewer than ten).
 * :func:`load_json`: ``json.loads`` behind those checks, every failure a SnucError.
+* :func:`read_toml`: a TOML file read and parsed behind them, every failure a SnucError.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 
 from snuc.ir.errors import SnucError
 
@@ -33,6 +36,7 @@ __all__ = [
     "check_tensor_bytes",
     "load_json",
     "max_tensor_bytes",
+    "read_toml",
 ]
 
 MAX_TENSOR_BYTES_ENV = "SNUC_MAX_TENSOR_BYTES"
@@ -125,6 +129,25 @@ def load_json(text: str | bytes, what: str) -> object:
         raise SnucError(f"{what} is not valid JSON ({err.msg}, line {err.lineno})") from None
     except ValueError as err:  # an integer beyond Python's digit limit
         raise SnucError(f"{what} holds a number snuc cannot read: {str(err)[:120]}") from None
+
+
+def read_toml(path: str | os.PathLike[str], what: str) -> dict:
+    """The table of the TOML file at ``path`` after :func:`check_nesting`.
+
+    Raises:
+        SnucError: a missing or unreadable file, invalid TOML, nesting too deep, or an
+            integer too long to convert; one line naming ``what``.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SnucError(f"cannot read {what}: {reason}") from None
+    check_nesting(text, what)
+    try:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: a too-long integer
+        raise SnucError(f"{what} is not valid TOML: {' '.join(str(exc).split())}") from None
 
 
 def _bytes_text(n: int) -> str:

@@ -184,39 +184,69 @@ def _build_parser() -> argparse.ArgumentParser:
     targets.set_defaults(handler=_cmd_targets)
 
     ev = sub.add_parser(
-        "eval", help="score a model on the paper's tasks across modes, drift times and chips"
+        "eval",
+        help="a study: score models on tasks across targets, mappings, modes, drift and chips",
     )
-    ev.add_argument("model", help="an ONNX model (compiled per target) or a .snuc artefact")
-    ev.add_argument("--task", required=True, help="jsb, mnist or ptb")
-    ev.add_argument("--split", default="test", help="test (default), valid (jsb, ptb) or train")
+    ev.add_argument(
+        "model", nargs="?", help="an ONNX model (compiled per target) or a .snuc artefact"
+    )
+    ev.add_argument(
+        "--spec", default=None, metavar="STUDY.toml", help="the study (options override it)"
+    )
+    ev.add_argument("--task", default=None, help="jsb, mnist, ptb or custom")
+    ev.add_argument("--split", default=None, help="test (default), valid (jsb, ptb) or train")
     ev.add_argument("--data-dir", default=None, metavar="DIR", help="default: $SNUC_DATA")
-    ev.add_argument("--modes", default="float,quantized,pcm", metavar="LIST", help="in run order")
+    ev.add_argument(
+        "--data", default=None, metavar="D.npz", help="custom: inputs, lengths, targets"
+    )
+    ev.add_argument(
+        "--metric",
+        default=None,
+        help="custom: accuracy-count, accuracy-last, nll, perplexity or mse",
+    )
+    ev.add_argument(
+        "--modes", default=None, metavar="LIST", help="in run order (default: all three)"
+    )
     ev.add_argument(
         "--t-inference",
-        default="1,3600,86400,31536000",
+        default=None,
         metavar="LIST",
-        help="pcm: seconds after programming (or with a unit: 1h, 1d, 1y)",
+        help="pcm: seconds after programming (or with a unit: 1h, 1d, 1y); default 1,1h,1d,1y",
     )
-    ev.add_argument("--seeds", default="0,1,2,3,4", metavar="LIST", help="pcm: simulated chips")
+    ev.add_argument("--seeds", default=None, metavar="LIST", help="pcm: simulated chips (0..4)")
     ev.add_argument(
         "--targets", default=None, metavar="LIST", help="default: pcm-256x256 or the artefact's"
     )
     ev.add_argument("--chips", type=int, default=None, help="chips available per target")
-    ev.add_argument("--drift-compensation", default="on,off", metavar="LIST", help="pcm: on, off")
+    ev.add_argument("--drift-compensation", default=None, metavar="LIST", help="pcm: on, off")
+    ev.add_argument("--placement", default=None, metavar="LIST", help="pack, spread")
+    ev.add_argument("--duplicate", default=None, metavar="LIST", help="copies of busy crossbars")
     ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="sequences per run")
     ev.add_argument(
         "--limit", type=int, default=None, metavar="N", help="first N chorales/images/tokens"
     )
     ev.add_argument("--csv", default=None, metavar="OUT.csv", help="every run and the means")
     ev.add_argument("--markdown", default=None, metavar="OUT.md", help="the means as a table")
-    ev.add_argument("--steps", type=int, default=20, help="mnist: rate-coding steps")
     ev.add_argument(
-        "--coding-seeds", default="0", metavar="LIST",
+        "--jsonl", default=None, metavar="OUT.jsonl", help="rows appended as they finish"
+    )
+    ev.add_argument("--parquet", default=None, metavar="OUT.parquet", help="every run (pyarrow)")
+    ev.add_argument("--pareto", default=None, metavar="OUT.png", help="Pareto plots (matplotlib)")
+    ev.add_argument(
+        "--cache", default=None, metavar="DIR", help="compiled artefacts by content hash"
+    )
+    ev.add_argument("--resume", action="store_true", help="skip the configurations --jsonl holds")
+    ev.add_argument("--workers", type=int, default=None, metavar="N", help="default: every core")
+    ev.add_argument("--executor", default="local", help="local (default), serial or ray")
+    ev.add_argument("--address", default=None, help="ray: the cluster (default: a local one)")
+    ev.add_argument("--steps", type=int, default=None, help="mnist: rate-coding steps (20)")
+    ev.add_argument(
+        "--coding-seeds", default=None, metavar="LIST",
         help="mnist: seeds of the rate coding; the mean pools codings and chips",
     )  # fmt: skip
-    ev.add_argument("--columns", type=int, default=10, help="ptb: columns of the token stream")
+    ev.add_argument("--columns", type=int, default=None, help="ptb: columns of the token stream")
     ev.add_argument(
-        "--backend", choices=["numpy", "sim"], default="numpy",
+        "--backend", choices=["numpy", "sim"], default=None,
         help="sim: the cycle-level simulator (same outputs; adds energy and time per step)",
     )  # fmt: skip
     ev.add_argument(
@@ -225,6 +255,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="report each configuration on stderr even when it is not a terminal",
     )
     ev.set_defaults(handler=_cmd_eval)
+
+    plot = sub.add_parser("plot-study", help="a study's means, its knobs and Pareto plots")
+    plot.add_argument("results", help="the study's results (JSON lines, snuc eval --jsonl)")
+    plot.add_argument("-o", "--output", default=None, metavar="OUT.png", help="Pareto plots")
+    plot.set_defaults(handler=_cmd_plot_study)
     return parser
 
 
@@ -442,37 +477,84 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from snuc import evaluate as ev
+    from snuc import study, study_views
+    from snuc.study_spec import load_study
 
-    writers = [(p, w) for p, w in ((args.csv, ev.to_csv), (args.markdown, ev.to_markdown)) if p]
-    for path, _ in writers:
-        ev.check_output_path(path)  # before the sweep, which may take hours, not after it
-    if len(writers) == 2 and Path(args.csv).resolve() == Path(args.markdown).resolve():
+    if args.csv and args.markdown and Path(args.csv).resolve() == Path(args.markdown).resolve():
         raise SnucError(
             f"--csv and --markdown both name {args.csv}; the table would replace the CSV, "
             "so give them different files"
         )
-    rows = ev.evaluate(
-        args.model,
-        args.task,
-        split=args.split,
-        data_dir=args.data_dir,
-        modes=ev.parse_modes(args.modes),
-        t_inference_s=ev.parse_times(args.t_inference),
-        seeds=ev.parse_seeds(args.seeds),
-        targets=None if args.targets is None else ev.parse_targets(args.targets),
-        chips=args.chips,
-        drift_compensation=ev.parse_compensation(args.drift_compensation),
-        batch_size=args.batch_size,
-        limit=args.limit,
-        steps=args.steps,
-        columns=args.columns,
-        coding_seeds=ev.parse_seeds(args.coding_seeds, "--coding-seeds"),
-        backend=args.backend,
+    spec = load_study(args.spec, _eval_overrides(args))
+    rows = study.run_study(
+        spec,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        resume=args.resume,
         progress=args.progress or sys.stderr.isatty(),
     )
     sys.stdout.write(ev.format_results(rows))
-    for path, render in writers:
-        print(f"wrote {ev.write_text_atomic(path, render(rows))}", file=sys.stderr)
+    if args.spec is not None:
+        sys.stdout.write("\n" + study_views.format_knobs(rows))
+    writers = {
+        "csv": lambda p: ev.write_text_atomic(p, ev.to_csv(rows)),
+        "markdown": lambda p: ev.write_text_atomic(p, ev.to_markdown(rows)),
+        "parquet": lambda p: study_views.write_parquet(rows, p),
+        "pareto": lambda p: study_views.plot_pareto(rows, p),
+    }
+    for kind, write in writers.items():
+        if kind in spec.outputs:
+            print(f"wrote {write(spec.outputs[kind])}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _eval_overrides(args: argparse.Namespace) -> dict:
+    """``snuc eval``'s options as spec keys (SPEC §12): the lists parsed and checked."""
+    from snuc import evaluate as ev
+
+    given = {
+        "models": None if args.model is None else [args.model],
+        "tasks": None if args.task is None else [args.task],
+        "split": args.split,
+        "data_dir": args.data_dir,
+        "data": args.data,
+        "metric": args.metric,
+        "limit": args.limit,
+        "steps": args.steps,
+        "columns": args.columns,
+        "backend": args.backend,
+        "chips": args.chips,
+        "batch_size": args.batch_size,
+        "modes": args.modes and ev.parse_modes(args.modes),
+        "t_inference": args.t_inference and ev.parse_times(args.t_inference),
+        "seeds": args.seeds and ev.parse_seeds(args.seeds),
+        "coding_seeds": args.coding_seeds and ev.parse_seeds(args.coding_seeds, "--coding-seeds"),
+        "drift_compensation": args.drift_compensation
+        and [c or "off" for c in ev.parse_compensation(args.drift_compensation)],
+        "placement": args.placement and ev.parse_targets(args.placement, "--placement"),
+        "duplicate": args.duplicate and ev.parse_seeds(args.duplicate, "--duplicate"),
+        "targets": args.targets and {"base": ev.parse_targets(args.targets)},
+    }
+    outputs = {
+        k: getattr(args, k) for k in ("jsonl", "csv", "markdown", "parquet", "pareto", "cache")
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if any(v is not None for v in outputs.values()):
+        overrides["output"] = {k: v for k, v in outputs.items() if v is not None}
+    return overrides
+
+
+def _cmd_plot_study(args: argparse.Namespace) -> int:
+    from snuc import evaluate as ev
+    from snuc import study_views
+
+    rows = study_views.read_rows(args.results)
+    if not rows:
+        raise SnucError(f"results file {args.results} holds no rows yet")
+    sys.stdout.write(ev.format_results(rows) + "\n" + study_views.format_knobs(rows))
+    if args.output is not None:
+        print(f"wrote {study_views.plot_pareto(rows, args.output)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -98,27 +98,43 @@ CSV_FIELDS = (
     "timestep_ns",
 )
 """Columns of :func:`to_csv`: ``kind`` is ``run`` (one row per seed, ``value`` the
-metric) or ``mean`` (one row per configuration, ``value`` the mean over seeds)."""
+metric) or ``mean`` (one row per configuration, ``value`` the mean over seeds). A study's
+rows add their own columns after these (:func:`extra_fields`)."""
+
+
+PER_RUN_FIELDS = ("seed", "coding_seed", "value", "count", "config_id")
+"""Row keys that differ between the runs :func:`aggregate` pools (and ``config_id``, a
+study row's key)."""
+
+_MEASURED = ("energy_nj_per_step", "timestep_ns")
+
+
+def extra_fields(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The keys of ``rows`` beyond :data:`RUN_FIELDS` (a study's axes and figures), in
+    order of first appearance."""
+    extra = {k: None for row in rows for k in row if k not in RUN_FIELDS}
+    return list(extra)
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over seeds of each configuration.
 
     Args:
-        rows: rows of :func:`snuc.evaluate.evaluate`.
+        rows: rows of :func:`snuc.evaluate.evaluate` or of a study (whose extra columns,
+            its axes, also tell configurations apart, and are kept).
 
     Returns:
-        One row per configuration (keys :data:`AGGREGATE_FIELDS`) in order of first
-        appearance; ``std`` is None with fewer than two seeds; ``count`` is the first
-        run's (every run of a configuration scores the same data).
+        One row per configuration (keys :data:`AGGREGATE_FIELDS`, then the extra
+        columns) in order of first appearance; ``std`` is None with fewer than two seeds;
+        ``count`` is the first run's (every run of a configuration scores the same data).
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    measured = ("energy_nj_per_step", "timestep_ns")
+    extras = [k for k in extra_fields(rows) if k not in PER_RUN_FIELDS]
     keys = [
-        k for k in AGGREGATE_FIELDS if k in RUN_FIELDS and k not in ("value", "count", *measured)
+        k for k in AGGREGATE_FIELDS if k in RUN_FIELDS and k not in ("value", "count", *_MEASURED)
     ]
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in keys + extras), []).append(row)
     result = []
     for group in groups.values():
         values = np.array([r["value"] for r in group], dtype=np.float64)
@@ -129,7 +145,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "std": float(values.std(ddof=1)) if len(values) > 1 else None,
                 "n_seeds": len(values),
                 "count": group[0]["count"],
-                **{k: _mean_or_none([r.get(k) for r in group]) for k in measured},
+                **{k: _mean_or_none([r.get(k) for r in group]) for k in _MEASURED},
+                **{k: group[0].get(k) for k in extras},
             }
         )
     return result
@@ -177,11 +194,14 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
     aggregated = aggregate(rows)
     metrics = {r["metric"] for r in aggregated}
     metric_header = _label(next(iter(metrics))) if len(metrics) == 1 else "metric"
-    header = ["task", "target", "mode", "t_inference", "compensation", metric_header, "seeds"]
+    axes = varying_axes(aggregated)
+    header = ["task", "target", *axes, "mode", "t_inference", "compensation", metric_header]
+    header.append("seeds")
     cells = [
         [
             r["task"],
             r["target"],
+            *(_cell(r[a]) for a in axes),
             r["mode"],
             format_duration(r["t_inference_s"]),
             r["drift_compensation"] or "-",
@@ -195,6 +215,23 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
         for row, r in zip(cells, aggregated, strict=True):
             row += [_optional(r["energy_nj_per_step"], ".2f"), _optional(r["timestep_ns"], ".0f")]
     return header, cells
+
+
+AXIS_FIELDS = ("model", "placement", "duplicate", "batch_size")
+"""Study columns that are axes whatever the spec (target keys swept are axes too)."""
+_FIGURES = ("crossbars", "est_energy_nj_per_step", "est_timestep_ns")
+
+
+def varying_axes(aggregated: Sequence[dict[str, Any]]) -> list[str]:
+    """The study columns of aggregated rows that take more than one value: axes shown in
+    tables (the compiler's figures follow from them and are left out)."""
+    skip = (*PER_RUN_FIELDS, *_FIGURES, *AGGREGATE_FIELDS)
+    candidates = [k for k in extra_fields(aggregated) if k not in skip]
+    return [k for k in ["model", *candidates] if len({_cell(r.get(k)) for r in aggregated}) > 1]
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _optional(value: float | None, spec: str) -> str:
@@ -224,21 +261,23 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
     Columns are :data:`CSV_FIELDS`; None is an empty cell; floats keep full precision.
     """
+    fields = [*CSV_FIELDS, *extra_fields(rows)]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(_csv_row({**row, "kind": "run", "std": None, "n_seeds": 1}))
+        writer.writerow(_csv_row({**row, "kind": "run", "std": None, "n_seeds": 1}, fields))
     for row in aggregate(rows):
-        writer.writerow(_csv_row({**row, "kind": "mean", "seed": None, "value": row["mean"]}))
+        mean = {**row, "kind": "mean", "seed": None, "value": row["mean"]}
+        writer.writerow(_csv_row(mean, fields))
     return out.getvalue()
 
 
-def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+def _csv_row(row: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
     row = {**row, "t_inference": format_duration(row["t_inference_s"])}
     if row["t_inference_s"] is None:
         row["t_inference"] = None
-    return {k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS}
+    return {k: "" if row.get(k) is None else row[k] for k in fields}
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:

@@ -15,6 +15,9 @@ Tasks and metrics (the data come from :mod:`snuc.datasets`):
   with) with a generator seeded by ``coding_seed`` alone, image after image, so the
   spikes are the same for every chip, mode and batch size, and ``limit`` keeps a prefix
   of them; the class is the argmax of the outputs summed over time.
+* **custom** -- any data set, an ``.npz`` of ``inputs``, ``lengths`` and ``targets``
+  (:func:`custom_task`, :func:`read_custom_data`), scored by one of
+  :data:`CUSTOM_METRICS` or a callable over the chunks' :class:`Batch` es.
 * **ptb** -- perplexity, ``exp`` of the mean NLL over every predicted token. The split's
   token stream is cut into ``columns`` contiguous columns (:func:`~snuc.datasets.batchify`)
   and **each column runs whole, as one sequence from the zero state**: a compiled model's
@@ -29,7 +32,7 @@ Tasks and metrics (the data come from :mod:`snuc.datasets`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +103,8 @@ class Task:
         finish: ``finish(sum, count)`` the metric.
         coded: whether the inputs are a random coding of the data (MNIST's rate coding),
             so that a score depends on the coding seed (``snuc eval --coding-seeds``).
+        reduce: the custom task's metric callable, ``reduce(batches) -> float`` over an
+            iterable of :class:`Batch` (then ``score`` and ``finish`` are unused); None.
     """
 
     name: str
@@ -114,6 +119,7 @@ class Task:
     score: Callable[[np.ndarray, Piece], tuple[float, int]]
     finish: Callable[[float, int], float]
     coded: bool = False
+    reduce: Callable[[Iterable[Batch]], float] | None = None
 
 
 def _single_io(art: Artefact, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -352,3 +358,251 @@ TASKS: dict[str, Task] = {
     ),
 }
 """The paper's tasks by name (SPEC §11)."""
+
+
+# Custom data sets ----------------------------------------------------------------------
+# ``--task custom --data D.npz --metric M``: any data set as three arrays (SPEC §12).
+
+CUSTOM_METRICS = ("accuracy-count", "accuracy-last", "nll", "perplexity", "mse")
+"""Metrics of the custom task: accuracy (%) from the outputs summed over each sequence's
+steps or from its last step, the mean NLL of log-probability outputs, its ``exp``, and the
+mean squared error."""
+
+_LOWER_IS_BETTER = ("nll", "perplexity", "mse")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One chunk of a custom data set with the model's outputs on it, what a metric
+    callable (``evaluate(..., metric=callable)``) receives, chunk after chunk.
+
+    Attributes:
+        outputs: the model's outputs ``[T, b, ...]``.
+        targets: the chunk's targets: ``[b]`` labels or ``[T, b, ...]`` per step.
+        lengths: ``[b]`` steps of each sequence (steps past it are padding).
+    """
+
+    outputs: np.ndarray
+    targets: np.ndarray
+    lengths: np.ndarray
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (NLL, perplexity, MSE)."""
+    return metric in _LOWER_IS_BETTER
+
+
+def read_custom_data(path: Any) -> dict[str, np.ndarray]:
+    """The ``inputs``, ``lengths`` and ``targets`` of a custom task's ``.npz``, checked.
+
+    ``inputs`` is ``[T, N, F...]`` (float) or token ids ``[T, N]`` (integers); ``lengths``
+    ``[N]`` integers in 1..T; ``targets`` ``[N, ...]`` (one per sequence, scored at its last
+    step, or its spike counts) or ``[T, N, ...]`` (one per step).
+
+    Raises:
+        SnucError: a missing or unreadable file, a missing array, wrong shapes; one line.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise SnucError(f"custom data {path} does not exist or is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("inputs", "lengths", "targets") if k not in archive.files]
+            if missing:
+                raise SnucError(
+                    f"custom data {path} has no array {missing[0]!r}; it needs inputs "
+                    f"[T, N, F] (or token ids [T, N]), lengths [N] and targets [N] or [T, N, ...]"
+                )
+            arrays = {k: archive[k] for k in ("inputs", "lengths", "targets")}
+    except (OSError, ValueError, EOFError) as exc:
+        raise SnucError(f"custom data {path} is not a readable .npz of arrays ({exc})") from None
+    _check_custom_shapes(arrays, str(path))
+    return arrays
+
+
+def _check_custom_shapes(arrays: dict[str, np.ndarray], where: str) -> None:
+    x, lengths, targets = arrays["inputs"], arrays["lengths"], arrays["targets"]
+    if x.ndim < 2 or 0 in x.shape[:2]:
+        raise SnucError(
+            f"custom data {where}: inputs must be [T, N, ...] with T, N >= 1, got {x.shape}"
+        )
+    steps, count = x.shape[:2]
+    if x.ndim == 2 and not np.issubdtype(x.dtype, np.integer):
+        raise SnucError(
+            f"custom data {where}: inputs [T, N] must be integer token ids, got {x.dtype}"
+        )
+    if x.ndim > 2 and not np.issubdtype(x.dtype, np.number):
+        raise SnucError(f"custom data {where}: inputs must be numbers, got {x.dtype}")
+    if lengths.shape != (count,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise SnucError(
+            f"custom data {where}: lengths must be {count} integers (one per sequence), got "
+            f"{lengths.dtype} {list(lengths.shape)}"
+        )
+    if lengths.min() < 1 or lengths.max() > steps:
+        raise SnucError(
+            f"custom data {where}: lengths must lie in 1..{steps} (the steps of inputs)"
+        )
+    per_step = targets.ndim >= 2 and targets.shape[:2] == (steps, count)
+    if not per_step and (targets.ndim < 1 or targets.shape[0] != count):
+        raise SnucError(
+            f"custom data {where}: targets must be [N] or [T, N, ...] with N = {count} and "
+            f"T = {steps}, got {list(targets.shape)}"
+        )
+
+
+def custom_task(data: Any, metric: str | Callable[..., float]) -> Task:
+    """The custom task on ``data`` (an ``.npz`` path, or the dict :func:`read_custom_data`
+    gives) scored by ``metric``: a name of :data:`CUSTOM_METRICS`, or a callable taking an
+    iterable of :class:`Batch` (one per chunk, as they run) and returning the metric.
+
+    Raises:
+        SnucError: bad data, an unknown metric, targets that do not suit the metric.
+    """
+    arrays = data if isinstance(data, dict) else read_custom_data(data)
+    if callable(metric):
+        name, score, finish = getattr(metric, "__name__", "custom"), _no_score, _no_finish
+    elif metric in CUSTOM_METRICS:
+        name = metric
+        score, finish = _CUSTOM_SCORES[metric], _CUSTOM_FINISH[metric]
+        _check_metric_targets(metric, arrays["targets"], arrays["inputs"].shape[:2])
+    else:
+        raise SnucError(f"unknown metric {metric!r}; expected one of {', '.join(CUSTOM_METRICS)}")
+    return Task(
+        name="custom",
+        metric=name,
+        label=name,
+        digits=4,
+        splits=("test",),
+        loader=lambda split, data_dir: arrays,
+        check=_check_custom_model,
+        prepare=_prepare_custom,
+        feed=_feed_custom,
+        score=score,
+        finish=finish,
+        reduce=metric if callable(metric) else None,
+    )
+
+
+def _check_metric_targets(metric: str, targets: np.ndarray, steps_count: tuple[int, int]) -> None:
+    per_step = targets.ndim >= 2 and targets.shape[:2] == steps_count
+    integer = np.issubdtype(targets.dtype, np.integer)
+    if metric.startswith("accuracy") and (per_step or targets.ndim != 1 or not integer):
+        raise SnucError(
+            f"metric {metric} needs integer labels targets [N], got {targets.dtype} "
+            f"{list(targets.shape)}"
+        )
+    if metric in ("nll", "perplexity") and (not integer or targets.ndim != (2 if per_step else 1)):
+        raise SnucError(
+            f"metric {metric} needs integer class targets [N] or [T, N] (the outputs are "
+            f"log-probabilities), got {targets.dtype} {list(targets.shape)}"
+        )
+    if metric == "mse" and not np.issubdtype(targets.dtype, np.number):
+        raise SnucError(f"metric mse needs numeric targets, got {targets.dtype}")
+
+
+def _check_custom_model(art: Artefact) -> None:
+    _single_io(art, "custom")
+    _features(art.inputs[0], "input", "custom")
+    _features(art.outputs[0], "output", "custom")
+
+
+def _prepare_custom(
+    data: dict[str, np.ndarray], art: Artefact, options: TaskOptions
+) -> list[Piece]:
+    x, lengths, targets = data["inputs"], data["lengths"], data["targets"]
+    count = _limited(x.shape[1], options)
+    want = art.inputs[0]["shape"][2:]
+    if list(x.shape[2:]) != want:
+        raise SnucError(
+            f"the model's input is [T, B{''.join(f', {d}' for d in want)}] but the custom "
+            f"inputs are {list(x.shape)}"
+        )
+    per_step = targets.ndim >= 2 and targets.shape[:2] == x.shape[:2]
+    chunk = _auto_batch(options, x.shape[0], math.prod(x.shape[2:]) + 1, count)
+    pieces = []
+    for lo in range(0, count, chunk):
+        hi = min(lo + chunk, count)
+        truth = targets[:, lo:hi] if per_step else targets[lo:hi]
+        pieces.append(Piece(x[:, lo:hi], Batch(np.empty(0), truth, lengths[lo:hi])))
+    return pieces
+
+
+def _feed_custom(piece: Piece, art: Artefact) -> np.ndarray:
+    return piece.x.astype(np.dtype(art.inputs[0]["dtype"]), copy=False)
+
+
+def _valid_steps(lengths: np.ndarray, steps: int) -> np.ndarray:
+    """``[T, b]`` True where step t lies within sequence b's length."""
+    return np.arange(steps)[:, None] < lengths[None, :]
+
+
+def _last_step(outputs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    return outputs[lengths - 1, np.arange(len(lengths))]
+
+
+def _score_count(outputs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    valid = _valid_steps(piece.truth.lengths, outputs.shape[0])
+    counts = np.where(valid[..., None], outputs.reshape(*outputs.shape[:2], -1), 0).sum(axis=0)
+    return float(np.sum(np.argmax(counts, axis=-1) == piece.truth.targets)), len(valid[0])
+
+
+def _score_last(outputs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    last = _last_step(outputs, piece.truth.lengths).reshape(len(piece.truth.lengths), -1)
+    return float(np.sum(np.argmax(last, axis=-1) == piece.truth.targets)), len(last)
+
+
+def _score_nll(outputs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    targets, lengths = piece.truth.targets, piece.truth.lengths
+    if targets.ndim == 1:
+        last = _last_step(outputs, lengths)
+        return -float(np.sum(last[np.arange(len(targets)), targets])), len(targets)
+    picked = np.take_along_axis(outputs, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+    valid = _valid_steps(lengths, outputs.shape[0])
+    return -float(np.sum(picked[valid])), int(valid.sum())
+
+
+def _score_mse(outputs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    targets, lengths = piece.truth.targets, piece.truth.lengths
+    per_step = targets.ndim >= 2 and targets.shape[:2] == outputs.shape[:2]
+    got = outputs if per_step else _last_step(outputs, lengths)
+    if got.shape != targets.shape:
+        raise SnucError(
+            f"metric mse compares outputs {list(got.shape)} with targets {list(targets.shape)}; "
+            "they must have the same shape"
+        )
+    error = np.square(got.astype(np.float64) - targets)
+    if not per_step:
+        return float(error.sum()), int(error.size)
+    valid = _valid_steps(lengths, outputs.shape[0])
+    features = error[0, 0].size
+    return float(error[valid].sum()), int(valid.sum()) * features
+
+
+def _finish_mean(total: float, count: int) -> float:
+    return total / count
+
+
+def _no_score(outputs: np.ndarray, piece: Piece) -> tuple[float, int]:
+    raise AssertionError("a metric callable scores the batches itself")
+
+
+def _no_finish(total: float, count: int) -> float:
+    raise AssertionError("a metric callable scores the batches itself")
+
+
+_CUSTOM_SCORES = {
+    "accuracy-count": _score_count,
+    "accuracy-last": _score_last,
+    "nll": _score_nll,
+    "perplexity": _score_nll,
+    "mse": _score_mse,
+}
+_CUSTOM_FINISH = {
+    "accuracy-count": _finish_accuracy,
+    "accuracy-last": _finish_accuracy,
+    "nll": _finish_mean,
+    "perplexity": _finish_perplexity,
+    "mse": _finish_mean,
+}

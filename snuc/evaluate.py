@@ -25,7 +25,9 @@ study. The default (:data:`CHUNK_BYTES`) runs each of the paper's test splits wh
 smaller ``batch_size`` uses less memory.
 
 The tasks are in :mod:`snuc.eval_tasks`; the results and their forms in
-:mod:`snuc.eval_results` (re-exported here).
+:mod:`snuc.eval_results` (re-exported here). ``snuc eval`` itself runs a study
+(:mod:`snuc.study`, SPEC §12: a grid over models, targets and mappings on worker
+processes or Ray), which scores each configuration with the functions here.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,16 @@ from snuc.eval_results import (
     to_markdown,
     write_text_atomic,
 )
-from snuc.eval_tasks import CHUNK_BYTES, TASKS, Piece, Task, TaskOptions
+from snuc.eval_tasks import (
+    CHUNK_BYTES,
+    CUSTOM_METRICS,
+    TASKS,
+    Batch,
+    Piece,
+    Task,
+    TaskOptions,
+    custom_task,
+)
 from snuc.ir.errors import SnucError
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec
 from snuc.runtime.artefact import BACKENDS, Artefact
@@ -90,7 +102,9 @@ __all__ = [
     "parse_modes",
     "parse_seeds",
     "parse_targets",
+    "parse_time",
     "parse_times",
+    "resolve_task",
     "to_csv",
     "to_markdown",
     "write_text_atomic",
@@ -127,7 +141,7 @@ _COMPENSATION_NAMES: dict[str, str | None] = {
 # --------------------------------------------------------------------------- the sweep
 
 
-def _configs(
+def sweep_configs(
     modes: Sequence[str],
     seeds: Sequence[int],
     times_s: Sequence[float],
@@ -149,24 +163,24 @@ def _configs(
     return configs
 
 
-def _chip_fields(config: RunConfig) -> dict[str, Any]:
+def chip_fields(config: RunConfig) -> dict[str, Any]:
     """The row fields of a configuration's chip: None in the deterministic modes."""
     if config.mode in DETERMINISTIC_MODES:
         return {"t_inference_s": None, "drift_compensation": None, "seed": None}
     return {
         "t_inference_s": config.t_inference_s,
-        "drift_compensation": _compensation_text(config.drift_compensation),
+        "drift_compensation": compensation_text(config.drift_compensation),
         "seed": config.seed,
     }
 
 
-def _describe(config: RunConfig) -> str:
+def describe_config(config: RunConfig) -> str:
     """A configuration in a progress line."""
     if config.mode in DETERMINISTIC_MODES:
         return config.mode
     return (
         f"pcm t={format_duration(config.t_inference_s)} "
-        f"compensation={_compensation_text(config.drift_compensation)} seed={config.seed}"
+        f"compensation={compensation_text(config.drift_compensation)} seed={config.seed}"
     )
 
 
@@ -190,6 +204,8 @@ def evaluate(
     backend: str = "numpy",
     loader: Callable[[str, Any], Any] | None = None,
     progress: bool = False,
+    data: str | os.PathLike[str] | dict[str, np.ndarray] | None = None,
+    metric: str | Callable[[Iterable[Batch]], float] | None = None,
 ) -> list[dict[str, Any]]:
     """Score a model on one of the paper's tasks for every configuration of a sweep.
 
@@ -203,7 +219,8 @@ def evaluate(
     Args:
         model: an ONNX file (compiled once per target), a ``.snuc`` artefact path (a
             directory, or a ``.snuc`` / ``.zip`` file), or an :class:`Artefact`.
-        task: ``"jsb"``, ``"mnist"`` or ``"ptb"`` (:mod:`snuc.eval_tasks` gives the metrics).
+        task: ``"jsb"``, ``"mnist"``, ``"ptb"`` (:mod:`snuc.eval_tasks` gives the metrics)
+            or ``"custom"`` (with ``data`` and ``metric``).
         split: the data split scored (``"test"`` by default; ``"valid"`` for jsb and ptb).
         data_dir: the data directory (see :func:`snuc.datasets.resolve_data_dir`).
         modes: any of ``"float"``, ``"quantized"``, ``"pcm"``, in the order to run.
@@ -227,6 +244,11 @@ def evaluate(
             :mod:`snuc.datasets` returns: JSB rolls, MNIST ``(images, labels)``, PTB ids.
         progress: report each configuration on stderr: a tqdm bar when stderr is a
             terminal (and tqdm is installed), otherwise one line per configuration.
+        data: custom only: an ``.npz`` path (or its arrays by name) of ``inputs``,
+            ``lengths`` and ``targets`` (:func:`snuc.eval_tasks.read_custom_data`).
+        metric: custom only: one of :data:`~snuc.eval_tasks.CUSTOM_METRICS`, or a
+            callable over an iterable of :class:`~snuc.eval_tasks.Batch` (one per chunk,
+            outputs included) returning the metric.
 
     Returns:
         One row per run (keys :data:`RUN_FIELDS`), in run order: per target, the
@@ -237,39 +259,39 @@ def evaluate(
         SnucError: a bad task, split, option or list; a model that does not fit the task
             or its targets; missing or corrupt data; any compile or run error. One line.
     """
-    spec = _task(task)
-    _check_split(spec, split)
+    spec = resolve_task(task, data, metric)
+    check_split(spec, split)
     if backend not in BACKENDS:
         raise SnucError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    modes = _checked_modes(_as_list(modes))
-    times = _checked_times(_as_list(t_inference_s)) if "pcm" in modes else ()
-    seed_list = _checked_seeds(_as_list(seeds)) if "pcm" in modes else ()
-    compensations = _checked_compensations(_as_list(drift_compensation)) if "pcm" in modes else ()
+    modes = checked_modes(_as_list(modes))
+    times = checked_times(_as_list(t_inference_s)) if "pcm" in modes else ()
+    seed_list = checked_seeds(_as_list(seeds)) if "pcm" in modes else ()
+    compensations = checked_compensations(_as_list(drift_compensation)) if "pcm" in modes else ()
     options = TaskOptions(
         batch_size=None if batch_size is None else int(check_batch_size(batch_size)),
         limit=_optional_positive(limit, "limit"),
-        steps=_positive(steps, "steps"),
-        columns=_positive(columns, "columns"),
+        steps=positive(steps, "steps"),
+        columns=positive(columns, "columns"),
         coding_seed=0,
     )
-    codings = _checked_seeds(_as_list(coding_seeds), "coding seed")
+    codings = checked_seeds(_as_list(coding_seeds), "coding seed")
     if not spec.coded and codings != (0,):
         raise SnucError(
             f"coding seeds apply to tasks with coded inputs (mnist); {spec.name}'s inputs "
             f"are its data"
         )
-    artefacts = _artefacts(model, None if targets is None else _as_list(targets), chips)
-    configs = _configs(modes, seed_list, times, compensations)
-    data = (loader or spec.loader)(split, data_dir)
+    artefacts = artefact_getters(model, None if targets is None else _as_list(targets), chips)
+    configs = sweep_configs(modes, seed_list, times, compensations)
+    loaded = (loader or spec.loader)(split, data_dir)
 
     rows: list[dict[str, Any]] = []
     total = len(artefacts) * len(codings) * len(configs)
-    with _reporter(progress, total) as report:
+    with reporter(progress, total) as report:
         for target_name, get_artefact in artefacts:
             art = get_artefact()
             spec.check(art)
             for coding in codings:
-                pieces = spec.prepare(data, art, dataclasses.replace(options, coding_seed=coding))
+                pieces = spec.prepare(loaded, art, dataclasses.replace(options, coding_seed=coding))
                 fields = {
                     "split": split,
                     "model": art.source or _model_name(model),
@@ -294,55 +316,80 @@ def _score_configs(
     (``coding``: its seed, None for a task whose inputs are not coded)."""
     rows = []
     for config in configs:
-        value, count, measured = _score(art, spec, pieces, config, backend)
-        row = {
-            "task": spec.name,
-            **fields,
-            "backend": backend,
-            "mode": config.mode,
-            **_chip_fields(config),
-            "coding_seed": coding,
-            "metric": spec.metric,
-            "value": value,
-            "count": count,
-            **measured,
-        }
-        rows.append({key: row[key] for key in RUN_FIELDS})
+        scored = score_pieces(art, spec, pieces, config, backend)
+        rows.append(run_row(spec, fields, backend, config, coding, scored))
         coded = "" if coding is None else f" coding={coding}"
         report(
-            f"{spec.name} {fields['target']} {_describe(config)}{coded}: "
-            f"{spec.metric} {value:.{spec.digits + 1}f}"
+            f"{spec.name} {fields['target']} {describe_config(config)}{coded}: "
+            f"{spec.metric} {scored[0]:.{spec.digits + 1}f}"
         )
     return rows
 
 
-def _score(
+def run_row(
+    task: Task,
+    fields: dict[str, Any],
+    backend: str,
+    config: RunConfig,
+    coding: int | None,
+    scored: tuple[float, int, dict[str, float | None]],
+) -> dict[str, Any]:
+    """A run's row (keys :data:`RUN_FIELDS`): ``fields`` gives split, model and target;
+    ``scored`` is what :func:`score_pieces` returned."""
+    value, count, measured = scored
+    row = {
+        "task": task.name,
+        **fields,
+        "backend": backend,
+        "mode": config.mode,
+        **chip_fields(config),
+        "coding_seed": coding,
+        "metric": task.metric,
+        "value": value,
+        "count": count,
+        **measured,
+    }
+    return {key: row[key] for key in RUN_FIELDS}
+
+
+def score_pieces(
     art: Artefact, task: Task, pieces: list[Piece], config: RunConfig, backend: str = "numpy"
 ) -> tuple[float, int, dict[str, float | None]]:
-    """One configuration's metric: every chunk run on the same plan, the scores pooled;
-    and, on the simulator, its energy and time per step (the ``RUN_FIELDS`` they fill)."""
-    total, count = 0.0, 0
-    first = 0  # the piece's first sequence: keys its read noise apart from the others'
-    energy_pj, steps, timestep_ns = 0.0, 0, None
-    for piece in pieces:
-        chunk = dataclasses.replace(config, batch_offset=first)
-        outputs = art.run(task.feed(piece, art), chunk, backend=backend)
-        first += piece.x.shape[1]
-        if backend == "sim":
-            stats = art.last_stats
-            energy_pj += stats.energy_pj
-            steps += stats.sequences * stats.timesteps
-            timestep_ns = stats.cycles_per_timestep / stats.clock_ghz
-        part, n = task.score(outputs, piece)
-        total, count = total + part, count + n
+    """One configuration's metric: every chunk run on the same plan, the scores pooled
+    (or, for a metric callable, handed the chunks' :class:`Batch` es as they run); and, on
+    the simulator, its energy and time per step (the ``RUN_FIELDS`` they fill)."""
+    energy = {"pj": 0.0, "steps": 0, "timestep_ns": None}
+
+    def outputs() -> Iterator[tuple[Piece, np.ndarray]]:
+        first = 0  # the piece's first sequence: keys its read noise apart from the others'
+        for piece in pieces:
+            chunk = dataclasses.replace(config, batch_offset=first)
+            out = art.run(task.feed(piece, art), chunk, backend=backend)
+            first += piece.x.shape[1]
+            if backend == "sim":
+                stats = art.last_stats
+                energy["pj"] += stats.energy_pj
+                energy["steps"] += stats.sequences * stats.timesteps
+                energy["timestep_ns"] = stats.cycles_per_timestep / stats.clock_ghz
+            yield piece, out
+
+    if task.reduce is not None:
+        batches = (dataclasses.replace(p.truth, outputs=out) for p, out in outputs())
+        value, count = float(task.reduce(batches)), sum(p.x.shape[1] for p in pieces)
+    else:
+        total, count = 0.0, 0
+        for piece, out in outputs():
+            part, n = task.score(out, piece)
+            total, count = total + part, count + n
+        value = task.finish(total, count)
     measured = {
-        "energy_nj_per_step": energy_pj / steps / 1e3 if steps else None,
-        "timestep_ns": timestep_ns,
+        "energy_nj_per_step": energy["pj"] / energy["steps"] / 1e3 if energy["steps"] else None,
+        "timestep_ns": energy["timestep_ns"],
     }
-    return task.finish(total, count), count, measured
+    return value, count, measured
 
 
-def _artefacts(
+def artefact_getters(
     model: str | os.PathLike[str] | Artefact,
     targets: Sequence[str | os.PathLike[str] | TargetSpec] | None,
     chips: int | None,
@@ -351,10 +398,10 @@ def _artefacts(
     from snuc.driver import compile_model, resolve_target
 
     if chips is not None:
-        _positive(chips, "chips")
+        positive(chips, "chips")
     if targets is not None and len(targets) == 0:
         raise SnucError("the list of targets is empty; name at least one, e.g. pcm-256x256")
-    if isinstance(model, Artefact) or _is_artefact_path(model):
+    if isinstance(model, Artefact) or is_artefact_path(model):
         art = model if isinstance(model, Artefact) else load_artefact(model)
         for given in targets or [None]:
             if given is None and chips is None:
@@ -372,11 +419,11 @@ def _artefacts(
     specs = [resolve_target(t, chips) for t in (targets or [DEFAULT_TARGET])]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise SnucError(f"target {_first_duplicate(names)} is listed twice; list each once")
+        raise SnucError(f"target {first_duplicate(names)} is listed twice; list each once")
     return [(s.name, lambda s=s: compile_model(model, s)) for s in specs]
 
 
-def _is_artefact_path(model: str | os.PathLike[str]) -> bool:
+def is_artefact_path(model: str | os.PathLike[str]) -> bool:
     path = Path(model)
     return path.is_dir() or path.suffix in (".snuc", ".zip")
 
@@ -386,8 +433,10 @@ def _model_name(model: str | os.PathLike[str] | Artefact) -> str:
 
 
 @contextlib.contextmanager
-def _reporter(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    """``report(line)`` after each configuration: a tqdm bar on a terminal, else lines."""
+def reporter(enabled: bool, total: int, done: int = 0) -> Iterator[Callable[[str], None]]:
+    """``report(line)`` after each configuration: a tqdm bar (rate, ETA) on a terminal,
+    else one line per configuration with its rate and ETA; ``done`` configurations are
+    already finished (a resumed study)."""
     if not enabled:
         yield lambda line: None
         return
@@ -396,13 +445,9 @@ def _reporter(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
         with contextlib.suppress(ImportError):
             from tqdm import tqdm
 
-            bar = tqdm(total=total, file=sys.stderr, unit="config", desc="snuc eval")
+            bar = tqdm(total=total, initial=done, file=sys.stderr, unit="config", desc="snuc eval")
     if bar is None:
-        done = iter(range(1, total + 1))
-        width = len(str(total))
-        yield lambda line: print(
-            f"snuc eval [{next(done):>{width}}/{total}] {line}", file=sys.stderr, flush=True
-        )
+        yield _line_reporter(total, done)
         return
     with bar:
 
@@ -411,6 +456,23 @@ def _reporter(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
             bar.update(1)
 
         yield advance
+
+
+def _line_reporter(total: int, done: int) -> Callable[[str], None]:
+    """One line per configuration: ``snuc eval [ i/N] 1.2 config/min, ETA 3 min: ...``."""
+    width, start, count = len(str(total)), time.monotonic(), iter(range(done + 1, total + 1))
+
+    def report(line: str) -> None:
+        index = next(count)
+        per_s = (index - done) / max(time.monotonic() - start, 1e-9)
+        eta = format_duration((total - index) / per_s) if per_s > 0 else "-"
+        print(
+            f"snuc eval [{index:>{width}}/{total}] {60 * per_s:.3g} config/min, ETA {eta}: {line}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
 
 
 # --------------------------------------------------------------------------- validation
@@ -423,46 +485,65 @@ def _as_list(values: Any) -> list[Any]:
     return list(values)
 
 
-def _task(name: str) -> Task:
+def resolve_task(
+    name: str,
+    data: str | os.PathLike[str] | dict[str, np.ndarray] | None = None,
+    metric: str | Callable[[Iterable[Batch]], float] | None = None,
+) -> Task:
+    """The task ``name``; ``custom`` on ``data`` scored by ``metric`` (both required there,
+    refused elsewhere).
+
+    Raises:
+        SnucError: an unknown task, custom without data or metric, bad custom data.
+    """
+    if name == "custom":
+        if data is None or metric is None:
+            raise SnucError(
+                "the custom task needs --data D.npz and --metric (one of "
+                f"{', '.join(CUSTOM_METRICS)})"
+            )
+        return custom_task(data, metric)
     if name not in TASKS:
-        raise SnucError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+        raise SnucError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}, custom")
+    if data is not None or metric is not None:
+        raise SnucError(f"--data and --metric belong to the custom task, not to {name}")
     return TASKS[name]
 
 
-def _check_split(task: Task, split: str) -> None:
+def check_split(task: Task, split: str) -> None:
     if split not in task.splits:
         raise SnucError(
             f"the {task.name} task has no split {split!r}; expected one of {', '.join(task.splits)}"
         )
 
 
-def _checked_modes(modes: Sequence[str]) -> tuple[str, ...]:
+def checked_modes(modes: Sequence[str]) -> tuple[str, ...]:
     modes = tuple(modes)
     if not modes:
         raise SnucError(f"the list of modes is empty; name some of {', '.join(MODES)}")
     for mode in modes:
         check_mode(mode)
-    _no_duplicates(modes, "mode")
+    no_duplicates(modes, "mode")
     return modes
 
 
-def _checked_times(times: Sequence[float]) -> tuple[float, ...]:
+def checked_times(times: Sequence[float]) -> tuple[float, ...]:
     checked = [float(check_t_inference_s(t)) for t in times]
     if not checked:
         raise SnucError("the list of t_inference times is empty; give at least one")
-    _no_duplicates(checked, "t_inference")
+    no_duplicates(checked, "t_inference")
     return tuple(checked)
 
 
-def _checked_seeds(seeds: Sequence[int], what: str = "seed") -> tuple[int, ...]:
+def checked_seeds(seeds: Sequence[int], what: str = "seed") -> tuple[int, ...]:
     checked = tuple(int(check_seed(s)) for s in seeds)
     if not checked:
         raise SnucError(f"the list of {what}s is empty; give at least one")
-    _no_duplicates(checked, what)
+    no_duplicates(checked, what)
     return checked
 
 
-def _checked_compensations(values: Sequence[bool | str | None]) -> tuple[str | None, ...]:
+def checked_compensations(values: Sequence[bool | str | None]) -> tuple[str | None, ...]:
     checked = []
     for value in values:
         if value is True:
@@ -475,20 +556,20 @@ def _checked_compensations(values: Sequence[bool | str | None]) -> tuple[str | N
             raise SnucError(f"drift compensation {value!r} is not one of on, off, global, column")
     if not checked:
         raise SnucError("the list of drift compensations is empty; give on, off or both")
-    _no_duplicates([_compensation_text(c) for c in checked], "drift compensation")
+    no_duplicates([compensation_text(c) for c in checked], "drift compensation")
     return tuple(checked)
 
 
-def _compensation_text(compensation: str | None) -> str:
+def compensation_text(compensation: str | None) -> str:
     return "off" if compensation is None else compensation
 
 
-def _no_duplicates(values: Sequence[Any], what: str) -> None:
+def no_duplicates(values: Sequence[Any], what: str) -> None:
     if len(set(values)) != len(values):
-        raise SnucError(f"{what} {_first_duplicate(values)} is listed twice; list each once")
+        raise SnucError(f"{what} {first_duplicate(values)} is listed twice; list each once")
 
 
-def _first_duplicate(values: Sequence[Any]) -> Any:
+def first_duplicate(values: Sequence[Any]) -> Any:
     seen = set()
     for value in values:
         if value in seen:
@@ -497,14 +578,14 @@ def _first_duplicate(values: Sequence[Any]) -> Any:
     return None
 
 
-def _positive(value: Any, what: str) -> int:
+def positive(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise SnucError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def _optional_positive(value: Any, what: str) -> int | None:
-    return None if value is None else _positive(value, what)
+    return None if value is None else positive(value, what)
 
 
 # --------------------------------------------------------------------------- parsing lists
@@ -524,7 +605,7 @@ def parse_modes(text: str) -> list[str]:
     Raises:
         SnucError: an empty item, an unknown mode or one listed twice.
     """
-    return list(_checked_modes(_items(text, "--modes")))
+    return list(checked_modes(_items(text, "--modes")))
 
 
 def parse_times(text: str) -> list[float]:
@@ -536,16 +617,24 @@ def parse_times(text: str) -> list[float]:
         SnucError: an empty item, something that is not a time, a negative time, a time
             listed twice.
     """
-    times = []
-    for item in _items(text, "--t-inference"):
-        match = _TIME_RE.fullmatch(item)
-        if match is None or match["unit"] not in ("", *_TIME_UNITS_S):
-            raise SnucError(
-                f"--t-inference item {item!r} is not a time: expected seconds or a number "
-                f"with a unit ({', '.join(_TIME_UNITS_S)}), e.g. 3600 or 1h"
-            )
-        times.append(float(match["number"]) * _TIME_UNITS_S.get(match["unit"], 1.0))
-    return list(_checked_times(times))
+    return list(checked_times([parse_time(item) for item in _items(text, "--t-inference")]))
+
+
+def parse_time(item: str | float, what: str = "--t-inference item") -> float:
+    """One time: seconds (a number, or its text) or a number with a unit, e.g. ``"1h"``.
+
+    Raises:
+        SnucError: not a time (a negative time is refused by the list's check).
+    """
+    if isinstance(item, int | float) and not isinstance(item, bool):
+        return float(item)
+    match = _TIME_RE.fullmatch(item.strip()) if isinstance(item, str) else None
+    if match is None or match["unit"] not in ("", *_TIME_UNITS_S):
+        raise SnucError(
+            f"{what} {item!r} is not a time: expected seconds or a number "
+            f"with a unit ({', '.join(_TIME_UNITS_S)}), e.g. 3600 or 1h"
+        )
+    return float(match["number"]) * _TIME_UNITS_S.get(match["unit"], 1.0)
 
 
 def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
@@ -559,7 +648,7 @@ def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
         if not (item.isascii() and item.isdigit()):
             raise SnucError(f"{option} item {item!r} is not a non-negative integer")
         seeds.append(int(item))
-    return list(_checked_seeds(seeds, "seed" if option == "--seeds" else "coding seed"))
+    return list(checked_seeds(seeds, "seed" if option == "--seeds" else "coding seed"))
 
 
 def parse_compensation(text: str) -> list[str | None]:
@@ -571,13 +660,14 @@ def parse_compensation(text: str) -> list[str | None]:
     Raises:
         SnucError: an empty item, an unknown value, a repeat.
     """
-    return list(_checked_compensations(_items(text, "--drift-compensation")))
+    return list(checked_compensations(_items(text, "--drift-compensation")))
 
 
-def parse_targets(text: str) -> list[str]:
-    """``--targets``: target names or TOML files, e.g. ``"pcm-256x256,pcm-128x128"``.
+def parse_targets(text: str, option: str = "--targets") -> list[str]:
+    """``--targets``: target names or TOML files, e.g. ``"pcm-256x256,pcm-128x128"``
+    (and any other list of names, such as ``--placement``'s).
 
     Raises:
         SnucError: an empty item.
     """
-    return _items(text, "--targets")
+    return _items(text, option)

@@ -260,10 +260,11 @@ def test_eval_chunks_are_keyed_as_the_runtimes_chunks(example):
         seen.append(outputs)
         return 0.0, 1
 
-    task = dataclasses.replace(ev._task("jsb"), feed=lambda piece, art: piece.x, score=record)
+    jsb = ev.resolve_task("jsb")
+    task = dataclasses.replace(jsb, feed=lambda piece, art: piece.x, score=record)
     pieces = [Piece(x[:, lo : lo + 2], None) for lo in (0, 2, 4)]
     config = RunConfig("pcm", seed=1, t_inference_s=3600.0, drift_compensation="global")
-    ev._score(example, task, pieces, config, "numpy")
+    ev.score_pieces(example, task, pieces, config, "numpy")
     want = example.run(x, mode="pcm", seed=1, batch_size=2)
     np.testing.assert_array_equal(np.concatenate(seen, axis=1), want)
     assert not np.array_equal(seen[0], seen[1])
