@@ -74,17 +74,9 @@ IR_DTYPES = {
 _UNARY: dict[str, type[ops.Op]] = {
     "Relu": ops.Relu,
     "Sigmoid": ops.Sigmoid,
-    "Tanh": ops.Tanh,
-    "Neg": ops.Neg,
 }
 _BINARY: dict[str, type[ops.Op]] = {
-    "Add": ops.Add,
-    "Sub": ops.Sub,
-    "Mul": ops.Mul,
     "Div": ops.Div,
-    "Greater": ops.Greater,
-    "GreaterOrEqual": ops.GreaterOrEqual,
-    "Less": ops.Less,
 }
 _DEFINED: dict[str, Elementwise] = {e.onnx: e for e in ELEMENTWISE.values() if e.onnx}
 """ONNX op types lowered operand for operand to an op of :mod:`snuc.ir.elementwise`."""
