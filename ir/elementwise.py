@@ -322,6 +322,14 @@ class Less(Compare):
     NAME: ClassVar = "dig.less"
 
 
+@elementwise(np.less_equal, _spikes, "z = x <= y", onnx="LessOrEqual")
+@dataclass(frozen=True)
+class LessOrEqual(Compare):
+    """``z = x <= y`` (bool)."""
+
+    NAME: ClassVar = "dig.less_equal"
+
+
 @elementwise(np.negative, _negated_range, "y = -x", onnx="Neg")
 @dataclass(frozen=True)
 class Neg(Unary):

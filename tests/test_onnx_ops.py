@@ -218,6 +218,12 @@ def test_equal_on_floats_and_integers(tmp_path):
     check(op_model(ints, inits=(_const("izero", 0, np.int64),), out_elem=BOOL), tmp_path)
 
 
+def test_less_or_equal(tmp_path):
+    nodes = [node("LessOrEqual", ["h", "zero"], "le"), node("Cast", ["le"], "y", to=FLOAT)]
+    graph = check(op_model(nodes, opset=16, inits=(_const("zero", 0.0),)), tmp_path)
+    assert "dig.less_equal" in ir_ops(graph)
+
+
 def test_bool_tensors_through_not_and_or(tmp_path):
     nodes = [
         node("Greater", ["h", "zero"], "p"),
@@ -314,6 +320,7 @@ def test_squeeze_and_unsqueeze_in_both_forms(opset, tmp_path):
 
 def test_the_supported_list_names_the_new_ops():
     new = "Clip Max Min Abs Sign Equal Not And Or Exp Log Pow Sqrt Softplus Slice Split Expand"
+    new += " LessOrEqual"
     for op in (*new.split(), "Squeeze", "Unsqueeze"):
         assert op in SUPPORTED_OPS
 
