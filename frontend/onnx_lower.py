@@ -7,8 +7,10 @@ that touches a run-time value becomes IR nodes. The same code lowers the Scan bo
 timestep, ``lead = 0``) and the per-timestep ops of a sequence-form model's outer graph
 (``lead = 1``), whose run-time values carry the time axis first: there every axis is
 shifted by one, and an op that works along the time axis mixes timesteps and is an error.
-The lowerings of data movement and reductions live in :mod:`snuc.frontend.onnx_shape_ops`;
-the dispatch table here names every lowering by ONNX op type.
+The lowerings of data movement and reductions live in :mod:`snuc.frontend.onnx_shape_ops`,
+those of the element-wise ops defined in :mod:`snuc.ir.elementwise` (and Clip) in
+:mod:`snuc.frontend.onnx_elementwise`; the dispatch table here names every lowering by
+ONNX op type.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from snuc.frontend import onnx_shapes as shp
+from snuc.frontend.onnx_elementwise import DEFINED, lower_clip, lower_defined, passes_through
 from snuc.frontend.onnx_eval import (
     ModelContext,
     attr,
@@ -56,7 +59,6 @@ from snuc.frontend.onnx_values import (
     shape_value,
 )
 from snuc.ir import ops
-from snuc.ir.elementwise import ELEMENTWISE, Clip, Elementwise, Max, Min
 from snuc.ir.errors import Loc, SnucError
 from snuc.ir.graph import Graph
 from snuc.ir.types import DTYPES, TensorType
@@ -74,21 +76,11 @@ IR_DTYPES = {
 _UNARY: dict[str, type[ops.Op]] = {
     "Relu": ops.Relu,
     "Sigmoid": ops.Sigmoid,
-    "Tanh": ops.Tanh,
-    "Neg": ops.Neg,
 }
 _BINARY: dict[str, type[ops.Op]] = {
-    "Add": ops.Add,
-    "Sub": ops.Sub,
-    "Mul": ops.Mul,
     "Div": ops.Div,
-    "Greater": ops.Greater,
-    "GreaterOrEqual": ops.GreaterOrEqual,
-    "Less": ops.Less,
 }
-_DEFINED: dict[str, Elementwise] = {e.onnx: e for e in ELEMENTWISE.values() if e.onnx}
-"""ONNX op types lowered operand for operand to an op of :mod:`snuc.ir.elementwise`."""
-_ELEMENTWISE = {*_UNARY, *_BINARY, *_DEFINED, "LeakyRelu", "Cast", "Where", "Clip"}
+_ELEMENTWISE = {*_UNARY, *_BINARY, *DEFINED, "LeakyRelu", "Cast", "Where", "Clip"}
 
 # Ops never folded although their inputs are constant: their outputs are random.
 _NONDETERMINISTIC = {
@@ -151,7 +143,7 @@ class Lowerer:
         after the output keeps the ONNX output names in the step graph.
         """
         producers = {out: node for node in graph.node for out in node.output}
-        while value in producers and _passes_through(producers[value], self.ctx.opset):
+        while value in producers and passes_through(producers[value], self.ctx.opset):
             value = producers[value].input[0]
         self.hints.setdefault(value, name)
 
@@ -470,48 +462,6 @@ class Lowerer:
     def _binary(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
         self.elementwise(node, vals, _BINARY[node.op_type]())
 
-    def _defined(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        """An op of :mod:`snuc.ir.elementwise`; a variadic one as a chain of binary ops."""
-        definition = _DEFINED[node.op_type]
-        present = [v for v in vals if v is not None]
-        if not definition.variadic or len(present) == 2:
-            self.elementwise(node, present, definition.op())
-            return
-        acc = present[0]
-        for i, value in enumerate(present[1:], 1):
-            last = i == len(present) - 1
-            out = node.output[0] if last else f"{node.output[0]}_{i}"
-            part = onnx.helper.make_node(node.op_type, [], [out], name=node.name or None)
-            self.elementwise(part, [acc, value], definition.op())
-            acc = self.env[out]
-        if len(present) == 1:
-            self.bind(node.output[0], acc)
-
-    def _clip(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
-        """``min(max(x, lo), hi)``; bounds are inputs from opset 11, attributes before.
-
-        A missing input bound is no bound, as ONNX defines it: one bound is ``dig.max`` or
-        ``dig.min``, none the value itself (onnxruntime clamps infinities to the float's
-        extremes there; an infinite constant is an import error anyway). Before opset 11
-        the attributes default to float32's extremes (ONNX), which are bounds.
-        """
-        x = vals[0]
-        if self.ctx.opset >= 11:
-            lo, hi = (vals[i] if i < len(vals) else None for i in (1, 2))
-        else:
-            limit = float(np.finfo(np.float32).max)
-            dtype = np.dtype(DTYPES[self.graph.type_of(self.tensor(x, node)).dtype])
-            lo, hi = (
-                Const(np.array(attr(node, name, default), dtype), f"{node.output[0]}_{name}")
-                for name, default in (("min", -limit), ("max", limit))
-            )
-        if lo is not None and hi is not None:
-            self.elementwise(node, [x, lo, hi], Clip())
-        elif lo is not None or hi is not None:
-            self.elementwise(node, [x, lo or hi], Max() if hi is None else Min())
-        else:
-            self.bind(node.output[0], x)
-
     def _where(self, node: onnx.NodeProto, vals: list[Value | None]) -> None:
         self.elementwise(node, vals, ops.Where())
 
@@ -763,14 +713,6 @@ class Lowerer:
         self.result(node, ops.ReduceMean(axes=tuple(range(2, rank)), keepdims=True), [x])
 
 
-def _passes_through(node: onnx.NodeProto, opset: int) -> bool:
-    """Whether the node's output is its input: Identity, a variadic op of one input, or
-    a Clip without bound inputs."""
-    variadic = node.op_type in _DEFINED and _DEFINED[node.op_type].variadic
-    unbounded = node.op_type == "Clip" and opset >= 11 and not any(node.input[1:])
-    return node.op_type == "Identity" or unbounded or (variadic and len(node.input) == 1)
-
-
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     """The array a Constant node holds."""
     attr = node.attribute[0]
@@ -790,8 +732,8 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 _LOWERINGS: dict[str, Callable[[Lowerer, onnx.NodeProto, list], None]] = {
     **{op: Lowerer._unary for op in _UNARY},
     **{op: Lowerer._binary for op in _BINARY},
-    **{op: Lowerer._defined for op in _DEFINED},
-    "Clip": Lowerer._clip,
+    **dict.fromkeys(DEFINED, lower_defined),
+    "Clip": lower_clip,
     "AveragePool": Lowerer._pool,
     "Cast": Lowerer._cast,
     "Concat": lower_concat,

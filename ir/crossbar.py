@@ -313,12 +313,6 @@ def _leaky(alpha: float) -> Callable[[float], float]:
     return lambda v: v if v >= 0 else (alpha * v if alpha > 0 else 0.0)
 
 
-def _product(a: ValueRange, b: ValueRange) -> ValueRange:
-    # Interval arithmetic takes 0 * inf as 0 (the product of a zero bound is zero).
-    ends = [0.0 if (x == 0 or y == 0) else x * y for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
-    return ValueRange(min(ends), max(ends), a.binary and b.binary)
-
-
 def _union(ranges: Sequence[ValueRange]) -> ValueRange:
     out = ranges[0]
     for r in ranges[1:]:
@@ -364,12 +358,8 @@ def _defined(rule: ElementwiseRule) -> RangeRule:
 
 RANGE_RULES: dict[type[Op], RangeRule] = {
     ops.Step: lambda op, r: (SPIKES,),
-    ops.Greater: lambda op, r: (SPIKES,),
-    ops.GreaterOrEqual: lambda op, r: (SPIKES,),
-    ops.Less: lambda op, r: (SPIKES,),
     ops.Sigmoid: lambda op, r: (UNIT_INTERVAL,),
     ops.Softmax: lambda op, r: (UNIT_INTERVAL,),
-    ops.Tanh: lambda op, r: (ValueRange(-1.0, 1.0),),
     ops.LogSoftmax: lambda op, r: (ValueRange(-math.inf, 0.0),),
     ops.Cast: _cast,
     **dict.fromkeys(NEURON_OPS.values(), _neuron),
@@ -377,10 +367,6 @@ RANGE_RULES: dict[type[Op], RangeRule] = {
     ops.LeakyRelu: lambda op, r: (
         _monotone(_leaky(op.alpha), r[0], True) if op.alpha >= 0 else UNKNOWN_RANGE,
     ),
-    ops.Neg: lambda op, r: (ValueRange(-r[0].hi, -r[0].lo),),
-    ops.Add: lambda op, r: (ValueRange(r[0].lo + r[1].lo, r[0].hi + r[1].hi),),
-    ops.Sub: lambda op, r: (ValueRange(r[0].lo - r[1].hi, r[0].hi - r[1].lo),),
-    ops.Mul: lambda op, r: (_product(r[0], r[1]),),
     ops.Where: lambda op, r: (r[1] | r[2],),
     ops.Reshape: lambda op, r: (r[0],),
     ops.Transpose: lambda op, r: (r[0],),

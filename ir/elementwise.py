@@ -189,6 +189,29 @@ def _softplus(v: float) -> float:
     return max(v, 0.0) + math.log1p(_exp(-abs(v))) if math.isfinite(v) else max(v, 0.0)
 
 
+def _sum_range(op: Op, r: Sequence[Bounded]) -> Bounds:
+    return (r[0].lo + r[1].lo, r[0].hi + r[1].hi, False)
+
+
+def _difference_range(op: Op, r: Sequence[Bounded]) -> Bounds:
+    return (r[0].lo - r[1].hi, r[0].hi - r[1].lo, False)
+
+
+def _product_range(op: Op, r: Sequence[Bounded]) -> Bounds:
+    a, b = r
+    # Interval arithmetic takes 0 * inf as 0 (the product of a zero bound is zero).
+    ends = [0.0 if (x == 0 or y == 0) else x * y for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
+    return (min(ends), max(ends), a.binary and b.binary)
+
+
+def _negated_range(op: Op, r: Sequence[Bounded]) -> Bounds:
+    return (-r[0].hi, -r[0].lo, False)
+
+
+def _tanh_range(op: Op, r: Sequence[Bounded]) -> Bounds:
+    return (-1.0, 1.0, False)
+
+
 def _abs_range(op: Op, r: Sequence[Bounded]) -> Bounds:
     lo, hi = r[0].lo, r[0].hi
     if lo >= 0:
@@ -249,6 +272,78 @@ def _softplus_fn(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the ops
+
+
+@elementwise(np.add, _sum_range, "z = x + y", onnx="Add")
+@dataclass(frozen=True)
+class Add(Binary):
+    """``z = x + y`` with NumPy broadcasting."""
+
+    NAME: ClassVar = "dig.add"
+
+
+@elementwise(np.subtract, _difference_range, "z = x - y", onnx="Sub")
+@dataclass(frozen=True)
+class Sub(Binary):
+    """``z = x - y`` with NumPy broadcasting."""
+
+    NAME: ClassVar = "dig.sub"
+
+
+@elementwise(np.multiply, _product_range, "z = x * y", onnx="Mul")
+@dataclass(frozen=True)
+class Mul(Binary):
+    """``z = x * y`` with NumPy broadcasting."""
+
+    NAME: ClassVar = "dig.mul"
+
+
+@elementwise(np.greater, _spikes, "z = x > y", onnx="Greater")
+@dataclass(frozen=True)
+class Greater(Compare):
+    """``z = x > y`` (bool)."""
+
+    NAME: ClassVar = "dig.greater"
+
+
+@elementwise(np.greater_equal, _spikes, "z = x >= y", onnx="GreaterOrEqual")
+@dataclass(frozen=True)
+class GreaterOrEqual(Compare):
+    """``z = x >= y`` (bool)."""
+
+    NAME: ClassVar = "dig.greater_equal"
+
+
+@elementwise(np.less, _spikes, "z = x < y", onnx="Less")
+@dataclass(frozen=True)
+class Less(Compare):
+    """``z = x < y`` (bool)."""
+
+    NAME: ClassVar = "dig.less"
+
+
+@elementwise(np.less_equal, _spikes, "z = x <= y", onnx="LessOrEqual")
+@dataclass(frozen=True)
+class LessOrEqual(Compare):
+    """``z = x <= y`` (bool)."""
+
+    NAME: ClassVar = "dig.less_equal"
+
+
+@elementwise(np.negative, _negated_range, "y = -x", onnx="Neg")
+@dataclass(frozen=True)
+class Neg(Unary):
+    """``y = -x``."""
+
+    NAME: ClassVar = "dig.neg"
+
+
+@elementwise(np.tanh, _tanh_range, "y = tanh(x) (table and interpolation)", onnx="Tanh")
+@dataclass(frozen=True)
+class Tanh(FloatUnary):
+    """``y = tanh(x)``."""
+
+    NAME: ClassVar = "dig.tanh"
 
 
 @elementwise(np.maximum, _extremum(max), "z = max(x, y)", onnx="Max", variadic=True)

@@ -25,9 +25,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from snuc.ir import elementwise as elementwise  # registers the element-wise ops
+from snuc.ir.elementwise import Add as Add
 from snuc.ir.elementwise import Binary as _Binary
-from snuc.ir.elementwise import Compare as _Compare
 from snuc.ir.elementwise import FloatUnary as _FloatUnary
+from snuc.ir.elementwise import Greater as Greater
+from snuc.ir.elementwise import GreaterOrEqual as GreaterOrEqual
+from snuc.ir.elementwise import Less as Less
+from snuc.ir.elementwise import Mul as Mul
+from snuc.ir.elementwise import Neg as Neg
+from snuc.ir.elementwise import Sub as Sub
+from snuc.ir.elementwise import Tanh as Tanh
 from snuc.ir.elementwise import Unary as _Unary
 from snuc.ir.errors import UNKNOWN, Loc, VerifyError
 from snuc.ir.neurons import SNULayer as SNULayer  # re-exported: defined with the family
@@ -42,66 +49,10 @@ from snuc.ir.types import BATCH, DTYPES, Dim, TensorType, broadcast_shapes, prom
 
 @register
 @dataclass(frozen=True)
-class Add(_Binary):
-    """``z = x + y`` with NumPy broadcasting."""
-
-    NAME: ClassVar = "dig.add"
-
-
-@register
-@dataclass(frozen=True)
-class Sub(_Binary):
-    """``z = x - y`` with NumPy broadcasting."""
-
-    NAME: ClassVar = "dig.sub"
-
-
-@register
-@dataclass(frozen=True)
-class Mul(_Binary):
-    """``z = x * y`` with NumPy broadcasting."""
-
-    NAME: ClassVar = "dig.mul"
-
-
-@register
-@dataclass(frozen=True)
 class Div(_Binary):
     """``z = x / y`` with NumPy broadcasting (integer operands: truncating, as ONNX)."""
 
     NAME: ClassVar = "dig.div"
-
-
-@register
-@dataclass(frozen=True)
-class Greater(_Compare):
-    """``z = x > y`` (bool)."""
-
-    NAME: ClassVar = "dig.greater"
-
-
-@register
-@dataclass(frozen=True)
-class GreaterOrEqual(_Compare):
-    """``z = x >= y`` (bool)."""
-
-    NAME: ClassVar = "dig.greater_equal"
-
-
-@register
-@dataclass(frozen=True)
-class Less(_Compare):
-    """``z = x < y`` (bool)."""
-
-    NAME: ClassVar = "dig.less"
-
-
-@register
-@dataclass(frozen=True)
-class Neg(_Unary):
-    """``y = -x``."""
-
-    NAME: ClassVar = "dig.neg"
 
 
 @register
@@ -131,14 +82,6 @@ class Sigmoid(_FloatUnary):
     """``y = 1 / (1 + exp(-x))``."""
 
     NAME: ClassVar = "dig.sigmoid"
-
-
-@register
-@dataclass(frozen=True)
-class Tanh(_FloatUnary):
-    """``y = tanh(x)``."""
-
-    NAME: ClassVar = "dig.tanh"
 
 
 @register

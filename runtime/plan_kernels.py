@@ -90,6 +90,15 @@ def rectify(x: int, zeros: int, out: int) -> Kernel:
     return kernel
 
 
+def extremum(ufunc: np.ufunc, x: int, y: int, out: int) -> Kernel:
+    """``out = ufunc(x, y)`` for ``maximum`` or ``minimum`` (output by keyword only)."""
+
+    def kernel(s: list) -> None:
+        ufunc(s[x], s[y], out=s[out])
+
+    return kernel
+
+
 COPYSIGN_MAX_ELEMENTS = 400
 """``copysign`` makes ``-|x|`` in one call, cheaper than ``absolute`` then ``negative``
 on a timestep's few hundred elements (0.24 against 0.35 us at 150 float32), but NumPy
@@ -415,56 +424,26 @@ def node_kernel(
 # --------------------------------------------------------------------------- by op
 
 
-def _unary_kernel(ufunc: np.ufunc) -> KernelMaker:
-    return lambda b: unary(ufunc, b.ins[0], b.outs[0])
-
-
-def _binary_kernel(ufunc: np.ufunc) -> KernelMaker:
-    def make(b: Build) -> Kernel:
-        if b.types[b.node.inputs[0]].np_dtype != b.type.np_dtype:
-            # A comparison's result is bool: its operands keep their own shapes.
-            return binary(ufunc, b.ins[0], b.ins[1], b.outs[0])
-        return binary(ufunc, b.operand(0), b.operand(1), b.outs[0])
-
-    return make
-
-
-for _cls, _ufunc in ((ops.Neg, np.negative), (ops.Tanh, np.tanh)):
-    kernel(_cls)(_unary_kernel(_ufunc))
-for _cls, _ufunc in (
-    (ops.Add, np.add),
-    (ops.Sub, np.subtract),
-    (ops.Mul, np.multiply),
-    (ops.Greater, np.greater),
-    (ops.GreaterOrEqual, np.greater_equal),
-    (ops.Less, np.less),
-):
-    kernel(_cls)(_binary_kernel(_ufunc))
-
-
 def _defined_kernel(ufunc: np.ufunc) -> KernelMaker:
-    """The kernel of an element-wise op whose meaning is ``ufunc`` of one or two operands;
-    the output is passed by keyword (``maximum`` and ``minimum`` take no positional one)."""
+    """The kernel of an element-wise op whose meaning is ``ufunc`` of one or two operands
+    (:mod:`snuc.ir.elementwise`). A binary op's operand of the result's dtype that is the
+    same at every step is broadcast to the result's shape first (NumPy's fastest path); a
+    comparison's operands keep their own."""
 
     def make(b: Build) -> Kernel:
+        if len(b.ins) == 1:
+            return unary(ufunc, b.ins[0], b.outs[0])
         same = [v in b.types and b.types[v].np_dtype == b.type.np_dtype for v in b.node.inputs]
         ins = [b.operand(i) if ok else b.ins[i] for i, ok in enumerate(same)]
-        out = b.outs[0]
-        if len(ins) == 1:
-            (x,) = ins
-
-            def kernel(s: list) -> None:
-                ufunc(s[x], out=s[out])
-
-            return kernel
-        x, y = ins
-
-        def kernel2(s: list) -> None:
-            ufunc(s[x], s[y], out=s[out])
-
-        return kernel2
+        if ufunc in _OUTPUT_BY_KEYWORD:
+            return extremum(ufunc, ins[0], ins[1], b.outs[0])
+        return binary(ufunc, ins[0], ins[1], b.outs[0])
 
     return make
+
+
+_OUTPUT_BY_KEYWORD = (np.maximum, np.minimum)
+"""Ufuncs that take their output by keyword only (a positional one is deprecated)."""
 
 
 for _cls, _definition in ELEMENTWISE.items():
@@ -481,7 +460,7 @@ def _float_result(dtype: np.dtype) -> bool:
 @kernel(ops.Div, writes=_float_result)
 def _div_kernel(b: Build) -> Kernel:
     # Integer division truncates and checks for zero: the interpreter's semantics do it.
-    return _binary_kernel(np.divide)(b) if _float_result(b.type.np_dtype) else b.generic()
+    return _defined_kernel(np.divide)(b) if _float_result(b.type.np_dtype) else b.generic()
 
 
 @kernel(ops.Relu)

@@ -110,24 +110,6 @@ def _reduced_axes(op: Op, x: np.ndarray) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- element-wise
 
 
-@semantics(ops.Add)
-def _add(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``z = x + y`` with broadcasting."""
-    return (np.add(x, y),)
-
-
-@semantics(ops.Sub)
-def _sub(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``z = x - y`` with broadcasting."""
-    return (np.subtract(x, y),)
-
-
-@semantics(ops.Mul)
-def _mul(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``z = x * y`` with broadcasting."""
-    return (np.multiply(x, y),)
-
-
 @semantics(ops.Div)
 def _div(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """``z = x / y`` with broadcasting.
@@ -138,30 +120,6 @@ def _div(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     if np.issubdtype(x.dtype, np.integer):
         return (_truncating_div(x, y),)
     return (np.divide(x, y),)
-
-
-@semantics(ops.Greater)
-def _greater(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``z = x > y`` (bool) with broadcasting."""
-    return (np.greater(x, y),)
-
-
-@semantics(ops.GreaterOrEqual)
-def _greater_equal(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``z = x >= y`` (bool) with broadcasting."""
-    return (np.greater_equal(x, y),)
-
-
-@semantics(ops.Less)
-def _less(op: Op, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``z = x < y`` (bool) with broadcasting."""
-    return (np.less(x, y),)
-
-
-@semantics(ops.Neg)
-def _neg(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``y = -x``."""
-    return (np.negative(x),)
 
 
 @semantics(ops.Relu)
@@ -189,12 +147,6 @@ def _sigmoid_op(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
     approximation is off by up to ~2e-7 absolute there).
     """
     return (_sigmoid(x),)
-
-
-@semantics(ops.Tanh)
-def _tanh(op: Op, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``y = tanh(x)``."""
-    return (np.tanh(x),)
 
 
 @semantics(ops.Step)

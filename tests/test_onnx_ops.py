@@ -8,6 +8,7 @@ equal the reference interpreter bit for bit.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 from snuc import driver
 from snuc.backends.program import compile_program
 from snuc.frontend.onnx_import import SUPPORTED_OPS, import_onnx
-from snuc.ir import Graph, SnucError
+from snuc.ir import Graph, SnucError, elementwise
+from snuc.ir.crossbar import RANGE_RULES, ValueRange
 from snuc.ir.target import parse_target
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.interpreter import run
@@ -216,6 +218,12 @@ def test_equal_on_floats_and_integers(tmp_path):
     check(op_model(ints, inits=(_const("izero", 0, np.int64),), out_elem=BOOL), tmp_path)
 
 
+def test_less_or_equal(tmp_path):
+    nodes = [node("LessOrEqual", ["h", "zero"], "le"), node("Cast", ["le"], "y", to=FLOAT)]
+    graph = check(op_model(nodes, opset=16, inits=(_const("zero", 0.0),)), tmp_path)
+    assert "dig.less_equal" in ir_ops(graph)
+
+
 def test_bool_tensors_through_not_and_or(tmp_path):
     nodes = [
         node("Greater", ["h", "zero"], "p"),
@@ -312,6 +320,7 @@ def test_squeeze_and_unsqueeze_in_both_forms(opset, tmp_path):
 
 def test_the_supported_list_names_the_new_ops():
     new = "Clip Max Min Abs Sign Equal Not And Or Exp Log Pow Sqrt Softplus Slice Split Expand"
+    new += " LessOrEqual"
     for op in (*new.split(), "Squeeze", "Unsqueeze"):
         assert op in SUPPORTED_OPS
 
@@ -487,3 +496,32 @@ def test_a_bool_model_input_and_a_bool_output(tmp_path):
     got = run(ir, x, mode="float", target=TARGET)["y"]
     np.testing.assert_array_equal(got, _onnxruntime(model, x))
     backends_equal_the_interpreter(ir, x)
+
+
+# --------------------------------------------------------------------------- ranges
+
+
+def test_value_ranges_of_the_new_ops():
+    e = elementwise
+    spikes, wide = ValueRange(0.0, 1.0, True), ValueRange(-2.0, 1.0)
+
+    def rule(cls, *ranges):
+        (result,) = RANGE_RULES[cls](cls(), list(ranges))
+        return result
+
+    assert rule(e.Abs, wide) == ValueRange(0.0, 2.0)
+    assert rule(e.Abs, spikes) == spikes
+    assert rule(e.Sign, wide) == ValueRange(-1.0, 1.0)
+    assert rule(e.Sign, spikes).binary
+    assert rule(e.Exp, ValueRange(0.0, 1.0)) == ValueRange(1.0, math.e)
+    assert rule(e.Exp, ValueRange(0.0, 1e6)).hi == math.inf
+    assert rule(e.Log, wide) == ValueRange()
+    assert rule(e.Sqrt, ValueRange(4.0, 9.0)) == ValueRange(2.0, 3.0)
+    assert rule(e.Softplus, ValueRange(-math.inf, 0.0)) == ValueRange(0.0, math.log(2.0))
+    assert rule(e.Clip, ValueRange(-5.0, 5.0), ValueRange(0.0, 0.0), ValueRange(1.0, 1.0)) == (
+        ValueRange(0.0, 1.0)
+    )
+    assert rule(e.Max, spikes, spikes) == spikes and rule(e.Min, wide, spikes) == wide
+    assert rule(e.Max, wide, ValueRange(0.0, 0.0)) == ValueRange(0.0, 1.0)
+    assert rule(e.Not, spikes) == rule(e.Equal, wide, wide) == spikes
+    assert rule(e.Pow, wide, wide) == ValueRange()
