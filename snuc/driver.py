@@ -5,11 +5,16 @@ Only this module and the CLI import every stage (STYLE.md "Layout").
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 
 from snuc.backends.asm import print_program
 from snuc.backends.program import emit_program
@@ -28,6 +33,9 @@ from snuc.runtime.calibration import calibrate
 from snuc.runtime.io import read_array
 
 IMPORT_STAGE = "import"
+
+NIR_EXTRA = "pip install snuc[nir]"
+"""The install line an NIR input without the ``nir`` package is told to run."""
 
 After = Callable[[str, Graph], None]
 
@@ -52,9 +60,101 @@ def resolve_target(
     return target
 
 
-def import_model(path: str | os.PathLike, state_pairs: Mapping[str, str] | None = None) -> Graph:
-    """Read an ONNX model (sequence or step form) into a verified step graph."""
+def import_model(
+    path: str | os.PathLike | onnx.ModelProto, state_pairs: Mapping[str, str] | None = None
+) -> Graph:
+    """Read an ONNX model (sequence, step or unrolled form) into a verified step graph."""
     return import_onnx(path, state_pairs=state_pairs)
+
+
+# ---------------------------------------------------------------------- model sources
+
+
+def as_onnx(
+    model: Any,
+    *,
+    example: Any = None,
+    dt: float | None = None,
+    discretize: str = "euler",
+) -> tuple[str | os.PathLike | onnx.ModelProto, str]:
+    """What :func:`import_model` reads for each kind of model ``snuc.compile`` takes.
+
+    Args:
+        model: a path (``.onnx``, or ``.nir``), an ``onnx.ModelProto``, a
+            ``torch.nn.Module`` (with ``example``) or an ``nir.NIRGraph`` (with ``dt``).
+        example: a module's example input ``X[T, B, ...]``, or a tuple of its arguments.
+        dt, discretize: an NIR graph's time step and discretisation (SPEC §2.1).
+
+    Returns:
+        The ONNX model (a path or a loaded model) and the name the artefact records.
+    """
+    if isinstance(model, str | os.PathLike):
+        if Path(model).suffix == ".nir":
+            return _from_nir(model, dt, discretize), Path(model).name
+        return model, Path(model).name
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "model"
+    if _is_instance(model, "torch", "nn", "Module"):
+        return _from_torch(model, example), type(model).__name__
+    if _is_instance(model, "nir", "NIRGraph"):
+        return _from_nir(model, dt, discretize), "NIRGraph"
+    raise SnucError(
+        f"snuc.compile takes a path, an onnx.ModelProto, a torch.nn.Module with an example "
+        f"input or an nir.NIRGraph; got {type(model).__module__}.{type(model).__qualname__}"
+    )
+
+
+def _is_instance(obj: Any, module: str, *attrs: str) -> bool:
+    """``isinstance(obj, module.attrs...)`` without importing a module no one loaded."""
+    import sys
+
+    cls: Any = sys.modules.get(module)
+    for name in attrs:
+        cls = getattr(cls, name, None)
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
+    """Export a module with torch's dynamo exporter (batch axis 1 dynamic where it can be)."""
+    import torch
+
+    if example is None:
+        raise SnucError(
+            f"a torch.nn.Module needs an example input: snuc.compile(module, example=x), "
+            f"x[T, B, ...] for {type(module).__name__}"
+        )
+    args = tuple(example) if isinstance(example, tuple | list) else (example,)
+    batch = {1: torch.export.Dim.AUTO} if args and getattr(args[0], "ndim", 0) >= 2 else None
+    shapes = (batch, *([None] * (len(args) - 1))) if batch else None
+    with tempfile.TemporaryDirectory(prefix="snuc-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            # The exporter reports its progress on stdout; snuc's stdout is the user's.
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(
+                    module.eval(), args, path, dynamo=True, dynamic_shapes=shapes, verbose=False
+                )
+        except Exception as err:  # noqa: BLE001 -- torch.export raises many kinds
+            text = " ".join(str(err).split())[:300]
+            raise SnucError(
+                f"torch.onnx.export of {type(module).__name__} failed: {text}"
+            ) from None
+        # torch's dynamo exporter writes the weights beside the model (model.onnx.data).
+        return onnx.load(path, load_external_data=True)
+
+
+def _from_nir(model: Any, dt: float | None, discretize: str) -> onnx.ModelProto:
+    """An NIR graph (or ``.nir`` file) in the step form (snuc.frontend.nir_import)."""
+    try:
+        import nir  # noqa: F401 -- the optional extra; snuc.frontend.nir_import needs it
+    except ImportError:
+        raise SnucError(f"NIR input needs the 'nir' package: {NIR_EXTRA}") from None
+    from snuc.frontend import nir_import
+
+    if dt is None:
+        raise SnucError("NIR stores no time step: give dt (snuc.compile(..., dt=1e-3), or --dt)")
+    graph = nir_import.load_nir(model) if isinstance(model, str | os.PathLike) else model
+    return nir_import.nir_to_onnx(graph, dt=dt, discretize=discretize)
 
 
 def load_calibration(path: str | os.PathLike) -> np.ndarray:
@@ -97,9 +197,12 @@ def build_report(graph: Graph, target: TargetSpec, schedule: ModuloSchedule) -> 
 
 
 def compile_model(
-    model: str | os.PathLike,
+    model: Any,
     target: str | os.PathLike | TargetSpec | None = None,
     *,
+    example: Any = None,
+    dt: float | None = None,
+    discretize: str = "euler",
     chips: int | None = None,
     state_pairs: Mapping[str, str] | None = None,
     calibrate: str | os.PathLike | np.ndarray | None = None,
@@ -107,7 +210,11 @@ def compile_model(
     duplicate: int = 1,
     after: After | None = None,
 ) -> Artefact:
-    """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``).
+    """Compile a model for a target into an in-memory artefact (``snuc.compile``).
+
+    ``model`` is a path, an ``onnx.ModelProto``, a ``torch.nn.Module`` with ``example``
+    (exported with torch's dynamo exporter) or an ``nir.NIRGraph`` with ``dt`` and
+    ``discretize`` (:func:`as_onnx`).
 
     ``placement="spread"`` gives every tile a crossbar of its own (more crossbars, no MVMs
     queueing for a shared one); the default ``"pack"`` uses the fewest crossbars.
@@ -116,10 +223,11 @@ def compile_model(
     ``t mod K``: more crossbars for a shorter timestep (docs/isa.md "Tile duplication").
     """
     check_duplicate(duplicate)
+    onnx_model, source = as_onnx(model, example=example, dt=dt, discretize=discretize)
     spec = resolve_target(target, chips)
     samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
     graph = lower(
-        import_model(model, state_pairs),
+        import_model(onnx_model, state_pairs),
         spec,
         calibration=samples,
         placement=placement,
@@ -132,7 +240,7 @@ def compile_model(
         target=spec.to_dict(),
         report=build_report(graph, spec, schedule),
         program=print_program(emit_program(graph, schedule)),
-        source=Path(model).name,
+        source=source,
     )
 
 
