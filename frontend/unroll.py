@@ -48,6 +48,7 @@ class _Loop:
         x: the sequence input.
         steps: T, the number of copies.
         x_at: ``{value: t}`` for the per-step slices of the input, ``x[t]``.
+        consts: the graph's constants.
         per_step: ``(output name, [o_0 .. o_{T-1}])`` for every per-step output.
         skipped: the slicing and stacking nodes (indices), which the step form has not.
     """
@@ -55,6 +56,7 @@ class _Loop:
     x: onnx.ValueInfoProto
     steps: int
     x_at: dict[str, int]
+    consts: _Constants
     per_step: list[tuple[str, list[str]]] = field(default_factory=list)
     skipped: set[int] = field(default_factory=set)
 
@@ -97,7 +99,7 @@ def is_unrolled(proto: onnx.ModelProto) -> bool:
     x = _sequence_input(proto.graph)
     if x is None:
         return False
-    consts = _constants(proto.graph)
+    consts = _Constants(proto.graph)
     taken: dict[int, set] = defaultdict(set)
     for node in proto.graph.node:
         for axis, index in _slices(node, x.name, consts):
@@ -136,28 +138,40 @@ def _sequence_input(graph: onnx.GraphProto) -> onnx.ValueInfoProto | None:
     return inputs[0]
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """The graph's initializers and Constant outputs, as arrays."""
-    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1:
-            value = helper.get_attribute_value(node.attribute[0])
-            if isinstance(value, onnx.TensorProto):
-                value = numpy_helper.to_array(value)
-            found[node.output[0]] = np.asarray(value)
-    return found
+class _Constants:
+    """The graph's initializers and Constant outputs, as arrays made on first use (a
+    model's weights are read only where a comparison needs them)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._protos: dict[str, onnx.TensorProto | onnx.AttributeProto] = {
+            t.name: t for t in graph.initializer
+        }
+        for node in graph.node:
+            if node.op_type == "Constant" and len(node.attribute) == 1:
+                self._protos[node.output[0]] = node.attribute[0]
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._protos
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name not in self._arrays and name in self._protos:
+            proto = self._protos[name]
+            if isinstance(proto, onnx.AttributeProto):
+                proto = helper.get_attribute_value(proto)
+            value = numpy_helper.to_array(proto) if isinstance(proto, onnx.TensorProto) else proto
+            self._arrays[name] = np.asarray(value)
+        return self._arrays.get(name)
 
 
-def _int_of(consts: dict[str, np.ndarray], name: str) -> list[int] | None:
+def _int_of(consts: _Constants, name: str) -> list[int] | None:
     value = consts.get(name)
     if value is None or value.dtype.kind not in "iu":
         return None
     return [int(i) for i in value.reshape(-1)]
 
 
-def _slices(
-    node: onnx.NodeProto, x: str, consts: dict[str, np.ndarray]
-) -> list[tuple[int, int | None]]:
+def _slices(node: onnx.NodeProto, x: str, consts: _Constants) -> list[tuple[int, int | None]]:
     """``(axis, index)`` for each timestep ``node`` takes of ``x`` (index None: Split)."""
     if not node.input or node.input[0] != x:
         return []
@@ -177,7 +191,7 @@ def _slices(
 
 
 def _slice_args(
-    node: onnx.NodeProto, consts: dict[str, np.ndarray]
+    node: onnx.NodeProto, consts: _Constants
 ) -> tuple[list[int] | None, list[int] | None, list[int] | None]:
     """A Slice's starts, ends and axes (attributes before opset 10, inputs since)."""
     if len(node.input) == 1:
@@ -203,8 +217,8 @@ def _find_loop(proto: onnx.ModelProto, source: str) -> _Loop:
             f"is dynamic ({dim.dim_param or '?'!r}); export the loop with a fixed T"
         )
     steps = int(dim.dim_value)
-    consts = _constants(graph)
-    loop = _Loop(x=x, steps=steps, x_at={})
+    consts = _Constants(graph)
+    loop = _Loop(x=x, steps=steps, x_at={}, consts=consts)
     users = _consumers(graph)
     for i, node in enumerate(graph.node):
         for _, index in _slices(node, x.name, consts):
@@ -261,9 +275,10 @@ def _take_squeezed(
     loop: _Loop, graph: onnx.GraphProto, users: dict[str, list[int]], value: str, t: int
 ) -> None:
     """Every user of a one-step slice ``[1, B, ...]`` squeezes axis 0 away."""
+    consts = loop.consts
     for j in users.get(value, []):
         user = graph.node[j]
-        if user.op_type not in ("Squeeze", "Reshape"):
+        if user.op_type != "Squeeze" or _unsqueeze_axes(user, consts) not in (None, [0]):
             raise SnucError(
                 f"{describe(user)}: uses x[{t}:{t + 1}] of input {loop.x.name!r} without "
                 f"squeezing the time axis; snuc folds a loop whose step reads x[t]"
@@ -279,7 +294,7 @@ def _find_outputs(
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
     loose = []
     for info in graph.output:
-        parts = _stacked(graph, producer, info.name, loop.steps, source)
+        parts = _stacked(graph, producer, loop.consts, info.name, loop.steps, source)
         if parts is None:
             loose.append(info.name)
             continue
@@ -299,7 +314,12 @@ def _find_outputs(
 
 
 def _stacked(
-    graph: onnx.GraphProto, producer: dict[str, int], name: str, steps: int, source: str
+    graph: onnx.GraphProto,
+    producer: dict[str, int],
+    consts: _Constants,
+    name: str,
+    steps: int,
+    source: str,
 ) -> list[str] | None:
     """The Unsqueeze outputs a stacked output concatenates, in time order, else None."""
     if name not in producer:
@@ -311,7 +331,6 @@ def _stacked(
     nodes = [graph.node[producer[p]] if p in producer else None for p in parts]
     if not all(n is not None and n.op_type == "Unsqueeze" for n in nodes):
         return None
-    consts = _constants(graph)
     axes = {tuple(_unsqueeze_axes(n, consts) or ()) for n in nodes}
     if axes == {(0,)} and int(attr(concat, "axis", 0)) == 0:
         return parts
@@ -322,7 +341,8 @@ def _stacked(
     )
 
 
-def _unsqueeze_axes(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> list[int] | None:
+def _unsqueeze_axes(node: onnx.NodeProto, consts: _Constants) -> list[int] | None:
+    """The axes of an Unsqueeze or Squeeze (an input since opset 13, an attribute before)."""
     if len(node.input) > 1:
         return _int_of(consts, node.input[1])
     return attr(node, "axes")
@@ -347,7 +367,7 @@ class _Steps:
     producer: dict[str, int]
     step_of: dict[int, int]
     by_step: list[list[int]]
-    consts: dict[str, np.ndarray]
+    consts: _Constants
 
     def step_of_value(self, name: str) -> int | None:
         i = self.producer.get(name)
@@ -376,7 +396,7 @@ def _partition(proto: onnx.ModelProto, loop: _Loop, source: str) -> _Steps:
     by_step: list[list[int]] = [[] for _ in range(loop.steps)]
     for i in sorted(step_of):
         by_step[step_of[i]].append(i)
-    return _Steps(nodes, producer, step_of, by_step, _constants(proto.graph))
+    return _Steps(nodes, producer, step_of, by_step, loop.consts)
 
 
 def _mark(
@@ -418,11 +438,11 @@ def _latest_input(nodes: list[onnx.NodeProto], loop: _Loop) -> dict[int, int]:
 class _Matcher:
     """Matches one step against the loop body, value by value from the outputs back."""
 
-    def __init__(self, steps: _Steps, loop: _Loop, t: int) -> None:
+    def __init__(self, steps: _Steps, loop: _Loop, t: int, body: int) -> None:
         self.steps = steps
         self.loop = loop
         self.t = t
-        self.body = loop.steps - 1
+        self.body = body
         self.match = _Match()
         self.node_image: dict[int, int] = {}
 
@@ -514,7 +534,7 @@ def _same_op(a: onnx.NodeProto, b: onnx.NodeProto) -> bool:
     )
 
 
-def _show(consts: dict[str, np.ndarray], name: str) -> str:
+def _show(consts: _Constants, name: str) -> str:
     """A value's name, with its value when it is a constant of one element."""
     value = consts.get(name)
     if value is None or value.size != 1:
@@ -522,7 +542,7 @@ def _show(consts: dict[str, np.ndarray], name: str) -> str:
     return f"{name!r} = {value.reshape(-1)[0]:.6g}"
 
 
-def _same_constant(consts: dict[str, np.ndarray], u: str, v: str) -> bool:
+def _same_constant(consts: _Constants, u: str, v: str) -> bool:
     a, b = consts.get(u), consts.get(v)
     return (
         a is not None
@@ -539,9 +559,11 @@ def _match_steps(steps: _Steps, loop: _Loop, source: str) -> list[_Match]:
     matches = [_Match()]
     for t in range(1, body):
         try:
-            matches.append(_Matcher(steps, loop, t).run())
+            matches.append(_Matcher(steps, loop, t, body).run())
         except _Differs as err:
-            raise _differs(source, t, body, str(err)) from None
+            raise _odd_last_step(steps, loop, source) or _differs(
+                source, t, body, str(err)
+            ) from None
     itself = _Match(image={}, reads={})
     for i in steps.by_step[body]:
         for name in steps.nodes[i].input:
@@ -560,6 +582,23 @@ def _match_steps(steps: _Steps, loop: _Loop, source: str) -> list[_Match]:
                     f"step's {u!r}",
                 )
     return matches
+
+
+def _odd_last_step(steps: _Steps, loop: _Loop, source: str) -> SnucError | None:
+    """The error naming step T-1 when it alone differs: steps 1..T-2 all match step T-2."""
+    body = loop.steps - 2
+    if body < 2:
+        return None
+    try:
+        for t in range(1, body):
+            _Matcher(steps, loop, t, body).run()
+    except _Differs:
+        return None
+    try:
+        _Matcher(steps, loop, body + 1, body).run()
+    except _Differs as err:
+        return _differs(source, body + 1, body, str(err))
+    return None
 
 
 def _next_values(before: _Match, body: _Match, source: str) -> dict[str, str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx_models import snu_scan_model
 
 import snuc
-from tests.onnx_models import snu_scan_model
 
 torch = pytest.importorskip("torch")
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 
 from snuc.driver import compile_model
 from snuc.frontend.onnx_import import import_onnx
@@ -275,15 +276,19 @@ def test_list_of_per_step_outputs_folds(tmp_path, exporter) -> None:
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-def test_a_step_that_differs_is_named(tmp_path, exporter) -> None:
-    model = LoopNet(odd_step=3).eval()
+@pytest.mark.parametrize(("odd", "body"), [(3, 5), (5, 4)])
+def test_a_step_that_differs_is_named(tmp_path, exporter, odd, body) -> None:
+    """Step ``odd`` decays by 0.5, the others by 0.8; an odd last step is named too."""
+    model = LoopNet(odd_step=odd).eval()
     path = export(model, (torch.from_numpy(sequence(6)),), tmp_path / "m.onnx", exporter, True)
     with pytest.raises(SnucError) as err:
         compile_model(path)
     message = str(err.value)
     assert "\n" not in message
-    assert "step 3 differs from step 5, taken as the loop body" in message
-    assert "= 0.5 where the loop body uses" in message
+    assert f"step {odd} differs from step {body}, taken as the loop body" in message
+    assert (
+        "= 0.5 where the loop body uses" in message or "= 0.8 where the loop body uses" in message
+    )
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
@@ -352,6 +357,17 @@ def test_a_non_causal_loop_is_refused(tmp_path) -> None:
         compile_model(path)
 
 
+def test_a_loop_that_returns_only_its_final_state_is_refused(tmp_path) -> None:
+    class FinalOnly(LoopNet):
+        def forward(self, x):
+            return self.out(self.per_step(x)[0][-1])
+
+    x = torch.from_numpy(sequence(T_EXPORT))
+    path = export(FinalOnly().eval(), (x,), tmp_path / "m.onnx", "legacy", False)
+    with pytest.raises(SnucError, match=r"return torch.stack\(outputs\) \(time first\)"):
+        compile_model(path)
+
+
 def test_state_pairs_on_an_unrolled_loop_are_refused(exported) -> None:
     _, path = exported("ff", "legacy", False)
     with pytest.raises(SnucError, match="unrolled by its exporter, whose states snuc finds itself"):
@@ -405,3 +421,23 @@ def test_clamp_loop_folds(tmp_path, exporter, op) -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(long)).numpy()
     np.testing.assert_array_equal(art.run(long, mode="float"), want)
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def test_snuc_compile_folds_an_exported_loop(exported, tmp_path, capsys) -> None:
+    _, path = exported("rec2", "dynamo", True)
+    out = tmp_path / "net.snuc"
+    status, stdout, err = run_cli(capsys, "compile", path, "-o", out)
+    assert status == 0 and out.exists()
+    assert "crossbars" in stdout + err
+
+
+def test_snuc_compile_of_a_loop_whose_step_differs_is_one_line(tmp_path, capsys) -> None:
+    model = LoopNet(odd_step=2).eval()
+    path = export(model, (torch.from_numpy(sequence(6)),), tmp_path / "m.onnx", "legacy", False)
+    out = tmp_path / "m.snuc"
+    status, _, err = run_cli(capsys, "compile", path, "-o", out)
+    assert_one_line_error(status, err, "step 2 differs from step 5, taken as the loop body")
+    assert not out.exists()
