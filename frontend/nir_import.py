@@ -203,7 +203,8 @@ def _check_step(dt: float | None, discretize: str) -> _Step:
     if dt is None:
         raise SnucError(
             "NIR input needs the time step: NIR is continuous-time and stores none; "
-            "give --dt SECONDS (snnTorch's export_to_nir assumes 1e-4)"
+            "give --dt SECONDS (snuc.compile(..., dt=SECONDS) in Python; snnTorch's "
+            "export_to_nir assumes 1e-4)"
         )
     if isinstance(dt, bool) or not isinstance(dt, int | float) or not math.isfinite(dt) or dt <= 0:
         raise SnucError(f"--dt must be a positive time step in seconds, got {dt!r}")

@@ -16,6 +16,10 @@ Two forms are accepted:
   Final Scan states listed as model outputs are not computed and are left out of the
   graph's outputs (snuc computes per-timestep outputs); using one in an op is an error.
 
+A third form, a loop over time that the exporter unrolled (T copies of the step reading
+``X[t]``, outputs stacked), is folded back into the step form first
+(:mod:`snuc.frontend.unroll`).
+
 Every node is lowered faithfully to generic IR ops (:mod:`snuc.frontend.onnx_lower`);
 recognising SNU layers is a later pass. Each IR node carries ``loc("onnx:<node name>")``;
 value names come from the ONNX names. Model outputs keep their ONNX names unless one is
@@ -43,6 +47,7 @@ from snuc.frontend.onnx_eval import (
 )
 from snuc.frontend.onnx_lower import IR_DTYPES, SUPPORTED_OPS, Lowerer
 from snuc.frontend.onnx_values import FinalState, Tensor
+from snuc.frontend.unroll import fold_unrolled, is_unrolled
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
 from snuc.ir.limits import check_tensor_bytes, load_json
@@ -80,7 +85,15 @@ def import_onnx(
     _check_names(proto.graph, source)
     _check_finite(proto.graph)
     inputs = _inputs(proto.graph)
-    if any(node.op_type == "Scan" for node in proto.graph.node):
+    if not any(node.op_type == "Scan" for node in proto.graph.node) and is_unrolled(proto):
+        if state_pairs:
+            raise SnucError(
+                f"{source}: state pairs apply to step-form models; this one is a loop over "
+                f"time unrolled by its exporter, whose states snuc finds itself"
+            )
+        proto, pairs = fold_unrolled(proto, source)
+        graph = _import_step(proto, _inputs(proto.graph), pairs, source)
+    elif any(node.op_type == "Scan" for node in proto.graph.node):
         if state_pairs:
             raise SnucError(
                 f"{source}: state pairs apply to step-form models; this one is in sequence "

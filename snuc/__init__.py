@@ -2,6 +2,8 @@
 
 import snuc
 art = snuc.compile("model.onnx", target="pcm-256x256")   # an Artefact, in memory
+art = snuc.compile(module, example=x)                   # a torch.nn.Module, exported for you
+art = snuc.compile(onnx_model)  # an onnx.ModelProto;  snuc.compile(nir_graph, dt=1e-3)
 art.save("model.snuc");  art = snuc.load("model.snuc")
 art.report                                              # the dict of report.json
 art.run(x, mode="pcm", seed=0)                          # = art.run(x, snuc.RunConfig("pcm"))
@@ -16,7 +18,11 @@ from snuc.runtime.config import RunConfig  # noqa: E402
 
 
 def compile(model, target=None, **options):  # noqa: A001 -- SPEC §8 names it compile
-    """Compile an ONNX model for a target; see :func:`snuc.driver.compile_model`."""
+    """Compile a model for a target; see :func:`snuc.driver.compile_model`.
+
+    ``model``: a path, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with ``example=``)
+    or an ``nir.NIRGraph`` (with ``dt=``).
+    """
     from snuc.driver import compile_model
 
     return compile_model(model, target, **options)

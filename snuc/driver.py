@@ -5,16 +5,21 @@ Only this module and the CLI import every stage (STYLE.md "Layout").
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 
 from snuc.backends.asm import print_program
 from snuc.backends.program import emit_program
 from snuc.backends.schedule import ModuloSchedule, schedule_graph
-from snuc.frontend.nir_import import is_nir_file, load_nir, nir_to_onnx
+from snuc.frontend.nir_import import is_nir_file
 from snuc.frontend.onnx_import import import_onnx
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
@@ -54,18 +59,94 @@ def resolve_target(
 
 
 def import_model(
-    path: str | os.PathLike,
-    state_pairs: Mapping[str, str] | None = None,
+    path: str | os.PathLike | onnx.ModelProto, state_pairs: Mapping[str, str] | None = None
+) -> Graph:
+    """Read an ONNX model (sequence, step or unrolled form) into a verified step graph."""
+    return import_onnx(path, state_pairs=state_pairs)
+
+
+# ---------------------------------------------------------------------- model sources
+
+
+def as_onnx(
+    model: Any,
     *,
+    example: Any = None,
     dt: float | None = None,
     discretize: str = "euler",
-) -> Graph:
-    """Read an ONNX model (sequence or step form), or a NIR graph discretised at ``dt``
-    (SPEC §2.1), into a verified step graph."""
-    if is_nir_file(path):
-        model = nir_to_onnx(load_nir(path), dt=dt, discretize=discretize)
-        return import_onnx(model, state_pairs=state_pairs)
-    return import_onnx(path, state_pairs=state_pairs)
+) -> tuple[str | os.PathLike | onnx.ModelProto, str]:
+    """What :func:`import_model` reads for each kind of model ``snuc.compile`` takes.
+
+    Args:
+        model: a path (``.onnx``, or ``.nir``), an ``onnx.ModelProto``, a
+            ``torch.nn.Module`` (with ``example``) or an ``nir.NIRGraph`` (with ``dt``).
+        example: a module's example input ``X[T, B, ...]``, or a tuple of its arguments.
+        dt, discretize: an NIR graph's time step and discretisation (SPEC §2.1).
+
+    Returns:
+        The ONNX model (a path or a loaded model) and the name the artefact records.
+    """
+    if isinstance(model, str | os.PathLike):
+        if is_nir_file(model):
+            return _from_nir(model, dt, discretize), Path(model).name
+        return model, Path(model).name
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "model"
+    if _is_instance(model, "torch", "nn", "Module"):
+        return _from_torch(model, example), type(model).__name__
+    if _is_instance(model, "nir", "NIRGraph"):
+        return _from_nir(model, dt, discretize), "NIRGraph"
+    raise SnucError(
+        f"snuc.compile takes a path, an onnx.ModelProto, a torch.nn.Module with an example "
+        f"input or an nir.NIRGraph; got {type(model).__module__}.{type(model).__qualname__}"
+    )
+
+
+def _is_instance(obj: Any, module: str, *attrs: str) -> bool:
+    """``isinstance(obj, module.attrs...)`` without importing a module no one loaded."""
+    import sys
+
+    cls: Any = sys.modules.get(module)
+    for name in attrs:
+        cls = getattr(cls, name, None)
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def _from_torch(module: Any, example: Any) -> onnx.ModelProto:
+    """Export a module with torch's dynamo exporter (batch axis 1 dynamic where it can be)."""
+    import torch
+
+    if example is None:
+        raise SnucError(
+            f"a torch.nn.Module needs an example input: snuc.compile(module, example=x), "
+            f"x[T, B, ...] for {type(module).__name__}"
+        )
+    args = tuple(example) if isinstance(example, tuple | list) else (example,)
+    batch = {1: torch.export.Dim.AUTO} if args and getattr(args[0], "ndim", 0) >= 2 else None
+    shapes = (batch, *([None] * (len(args) - 1))) if batch else None
+    with tempfile.TemporaryDirectory(prefix="snuc-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            # The exporter reports its progress on stdout; snuc's stdout is the user's.
+            with contextlib.redirect_stdout(io.StringIO()):
+                torch.onnx.export(
+                    module.eval(), args, path, dynamo=True, dynamic_shapes=shapes, verbose=False
+                )
+        except Exception as err:  # noqa: BLE001 -- torch.export raises many kinds
+            text = " ".join(str(err).split())[:300]
+            raise SnucError(
+                f"torch.onnx.export of {type(module).__name__} failed: {text}"
+            ) from None
+        # torch's dynamo exporter writes the weights beside the model (model.onnx.data).
+        return onnx.load(path, load_external_data=True)
+
+
+def _from_nir(model: Any, dt: float | None, discretize: str) -> onnx.ModelProto:
+    """An NIR graph (or ``.nir`` file) in the step form (snuc.frontend.nir_import)."""
+    from snuc.frontend import nir_import  # says which extra to install if nir is missing
+
+    graph = nir_import.load_nir(model) if isinstance(model, str | os.PathLike) else model
+    return nir_import.nir_to_onnx(graph, dt=dt, discretize=discretize)
 
 
 def load_calibration(path: str | os.PathLike) -> np.ndarray:
@@ -108,32 +189,37 @@ def build_report(graph: Graph, target: TargetSpec, schedule: ModuloSchedule) -> 
 
 
 def compile_model(
-    model: str | os.PathLike,
+    model: Any,
     target: str | os.PathLike | TargetSpec | None = None,
     *,
+    example: Any = None,
+    dt: float | None = None,
+    discretize: str = "euler",
     chips: int | None = None,
     state_pairs: Mapping[str, str] | None = None,
     calibrate: str | os.PathLike | np.ndarray | None = None,
     placement: str = "pack",
     duplicate: int = 1,
     after: After | None = None,
-    dt: float | None = None,
-    discretize: str = "euler",
 ) -> Artefact:
-    """Compile an ONNX model for a target into an in-memory artefact (``snuc.compile``).
+    """Compile a model for a target into an in-memory artefact (``snuc.compile``).
+
+    ``model`` is a path, an ``onnx.ModelProto``, a ``torch.nn.Module`` with ``example``
+    (exported with torch's dynamo exporter) or an ``nir.NIRGraph`` with ``dt`` and
+    ``discretize`` (:func:`as_onnx`).
 
     ``placement="spread"`` gives every tile a crossbar of its own (more crossbars, no MVMs
     queueing for a shared one); the default ``"pack"`` uses the fewest crossbars.
     ``duplicate=K`` (``--duplicate``) gives every crossbar with more than 1/K of the
     busiest crossbar's MVM work K copies on spare crossbars, timestep t served by copy
     ``t mod K``: more crossbars for a shorter timestep (docs/isa.md "Tile duplication").
-    ``dt`` and ``discretize`` apply to a NIR model (``--dt``, ``--discretize``).
     """
     check_duplicate(duplicate)
+    onnx_model, source = as_onnx(model, example=example, dt=dt, discretize=discretize)
     spec = resolve_target(target, chips)
     samples = load_calibration(calibrate) if isinstance(calibrate, str | os.PathLike) else calibrate
     graph = lower(
-        import_model(model, state_pairs, dt=dt, discretize=discretize),
+        import_model(onnx_model, state_pairs),
         spec,
         calibration=samples,
         placement=placement,
@@ -146,7 +232,7 @@ def compile_model(
         target=spec.to_dict(),
         report=build_report(graph, spec, schedule),
         program=print_program(emit_program(graph, schedule)),
-        source=Path(model).name,
+        source=source,
     )
 
 
