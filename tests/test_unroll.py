@@ -272,6 +272,63 @@ def test_list_of_per_step_outputs_folds(tmp_path, exporter) -> None:
     np.testing.assert_array_equal(got, np.stack(onnxruntime_outputs(path, x)))
 
 
+class SubtractResetNet(nn.Module):
+    """snnTorch's Leaky written by hand: the reset recomputed from the previous membrane,
+    reset by subtraction, and a leaky-integrator readout whose membrane is the output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc, self.readout = nn.Linear(N_IN, N_HID), nn.Linear(N_HID, N_OUT)
+
+    def forward(self, x):
+        mem = torch.zeros(x.shape[1], N_HID)
+        out = torch.zeros(x.shape[1], N_OUT)
+        spikes, outs = [], []
+        for t in range(x.shape[0]):
+            reset = (mem - 1.0 > 0).float()
+            mem = 0.9 * mem + self.fc(x[t]) - reset * 1.0
+            spike = (mem - 1.0 > 0).float()
+            out = 0.8 * out + self.readout(spike)
+            spikes.append(spike)
+            outs.append(out)
+        return torch.stack(spikes), torch.stack(outs)
+
+
+class ConvNet(nn.Module):
+    """A convolutional LIF layer on x[T, B, 1, 6, 6], flattened into a readout."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.readout = nn.Conv2d(1, 2, 3), nn.Linear(2 * 4 * 4, N_OUT)
+
+    def forward(self, x):
+        v = torch.zeros(x.shape[1], 2, 4, 4)
+        spikes, outs = [], []
+        for t in range(x.shape[0]):
+            v = 0.8 * v + self.conv(x[t])
+            y = (v > 0.5).float()
+            v = v * (1 - y)
+            spikes.append(y)
+            outs.append(self.readout(y.flatten(1)))
+        return torch.stack(spikes), torch.stack(outs)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize(("cls", "features"), [(SubtractResetNet, (N_IN,)), (ConvNet, (1, 6, 6))])
+def test_other_neurons_and_layers_fold(tmp_path, cls, features, exporter) -> None:
+    model = cls().eval()
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((T_EXPORT, BATCH, *features)) * 2).astype(np.float32)
+    path = export(model, (torch.from_numpy(x),), tmp_path / "m.onnx", exporter, True)
+    art = compile_model(path)
+    long = (rng.standard_normal((3 * T_EXPORT, 3, *features)) * 2).astype(np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in model(torch.from_numpy(long))]
+    assert_same(as_list(art.run(long, mode="float")), want)
+
+
 # ---------------------------------------------------------------------- refusals
 
 
