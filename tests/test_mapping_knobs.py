@@ -309,3 +309,52 @@ def test_a_bad_knob_in_a_study_is_one_line(tmp_path, capsys):
     assert status == 2 and out == ""
     assert "'weight_scaling' = 'row' must be one of column, tile" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- snuc compile's options ----------------------------------------------------------------
+
+
+def test_compile_options_set_the_knobs(tmp_path, capsys):
+    out = tmp_path / "k.snuc"
+    argv = ["compile", EXAMPLE, "-o", out, "--weight-scaling", "tile", "--adc-rule", "ksigma"]
+    status, _, err = run_cli(capsys, *argv, "--adc-k", "2")
+    assert status == 0, err
+    target = snuc.load(out).target
+    assert (target["weight_scaling"], target["adc_rule"], target["adc_k"]) == (
+        "tile",
+        "ksigma",
+        2.0,
+    )
+    want = snuc.compile(EXAMPLE, knob_target(weight_scaling="tile", adc_rule="ksigma", adc_k=2.0))
+    assert adc_ranges(snuc.load(out)) == adc_ranges(want)
+
+
+def test_a_bad_compile_option_is_one_line(tmp_path, capsys):
+    status, out, err = run_cli(
+        capsys, "compile", EXAMPLE, "-o", tmp_path / "k.snuc", "--adc-rule", "clip"
+    )
+    assert status == 2 and out == "" and not (tmp_path / "k.snuc").exists()
+    assert "'adc_rule' = 'clip' must be one of max, ksigma" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# -- k sigma over calibration data ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["max", "ksigma"])
+def test_calibration_under_each_adc_rule(rule):
+    rng = np.random.default_rng(8)
+    samples = rng.uniform(-1.0, 1.0, (10, 4, 32)).astype(np.float32)
+    target = knob_target(adc_rule=rule, adc_k=2.0)
+    art = snuc.compile(EXAMPLE, target, calibrate=samples)
+    node = next(n for n in art.graph.nodes() if n.op.NAME == "xbar.mvm" and n.inputs[0] == "X")
+    g_plus, g_minus, _ = tile_conductances(
+        art.graph.constants[node.inputs[1]], node.op.rows, node.op.cols, target
+    )
+    x_q = dac_quantize(samples[..., slice(*node.op.rows)], *node.op.dac, target.dac_bits)
+    current = (x_q @ (g_plus.sum(-1) - g_minus.sum(-1))).reshape(-1, g_plus.shape[1])
+    peak = np.abs(current).max()
+    bound = (np.abs(current.mean(axis=0)) + 2.0 * current.std(axis=0)).max()
+    assert bound < peak  # the samples reach beyond two sigma: the rule matters here
+    want = peak if rule == "max" else bound
+    assert node.op.adc_range == pytest.approx(want, rel=1e-9)
