@@ -37,7 +37,7 @@ from snuc.ir.machine_isa import (
     attr_noun,
     attr_types,
 )
-from snuc.ir.target import PARAMS, TargetSpec
+from snuc.ir.target import TargetSpec
 from snuc.ir.text import syntax_error
 from snuc.ir.types import BATCH, DTYPES, TensorType
 
@@ -86,7 +86,12 @@ def print_program(program: Program) -> str:
         f"latency {program.latency_cycles} cycles, {stages} pipeline stage(s)",
         f"program @{program.name} {{",
         f"  target {_quote(target.name)} {{",
-        *(f"    {key} = {_format_value(getattr(target, key))}" for key in PARAMS),
+        # to_dict: a quiet parameter at its default is left out (ir/target.py ParamInfo).
+        *(
+            f"    {key} = {_format_value(value)}"
+            for key, value in target.to_dict().items()
+            if key != "name"
+        ),
         "  }",
         "  timing "
         + _format_attrs(
@@ -162,6 +167,13 @@ def _format_instruction(instr: Instruction) -> str:
 
 def _format_attrs(attrs: dict[str, object]) -> str:
     return "{" + ", ".join(f"{k} = {_format_value(v)}" for k, v in attrs.items()) + "}"
+
+
+def _param_value(token: Token) -> int | float | str:
+    """A target parameter's value token as the value: a number or a quoted string."""
+    if token.type == "STRING":
+        return json.loads(token)
+    return float(token) if token.type == "FLOAT" else int(token)
 
 
 def _format_value(value: object, *, in_list: bool = False) -> str:
@@ -260,7 +272,7 @@ class _Builder:
             key, value = param.children
             if key in values:
                 raise self.error(key, f"target parameter {key} is given twice")
-            values[str(key)] = float(value) if value.type == "FLOAT" else int(value)
+            values[str(key)] = _param_value(value)
             try:  # each value alone, so that an error names its line
                 TargetSpec.from_dict({"name": values["name"], str(key): values[str(key)]})
             except SnucError as exc:

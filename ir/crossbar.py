@@ -6,9 +6,12 @@ Everything here is a pure function of the weights, the target and (for the DAC r
 the graph; nothing is random. The equations (docs/quantization.md):
 
 * Digital scale per weight column j of a tile: ``s_j = max_i |W_ij| / (dpp * g_max)``
-  over the tile's rows (``dpp`` = devices per polarity). A column of zeros gets
-  ``s_j = 0``: it carries no weight, so its output is exactly zero in every mode, however
-  noisy its idle devices are.
+  over the tile's rows (``dpp`` = devices per polarity; target ``weight_scaling =
+  "column"``, the default). With ``weight_scaling = "tile"`` (aihwkit's default) every
+  column takes the tile's one scale ``max_ij |W_ij| / (dpp * g_max)``, so only the
+  tile's largest weight reaches ``g_max``. Either way a column of zeros gets ``s_j = 0``:
+  it carries no weight, so its output is exactly zero in every mode, however noisy its
+  idle devices are.
 * Target conductances: ``G+ = max(W / s, 0)``, ``G- = max(-W / s, 0)``, each split
   equally over the ``dpp`` devices of its polarity, so one device holds at most
   ``g_max``. With ``conductance_levels = L > 0`` every device is snapped to the nearest
@@ -57,18 +60,22 @@ def _window(weights: ArrayLike, rows: Window, cols: Window) -> NDArray[np.float6
 
 
 def column_scales(w_tile: ArrayLike, target: TargetSpec) -> NDArray[np.float64]:
-    """Digital scale of each column of a tile: ``s_j = max_i |W_ij| / (dpp * g_max)``.
+    """Digital scale of each column of a tile: ``s_j = max_i |W_ij| / (dpp * g_max)``, or
+    the tile's one scale ``max_ij |W_ij| / (dpp * g_max)`` where ``target.weight_scaling``
+    is ``"tile"``.
 
-    A column of zeros gets 0 (see the module docstring).
+    A column of zeros gets 0 either way (see the module docstring).
 
     Args:
         w_tile: the tile's weights ``[rows, cols]``.
-        target: gives ``devices_per_polarity`` and ``g_max_us``.
+        target: gives ``weight_scaling``, ``devices_per_polarity`` and ``g_max_us``.
 
     Returns:
         ``[cols]`` float64, in weight units per µS.
     """
     peak = np.max(np.abs(np.asarray(w_tile, dtype=np.float64)), axis=0)
+    if target.weight_scaling == "tile":
+        peak = np.where(peak > 0, peak.max(initial=0.0), 0.0)
     return peak / (target.devices_per_polarity * target.g_max_us)
 
 
@@ -213,6 +220,40 @@ def default_adc_range(
     per_column = np.abs(g_plus.sum(axis=-1) - g_minus.sum(axis=-1)).sum(axis=0)
     full_scale = float(per_column.max(initial=0.0)) * drive
     return full_scale if full_scale > 0 else target.g_max_us * drive
+
+
+def ksigma_adc_range(
+    g_plus: ArrayLike, g_minus: ArrayLike, dac: tuple[float, float], target: TargetSpec
+) -> float:
+    """A bounded ADC full scale: ``max_j |mu_j| + adc_k * sigma_j``, at most the default's.
+
+    ``mu_j`` and ``sigma_j`` are the mean and standard deviation of column j's current
+    when the inputs are independent and each sits at either end of the DAC range with
+    equal probability (the largest variance a value within the range can have; a spike
+    firing at rate 1/2): ``mu_j = (lo + hi) / 2 * sum_i G_ij`` and ``sigma_j =
+    (hi - lo) / 2 * sqrt(sum_i G_ij**2)`` with ``G = G+ - G-``. By the central limit
+    theorem a current then exceeds the full scale with probability about that of a
+    normal beyond ``adc_k`` sigma; it is clipped (docs/quantization.md). Never above
+    :func:`default_adc_range`, which no current can exceed.
+    """
+    g_plus, g_minus = np.asarray(g_plus, np.float64), np.asarray(g_minus, np.float64)
+    never_clips = default_adc_range(g_plus, g_minus, dac, target)
+    conductance = g_plus.sum(axis=-1) - g_minus.sum(axis=-1)
+    lo, hi = dac
+    mean = (lo + hi) / 2 * conductance.sum(axis=0)
+    sigma = (hi - lo) / 2 * np.sqrt(np.square(conductance).sum(axis=0))
+    bound = float((np.abs(mean) + target.adc_k * sigma).max(initial=0.0))
+    return min(bound, never_clips) if bound > 0 else never_clips
+
+
+def adc_full_scale(
+    g_plus: ArrayLike, g_minus: ArrayLike, dac: tuple[float, float], target: TargetSpec
+) -> float:
+    """The ADC full scale ``target.adc_rule`` gives a tile without a calibrated one:
+    ``"max"`` :func:`default_adc_range`, ``"ksigma"`` :func:`ksigma_adc_range`."""
+    if target.adc_rule == "ksigma":
+        return ksigma_adc_range(g_plus, g_minus, dac, target)
+    return default_adc_range(g_plus, g_minus, dac, target)
 
 
 def mvm_error_bound(

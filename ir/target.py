@@ -46,6 +46,7 @@ _NAME_RE = re.compile(r"pcm-([0-9]{1,9})x([0-9]{1,9})")
 _LE_GALLO = "Le Gallo et al., Nat. Electron. 2023"
 _JOSHI = "Joshi et al., Nat. Commun. 2020; aihwkit PCMLikeNoiseModel"
 _ASSUMED = "assumed (no published figure)"
+_AIHWKIT = "aihwkit 1.2 inference tile (REFERENCE.md)"
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,16 @@ class ParamInfo:
     """What one target parameter means and which values it may take.
 
     Attributes:
-        kind: ``int`` or ``float``; the type of the parameter's default.
-        allowed: inclusive intervals ``(lo, hi)``; a value must lie in one of them.
+        kind: ``int``, ``float`` or ``str``; the type of the parameter's default.
+        allowed: inclusive intervals ``(lo, hi)``; a number must lie in one of them.
         unit: the unit of the value, as printed.
         meaning: one line saying what the parameter is.
         source: where the default comes from.
+        choices: the values a ``str`` parameter may take.
+        quiet_default: :meth:`TargetSpec.to_dict` leaves the key out at its default.
+            Mapping choices added after artefacts were first written are quiet, so an
+            artefact compiled with the defaults stays byte for byte what it was (a
+            missing key reads back as its default).
     """
 
     kind: type
@@ -65,18 +71,26 @@ class ParamInfo:
     unit: str
     meaning: str
     source: str
+    choices: tuple[str, ...] = ()
+    quiet_default: bool = False
 
     def range_text(self) -> str:
-        """The allowed values as text: ``8..4096``, ``1 or 2``, ``0 or 2..65536``."""
+        """The allowed values as text: ``8..4096``, ``1 or 2``, ``column or tile``."""
+        if self.choices:
+            return " or ".join(self.choices)
         parts = [_num(lo) if lo == hi else f"{_num(lo)}..{_num(hi)}" for lo, hi in self.allowed]
         return " or ".join(parts)
 
-    def contains(self, value: float) -> bool:
+    def contains(self, value: float | str) -> bool:
+        if self.choices:
+            return value in self.choices
         return any(lo <= value <= hi for lo, hi in self.allowed)
 
 
-def _num(x: float) -> str:
-    """A bound or default as short text: ``4096``, ``0.1``, ``1e6``."""
+def _num(x: float | str) -> str:
+    """A bound or default as short text: ``4096``, ``0.1``, ``1e6`` (a string as it is)."""
+    if isinstance(x, str):
+        return x
     return f"{x:g}".replace("e+0", "e").replace("e+", "e")
 
 
@@ -87,13 +101,20 @@ def _param(
     unit: str,
     meaning: str,
     source: str,
+    quiet_default: bool = False,
 ) -> Any:
     """A dataclass field whose metadata is its :class:`ParamInfo`.
 
     The default's type is the parameter's type: write ``20.0`` for a float parameter.
     """
     intervals = allowed if isinstance(allowed[0], tuple) else (allowed,)
-    info = ParamInfo(type(default), intervals, unit, meaning, source)
+    info = ParamInfo(type(default), intervals, unit, meaning, source, quiet_default=quiet_default)
+    return field(default=default, metadata={"param": info})
+
+
+def _choice(default: str, choices: tuple[str, ...], *, meaning: str, source: str) -> Any:
+    """A dataclass field for a mapping choice: one of ``choices``, quiet at its default."""
+    info = ParamInfo(str, (), "choice", meaning, source, choices=choices, quiet_default=True)
     return field(default=default, metadata={"param": info})
 
 
@@ -271,6 +292,26 @@ class TargetSpec:
         meaning="moving one byte between two chips",
         source=_ASSUMED,
     )
+    weight_scaling: str = _choice(
+        "column",
+        ("column", "tile"),
+        meaning="weight-to-conductance scale: one per weight column, or one per tile",
+        source=f"column: SPEC §4; tile: {_AIHWKIT} default (abs max of the tile)",
+    )
+    adc_rule: str = _choice(
+        "max",
+        ("max", "ksigma"),
+        meaning="ADC full scale: max never clips; ksigma: mean + adc_k sigma of a column current",
+        source=f"max: SPEC §6; ksigma: docs/quantization.md (cf. {_AIHWKIT} out_bound = 12)",
+    )
+    adc_k: float = _param(
+        4.0,
+        (0.1, 1000.0),
+        unit="sigma",
+        meaning="standard deviations of a column current the ksigma ADC rule covers",
+        source=f"{_ASSUMED}: a normal current exceeds 4 sigma with probability 6e-5",
+        quiet_default=True,
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "\n" in self.name:
@@ -310,8 +351,16 @@ class TargetSpec:
         return self.mvm_cycles * self.cycle_ns
 
     def to_dict(self) -> dict[str, str | int | float]:
-        """``name`` and every parameter by key, in declaration order (JSON-ready)."""
-        return {"name": self.name, **{key: getattr(self, key) for key in PARAMS}}
+        """``name`` and every parameter by key, in declaration order (JSON-ready); a quiet
+        parameter (:class:`ParamInfo`) only where it differs from its default."""
+        return {
+            "name": self.name,
+            **{
+                key: getattr(self, key)
+                for key, info in PARAMS.items()
+                if not (info.quiet_default and getattr(self, key) == DEFAULTS[key])
+            },
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TargetSpec:
@@ -332,7 +381,7 @@ PARAMS: Mapping[str, ParamInfo] = MappingProxyType(
 )
 """Every parameter's :class:`ParamInfo`, by key, in declaration order."""
 
-DEFAULTS: Mapping[str, int | float] = MappingProxyType(
+DEFAULTS: Mapping[str, int | float | str] = MappingProxyType(
     {f.name: f.default for f in dataclasses.fields(TargetSpec) if f.metadata}
 )
 """Every parameter's default, by key."""
@@ -343,9 +392,16 @@ def _shown(name: str, limit: int = 40) -> str:
     return repr(name) if len(name) <= limit else repr(name[: limit - 3] + "...")
 
 
-def _checked(key: str, value: object) -> int | float:
+def _checked(key: str, value: object) -> int | float | str:
     """``value`` converted to parameter ``key``'s type, or a SnucError naming both."""
     info = PARAMS[key]
+    if info.kind is str:
+        if not isinstance(value, str) or not info.contains(value):
+            raise SnucError(
+                f"target parameter {key!r} = {_shown(str(value))} must be one of "
+                f"{', '.join(info.choices)}"
+            )
+        return value
     if info.kind is int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise SnucError(
@@ -479,7 +535,7 @@ def describe_targets() -> dict[str, Any]:
                 "default": DEFAULTS[key],
                 "unit": info.unit,
                 "range": info.range_text(),
-                "allowed": [list(interval) for interval in info.allowed],
+                "allowed": list(info.choices) or [list(interval) for interval in info.allowed],
                 "meaning": info.meaning,
                 "source": info.source,
             }

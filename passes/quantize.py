@@ -9,8 +9,11 @@ same ones. What a tile needs beyond them is set here, on each ``xbar.mvm``:
   graph guarantees (spikes (0, 1), sigmoid (0, 1), ...; ``snuc.ir.crossbar.dac_range``),
   and (-1, 1) for other real values (SPEC §6).
 * ``adc_range``: the calibrated full scale (the largest |column current| seen on the
-  samples) where given; else the largest current any input in the DAC range can draw,
-  which never clips (``snuc.ir.crossbar.default_adc_range``).
+  samples) where given; else the target's ``adc_rule``: ``"max"`` (the default), the
+  largest current any input in the DAC range can draw, which never clips
+  (``snuc.ir.crossbar.default_adc_range``); ``"ksigma"``, a bound ``adc_k`` standard
+  deviations above a column current's mean, which may clip
+  (``snuc.ir.crossbar.ksigma_adc_range``).
 
 The driver calibrates with ``snuc.runtime.calibration.calibrate(graph, X, target)`` on the
 graph this pass gets, then runs ``Quantize(ranges=cal.ranges, adc=cal.adc)``.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar
 
-from snuc.ir.crossbar import dac_range, default_adc_range, guaranteed_ranges, tile_conductances
+from snuc.ir.crossbar import adc_full_scale, dac_range, guaranteed_ranges, tile_conductances
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
 from snuc.ir.ops import CrossbarMVM
@@ -73,7 +76,7 @@ class Quantize(Pass):
         ranges: calibrated input ranges ``(min, max)`` by the name of a tile's input value
             (``Calibration.ranges``); values not named take their guaranteed range.
         adc: calibrated ADC full scales by tile number (``Calibration.adc``); tiles not
-            named take the never-clipping default.
+            named take the target's ``adc_rule``.
     """
 
     name: ClassVar[str] = "quantize"
@@ -102,7 +105,7 @@ class Quantize(Pass):
             full_scale = self.adc.get(op.tile)
             if full_scale is None:
                 g_plus, g_minus, _ = tile_conductances(graph.constants[w], op.rows, op.cols, target)
-                full_scale = default_adc_range(g_plus, g_minus, dac, target)
+                full_scale = adc_full_scale(g_plus, g_minus, dac, target)
             graph.replace_op(node, dataclasses.replace(op, dac=dac, adc_range=full_scale))
         return graph
 

@@ -2,7 +2,9 @@
 
 The float interpreter runs the graph on the samples with ``trace=True``; each crossbar
 input's observed min and max become its DAC range, and each tile's largest |column
-current| (DAC-quantised inputs, quantised conductances, no noise) its ADC full scale. The
+current| (DAC-quantised inputs, quantised conductances, no noise) its ADC full scale; with
+the target's ``adc_rule = "ksigma"``, the largest over columns of the observed currents'
+``|mean| + adc_k * std``, where that is lower (k-sigma over calibration data). The
 driver passes the result to the ``quantize`` pass::
 
     cal = calibrate(graph, X, target)
@@ -37,8 +39,9 @@ class Calibration:
     Attributes:
         ranges: ``(min, max)`` observed of each crossbar input value, by value name
             (finite values only; a value never finite on the samples is left out).
-        adc: largest |column current| of each tile, by tile number (tiles that drew no
-            current are left out, so they keep the default full scale).
+        adc: largest |column current| of each tile (``adc_rule = "ksigma"``: the k-sigma
+            bound of its columns' currents where lower), by tile number (tiles that drew
+            no current are left out, so they keep the default full scale).
         steps: timesteps observed (T x B of the samples).
     """
 
@@ -90,10 +93,12 @@ def _observed(values: np.ndarray) -> tuple[float, float] | None:
     return float(finite.min()), float(finite.max())
 
 
-def _peak_current(
+def _full_scale(
     node: Node, graph: Graph, x: np.ndarray, dac: tuple[float, float], target: TargetSpec
 ) -> float:
-    """The largest |column current| of a tile over the input sequence ``x``."""
+    """A tile's calibrated ADC full scale over the input sequence ``x``: the largest
+    |column current|; with ``adc_rule = "ksigma"``, ``max_j |mean_j| + adc_k * std_j`` of
+    the observed currents of each column, where that is below the largest."""
     op = node.op
     g_plus, g_minus, _ = tile_conductances(
         graph.constants[node.inputs[1]], op.rows, op.cols, target
@@ -101,11 +106,22 @@ def _peak_current(
     conductance = g_plus.sum(axis=-1) - g_minus.sum(axis=-1)
     r0, r1 = op.rows
     peak = 0.0
+    total = np.zeros(conductance.shape[1])
+    squares = np.zeros(conductance.shape[1])
+    count = 0
     for x_t in x:  # one step at a time: a convolution's patches are large
         x_q = dac_quantize(x_t[..., r0:r1], dac[0], dac[1], target.dac_bits)
-        current = np.abs(np.matmul(x_q, conductance))
-        peak = max(peak, float(current.max(initial=0.0)))
-    return peak
+        current = np.matmul(x_q, conductance).reshape(-1, conductance.shape[1])
+        peak = max(peak, float(np.abs(current).max(initial=0.0)))
+        total += current.sum(axis=0)
+        squares += np.square(current).sum(axis=0)
+        count += current.shape[0]
+    if target.adc_rule != "ksigma" or count == 0:
+        return peak
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    bound = float((np.abs(mean) + target.adc_k * std).max(initial=0.0))
+    return min(bound, peak) if bound > 0 else peak
 
 
 def calibrate(
@@ -158,7 +174,7 @@ def calibrate(
             continue
         x = node.inputs[0]
         dac = dac_range(guaranteed[x], ranges.get(x))
-        peak = _peak_current(node, graph, sequences.of(x), dac, target)
-        if peak > 0:
-            adc[node.op.tile] = peak
+        full_scale = _full_scale(node, graph, sequences.of(x), dac, target)
+        if full_scale > 0:
+            adc[node.op.tile] = full_scale
     return Calibration(ranges=ranges, adc=adc, steps=steps * batch)

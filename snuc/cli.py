@@ -73,6 +73,21 @@ def _build_parser() -> argparse.ArgumentParser:
         "--chips", type=int, default=None, help="chips available (overrides the target)"
     )
     comp.add_argument(
+        "--weight-scaling",
+        metavar="column|tile",
+        default=None,
+        help="weight-to-conductance scale per column or per tile (overrides the target)",
+    )
+    comp.add_argument(
+        "--adc-rule",
+        metavar="max|ksigma",
+        default=None,
+        help="ADC full scale: never clipping, or mean + k sigma (overrides the target)",
+    )
+    comp.add_argument(
+        "--adc-k", type=float, default=None, help="sigmas of the ksigma ADC rule (default 4)"
+    )
+    comp.add_argument(
         "--emit",
         choices=["ir", "asm", "report"],
         default=None,
@@ -293,6 +308,7 @@ def _warnings_as_lines() -> Iterator[None]:
 
 def _compile(args: argparse.Namespace) -> int:
     from snuc import driver
+    from snuc.ir.target import with_overrides
 
     state_pairs = dict(args.state) or None
     if args.print_after is not None and args.emit != "ir":
@@ -300,6 +316,12 @@ def _compile(args: argparse.Namespace) -> int:
     if args.emit is not None and args.output is not None:
         raise SnucError("--emit prints to stdout and writes no artefact; drop -o or --emit")
     target = driver.resolve_target(args.target, args.chips)
+    mapping = {
+        "weight_scaling": args.weight_scaling,
+        "adc_rule": args.adc_rule,
+        "adc_k": args.adc_k,
+    }
+    target = with_overrides(target, **{k: v for k, v in mapping.items() if v is not None})
     if args.emit == "ir":
         text = driver.emit_ir(
             args.model,

@@ -5,6 +5,8 @@ chosen mode with a ``float`` run of the same input: the spike rate in both, the 
 spikes that agree, and the mean and largest deviation of the membrane potential (``s`` of
 an SNU, ``v`` of the other models, or of the output). Both runs use the reference
 interpreter's trace, so the figures are exact for the artefact, the seed and the whole batch.
+In ``quantized`` and ``pcm`` modes one row per crossbar layer adds the fraction of its
+outputs the ADC saturated (``snuc.runtime.adc_saturation``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from snuc.ir.graph import Graph
 from snuc.ir.neurons import NeuronOp
 from snuc.ir.target import TargetSpec
 from snuc.reporting import format_table
+from snuc.runtime.adc_saturation import adc_saturation
 from snuc.runtime.config import RunConfig
 from snuc.runtime.interpreter import run
 
@@ -45,6 +48,8 @@ def layer_diagnostics(
         rows.append(_row(f"{y} ({h})", exact[s], noisy[s], exact[y], noisy[y], h))
     for name in graph.outputs:
         rows.append(_row(f"output {name}", exact[name], noisy[name], None, None, ""))
+    for layer, fraction in adc_saturation(graph, noisy, config, target).items():
+        rows.append({"layer": f"{layer} (crossbar)", "adc_saturated": fraction})
     return rows
 
 
@@ -72,15 +77,24 @@ def _row(
 
 def format_diagnostics(rows: list[dict[str, Any]], mode: str) -> str:
     """An aligned table of :func:`layer_diagnostics`' rows."""
-    header = ["layer", "rate", "rate (float)", "spikes agree", f"|{mode} - float| mean", "max"]
+    header = [
+        "layer",
+        "rate",
+        "rate (float)",
+        "spikes agree",
+        f"|{mode} - float| mean",
+        "max",
+        "ADC saturated",
+    ]
     table = [
         [
             r["layer"],
             _fmt(r.get("rate"), ".3f"),
             _fmt(r.get("rate_float"), ".3f"),
             _fmt(r.get("spike_agreement"), ".1%"),
-            _fmt(r["mean_abs_deviation"], ".3g"),
-            _fmt(r["max_abs_deviation"], ".3g"),
+            _fmt(r.get("mean_abs_deviation"), ".3g"),
+            _fmt(r.get("max_abs_deviation"), ".3g"),
+            _fmt(r.get("adc_saturated"), ".2%"),
         ]
         for r in rows
     ]

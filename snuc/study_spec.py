@@ -18,6 +18,8 @@ A spec names models, tasks and axes; every axis takes a value or a list of value
     base = ["pcm-256x256"]                  # presets, pcm-RxC names or target TOML files
     adc_bits = [6, 8]                       # any target key (``snuc targets``) as an axis
     devices_per_polarity = [1, 2]
+    weight_scaling = ["column", "tile"]     # the mapping knobs are target keys too
+    adc_rule = ["max", "ksigma"]            #   (docs/quantization.md)
 
     [output]
     jsonl = "results.jsonl"                 # one row per configuration, appended
@@ -399,7 +401,7 @@ def _targets(
     own)."""
     from snuc.driver import resolve_target
 
-    axes = {k: _axis(table, k, None, (int, float)) for k in table if k != "base"}
+    axes = {k: _axis(table, k, None, _axis_types(k)) for k in table if k != "base"}
     for key, values in axes.items():
         ev.no_duplicates(values, key)
     if not table:
@@ -420,6 +422,12 @@ def _targets(
         twice = targets[seen.index(ev.first_duplicate(seen))][0]
         raise SnucError(f"target {twice.name} ({twice.to_dict()}) is listed twice; list each once")
     return targets, list(axes)
+
+
+def _axis_types(key: str) -> tuple[type, ...]:
+    """What a target axis's values may be: strings for a mapping choice (``weight_scaling``,
+    ``adc_rule``), numbers for every other key."""
+    return (str,) if PARAMS[key].kind is str else (int, float)
 
 
 def _builds(

@@ -54,6 +54,9 @@ EXTRA_DEFAULTS = {
 }
 """Keys snuc adds for mapping and scheduling studies (docs/targets.md)."""
 
+MAPPING_DEFAULTS = {"weight_scaling": "column", "adc_rule": "max", "adc_k": 4.0}
+"""Issue 14's mapping knobs: quiet, so ``to_dict`` leaves them out at their defaults."""
+
 
 def one_line_error(excinfo: pytest.ExceptionInfo[SnucError]) -> str:
     message = str(excinfo.value)
@@ -73,7 +76,8 @@ def write(tmp_path: Path, text: str, name: str = "chip.toml") -> Path:
 def test_every_key_has_its_documented_default():
     target = parse_target(DEFAULT_TARGET)
     assert target.to_dict() == {"name": "pcm-256x256", **SPEC_DEFAULTS, **EXTRA_DEFAULTS}
-    assert list(PARAMS) == [*SPEC_DEFAULTS, *EXTRA_DEFAULTS]
+    assert list(PARAMS) == [*SPEC_DEFAULTS, *EXTRA_DEFAULTS, *MAPPING_DEFAULTS]
+    assert {key: getattr(target, key) for key in MAPPING_DEFAULTS} == MAPPING_DEFAULTS
 
 
 def test_parameter_types_follow_the_table():
@@ -345,5 +349,6 @@ def test_docs_table_matches_the_parameters():
     for key, info in PARAMS.items():
         assert key in rows, f"docs/targets.md has no row for {key}"
         _, default, unit, allowed, *_ = rows[key]
-        assert float(default) == getattr(PRESETS[DEFAULT_TARGET], key), key
+        value = getattr(PRESETS[DEFAULT_TARGET], key)
+        assert (default if info.kind is str else float(default)) == value, key
         assert (unit, allowed) == (info.unit, info.range_text()), key
