@@ -157,6 +157,9 @@ class _ProgramDraw:
         self.code: dict[Unit, list] = {u: [] for u in self.units}
         self.values: dict[Unit, list[str]] = {u: [] for u in self.units}
         self.codes: dict[Unit, list[tuple[str, int]]] = {u: [] for u in self.units}
+        # Codes an mvm of the unit itself wrote: only those may be sent on (the checker
+        # takes an adc's codes from the tile's own core, never relayed by a third unit).
+        self.own_codes: dict[Unit, list[str]] = {u: [] for u in self.units}
         self.received: set[tuple[str, Unit]] = set()
         for unit in self.units[1:]:
             if unit.kind == CORE:
@@ -290,6 +293,7 @@ class _ProgramDraw:
             Mvm(self.start(), codes, operand, tile.number, rows, phases, vectors)
         )
         self.codes[unit].append((codes, tile.number))
+        self.own_codes[unit].append(codes)
 
     def add_adc(self, unit, values, tiles) -> None:
         codes, tile = self.draw(st.sampled_from(self.codes[unit]))
@@ -300,7 +304,7 @@ class _ProgramDraw:
         values.append(result)
 
     def add_send(self, unit, values, tiles) -> None:
-        sendable = [v for v in values if v.startswith("%")] + [c for c, _ in self.codes[unit]]
+        sendable = [v for v in values if v.startswith("%")] + self.own_codes[unit]
         others = [u for u in self.units if u != unit]
         if not others or not sendable:
             return
