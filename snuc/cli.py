@@ -111,6 +111,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "timestep t on copy t mod K (more crossbars, up to K times shorter timestep; "
         "default 1: none)",
     )
+    comp.add_argument(
+        "--no-lift",
+        dest="lift",
+        action="store_false",
+        help="keep neurons as loose digital ops (no snu.* ops), to compare their cost",
+    )
     comp.set_defaults(handler=_cmd_compile)
 
     run = sub.add_parser("run", help="run sequences on a simulated chip")
@@ -243,6 +249,7 @@ def _compile(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             placement=args.placement,
             duplicate=args.duplicate,
+            lift=args.lift,
         )
         sys.stdout.write(text)
         return EXIT_OK
@@ -253,6 +260,7 @@ def _compile(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         placement=args.placement,
         duplicate=args.duplicate,
+        lift=args.lift,
     )
     if args.emit == "report":
         json.dump(art.report, sys.stdout, indent=2)
