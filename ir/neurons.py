@@ -339,3 +339,30 @@ class CurrentLIF(NeuronOp):
     def ops_per_element(self) -> int:
         return 7 if self.reset == "subtract" else 8
 
+
+@neuron
+@dataclass(frozen=True)
+class LeakyIntegrator(NeuronOp):
+    """Leaky integrator (LI): a membrane without spikes, a readout.
+
+    Operands ``(a, v_prev, decay)``; result ``(v,)``::
+
+        v = decay * v_prev + a
+    """
+
+    NAME: ClassVar = "snu.li"
+    OPERANDS_NAMED: ClassVar = ("a", "v_prev", "decay")
+    RESULTS_NAMED: ClassVar = ("v",)
+    PREVIOUS: ClassVar = ("v_prev",)
+    MNEMONIC: ClassVar = "li"
+    MEANING: ClassVar = "leaky integrator: v = l*v' + a (no spike)"
+    COST: ClassVar = NeuronCost(2, 2.0, _ASSUMED)
+
+    def update(self, invariant: frozenset[str]) -> Update:
+        return Update(("multiply(decay, v_prev, u)", "add(u, a, v)"), ("u",))
+
+    def ops_per_element(self) -> int:
+        return 2
+
+    def result_ranges(self) -> tuple[str, ...]:
+        return ("unknown",)

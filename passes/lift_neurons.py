@@ -20,7 +20,7 @@ zero a state starts with; otherwise the graph stays as it is.
 * and where ``a`` is itself the next value of a state ``i_prev`` of the form
   ``syn_decay * i_prev + x``: ``snu.cuba`` with ``reset = subtract`` over ``x``;
 
-A LIF
+then every state ``v_prev`` whose next value is ``decay * v_prev + a`` (``snu.li``). A LIF
 with reset to zero is an SNU (``lift-snu`` lifts it). Each lifted op computes what the
 matched nodes compute in the same order (float additions and multiplications commute
 exactly), so lifted results are bit for bit the graph's, except where ``a`` is several
@@ -40,7 +40,7 @@ import numpy as np
 
 from snuc.ir.errors import VerifyError
 from snuc.ir.graph import Graph, Node
-from snuc.ir.neurons import IF, CurrentLIF, LIFSubtract, NeuronOp
+from snuc.ir.neurons import IF, CurrentLIF, LeakyIntegrator, LIFSubtract, NeuronOp
 from snuc.ir.ops import Add, Step
 from snuc.passes.base import Match, Pass, erase_unused, register_pass, take_place
 from snuc.passes.lift_snu import layer_loc, sum_type
@@ -251,6 +251,18 @@ def match_lif(graph: Graph, y_prev: str) -> Match[NeuronMatch]:
     return Match.success(NeuronMatch(LIFSubtract(), a_terms, operands, (v, y), matched))
 
 
+def match_li(graph: Graph, v_prev: str) -> Match[NeuronMatch]:
+    """The leaky integrator whose membrane the state ``v_prev`` carries, or why not."""
+    v = graph.state(v_prev).next
+    decayed = _decayed(graph, v, v_prev)
+    if not decayed:
+        return Match.fail(decayed.reason)
+    decay, a_terms, nodes = decayed.value
+    if decay is None:
+        return Match.fail(f"%{v} has no decay (an integrator of constant decay 1: not lifted)")
+    return Match.success(NeuronMatch(LeakyIntegrator(), a_terms, (v_prev, decay), (v,), nodes))
+
+
 def rewrite(graph: Graph, m: NeuronMatch) -> Match[None]:
     """Replace the match by one node of its op taking the names of its results, or say
     why the op would not compute their types."""
@@ -275,14 +287,14 @@ def rewrite(graph: Graph, m: NeuronMatch) -> Match[None]:
 @register_pass
 @dataclass(frozen=True)
 class LiftNeurons(Pass):
-    """Replace every LIF (reset by subtraction), IF and current-based LIF by its ``snu.*``
-    op (see the module docstring)."""
+    """Replace every LIF (reset by subtraction), IF, current-based LIF and leaky
+    integrator by its ``snu.*`` op (see the module docstring)."""
 
     name: ClassVar[str] = "lift-neurons"
 
     def run(self, graph: Graph, target: TargetSpec | None) -> Graph:
         graph = graph.copy()
-        for matcher in (match_lif,):
+        for matcher in (match_lif, match_li):
             for state in [st.name for st in graph.states]:
                 if not graph.is_state(state) or graph.producer(graph.state(state).next) is None:
                     continue

@@ -68,8 +68,9 @@ def _check_against_onnxruntime(path: Path, seed: int = 0) -> None:
 # --------------------------------------------------------------------------- snnTorch
 
 
-def _snntorch_model(kind: str, path: Path) -> Path:
-    """A Linear -> neuron -> Linear readout step module of snnTorch, exported to ONNX."""
+def _snntorch_model(kind: str, path: Path, width: int = N) -> Path:
+    """A Linear -> neuron (``width`` of them) -> Linear readout step module of snnTorch,
+    exported to ONNX."""
     snn = pytest.importorskip("snntorch")
     torch = pytest.importorskip("torch")
     torch.manual_seed(3)
@@ -78,7 +79,7 @@ def _snntorch_model(kind: str, path: Path) -> Path:
         "leaky_zero": lambda: snn.Leaky(beta=0.8, threshold=0.5, reset_mechanism="zero"),
         "leaky_if": lambda: snn.Leaky(beta=1.0, threshold=0.5),
         "synaptic": lambda: snn.Synaptic(alpha=0.6, beta=0.8, threshold=0.5),
-        "rleaky": lambda: snn.RLeaky(beta=0.8, threshold=0.5, linear_features=N),
+        "rleaky": lambda: snn.RLeaky(beta=0.8, threshold=0.5, linear_features=width),
     }
     states = {
         "synaptic": ("syn", "mem"),
@@ -88,9 +89,9 @@ def _snntorch_model(kind: str, path: Path) -> Path:
     class Step(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc = torch.nn.Linear(N_IN, N)
+            self.fc = torch.nn.Linear(N_IN, width)
             self.neuron = neurons[kind]()
-            self.readout = torch.nn.Linear(N, N_OUT)
+            self.readout = torch.nn.Linear(width, N_OUT)
 
         def forward(self, x, *previous):
             results = self.neuron(self.fc(x) * 2.0, *previous)
@@ -99,7 +100,7 @@ def _snntorch_model(kind: str, path: Path) -> Path:
             return (self.readout(spk), *new)
 
     module = Step()
-    zeros = [torch.zeros(2, N) for _ in states]
+    zeros = [torch.zeros(2, width) for _ in states]
     names = [f"{s}_out" for s in states]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -218,4 +219,38 @@ def test_a_negative_threshold_keeps_a_recomputed_reset_loose(tmp_path, capsys):
     path = tmp_path / "lif.onnx"
     onnx.save(model, path)
     assert not set(_neuron_ops(capsys, path)) & set(NEURON_OPS)
+    _check_against_onnxruntime(path)
+
+
+def test_a_leaky_integrator_readout_lifts(tmp_path, capsys):
+    """A LIF layer read out by a leaky integrator: ``v = a + decay * v_prev``."""
+    model = _helper_lif("greater", recomputed=True)
+    rng = np.random.default_rng(6)
+    weights = (rng.standard_normal((N, N_OUT)) * 0.5).astype(np.float32)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(weights, "W_out"),
+            numpy_helper.from_array(np.float32(0.9), "li_decay"),
+        ]
+    )
+    model.graph.node.extend(
+        [
+            helper.make_node("MatMul", ["y", "W_out"], ["li_in"]),
+            helper.make_node("Mul", ["li_decay", "li_prev"], ["li_leak"]),
+            helper.make_node("Add", ["li_in", "li_leak"], ["li"]),
+            helper.make_node("Identity", ["li"], ["li_out"]),
+        ]
+    )
+    model.graph.input.append(
+        helper.make_tensor_value_info("li_prev", TensorProto.FLOAT, ["B", N_OUT])
+    )
+    for name in ("li", "li_out"):
+        model.graph.output.append(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", N_OUT])
+        )
+    model.metadata_props[0].value = json.dumps({"v": "v_prev", "li": "li_prev"})
+    path = tmp_path / "li.onnx"
+    onnx.save(model, path)
+    ops = _neuron_ops(capsys, path)
+    assert [op for op in ops if op in NEURON_OPS] == ["snu.lif_sub", "snu.li"]
     _check_against_onnxruntime(path)
