@@ -9,7 +9,12 @@ the same constant (the spike; made when absent), the reset is that spike one ste
 a state ``y_prev`` carrying it replaces the reset (an existing state carrying the spike is
 reused). Exact: both compute ``H(v + c)`` of the same ``v``, and at the first step the
 reset is ``H(0 + c) = 0`` exactly when every ``c <= 0`` (a non-negative threshold), the
-zero a state starts with; otherwise the graph stays as it is.
+zero a state starts with; otherwise the graph stays as it is. It then spells the zero
+reset of a state ``x`` by a spike state ``y`` (``y``'s next value a ``dig.step``) the way
+``lift-snu`` matches it, ``x * (1 - y)``: from ``x - x * y`` (factors in either order) and
+from ``where(cast(y, bool), 0, x)``. Exact for spikes, but for the sign of a zero
+(``x - x`` is ``+0``, ``x * 0`` keeps x's sign) and for an infinite ``x`` where a spike
+resets it (``where`` gives 0, the product NaN).
 
 ``lift-neurons`` (after ``lift-snu``) finds, from each state ``y_prev`` carrying a spike
 ``y = step(v + c)`` (or ``step(v)``):
@@ -41,8 +46,8 @@ import numpy as np
 from snuc.ir.errors import VerifyError
 from snuc.ir.graph import Graph, Node
 from snuc.ir.neurons import IF, CurrentLIF, LeakyIntegrator, LIFSubtract, NeuronOp
-from snuc.ir.ops import Add, Step
-from snuc.passes.base import Match, Pass, erase_unused, register_pass, take_place
+from snuc.ir.ops import Add, Mul, Step, Sub
+from snuc.passes.base import Match, Pass, erase_unused, is_filled_with, register_pass, take_place
 from snuc.passes.lift_snu import layer_loc, sum_type
 
 if TYPE_CHECKING:
@@ -130,6 +135,46 @@ def _make_spike(graph: Graph, v: str, shift: np.ndarray | None, like: Node) -> s
     return spike
 
 
+def _spike_state(graph: Graph, value: str) -> bool:
+    """Whether ``value`` is a state whose next value is a ``dig.step`` (spikes)."""
+    return graph.is_state(value) and _node(graph, graph.state(value).next, "dig.step") is not None
+
+
+def _zero_reset(graph: Graph, node: Node) -> tuple[str, str] | None:
+    """``node`` as ``x - x * y`` or ``where(cast(y, bool), 0, x)``, y a spike state:
+    ``(x, y)``; else None."""
+    if node.op.NAME == "dig.sub":
+        x, product = node.inputs
+        mul = _node(graph, product, "dig.mul")
+        for a, y in (mul.inputs, mul.inputs[::-1]) if mul else ():
+            if a == x and _spike_state(graph, y):
+                return x, y
+    if node.op.NAME == "dig.where":
+        cond, zero, x = node.inputs
+        cast = _node(graph, cond, "dig.cast")
+        if (
+            cast
+            and _spike_state(graph, cast.inputs[0])
+            and is_filled_with(graph.constants.get(zero), 0)
+        ):
+            return x, cast.inputs[0]
+    return None
+
+
+def respell_zero_reset(graph: Graph, node: Node) -> bool:
+    """Rewrite a zero reset ``node`` as ``x * (1 - y)`` under its name; whether it was one."""
+    found = _zero_reset(graph, node)
+    if found is None or graph.type_of(found[0]) != graph.type_of(node.outputs[0]):
+        return False
+    x, y = found
+    one = graph.add_constant(graph.fresh("one"), np.ones((), graph.type_of(y).np_dtype), node.loc)
+    (keep,) = graph.add_node(Sub(), (one, y), loc=node.loc)
+    (product,) = graph.add_node(Mul(), (x, keep), loc=node.loc)
+    take_place(graph, (node.outputs[0],), graph.producer(product))
+    erase_unused(graph, node.inputs)
+    return True
+
+
 @register_pass
 @dataclass(frozen=True)
 class CarrySpikes(Pass):
@@ -146,6 +191,9 @@ class CarrySpikes(Pass):
             found = carry_spike(graph, node)
             if found:
                 _log.debug("carry-spikes: %%%s is now the state %%%s", node.id, found.value)
+        for node in [n for n in graph.nodes() if n.op.NAME in ("dig.sub", "dig.where")]:
+            if graph.producer(node.outputs[0]) is node and respell_zero_reset(graph, node):
+                _log.debug("carry-spikes: the zero reset %%%s is now x * (1 - y)", node.id)
         return graph
 
 
