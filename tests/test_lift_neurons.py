@@ -186,6 +186,14 @@ def _helper_lif(spike: str, *, recomputed: bool, integrate: bool = False) -> onn
     heaviside("v", "y")
     nodes.append(helper.make_node("Identity", ["y"], ["out"]))
     states = {"v": "v_prev"} if recomputed else {"v": "v_prev", "y": "y_prev"}
+    return step_model("lif", nodes, init, states)
+
+
+def step_model(
+    name: str, nodes: list[onnx.NodeProto], init: list[onnx.TensorProto], states: dict[str, str]
+) -> onnx.ModelProto:
+    """A step-form model: input ``x`` ``[B, N_IN]``, output ``out`` and the states
+    (``{next: previous}``, each ``[B, N]``) paired in its metadata."""
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", N_IN])]
     inputs += [
         helper.make_tensor_value_info(s, TensorProto.FLOAT, ["B", N]) for s in states.values()
@@ -193,7 +201,7 @@ def _helper_lif(spike: str, *, recomputed: bool, integrate: bool = False) -> onn
     outputs = [
         helper.make_tensor_value_info(o, TensorProto.FLOAT, ["B", N]) for o in ("out", *states)
     ]
-    graph = helper.make_graph(nodes, "lif", inputs, outputs, init)
+    graph = helper.make_graph(nodes, name, inputs, outputs, init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.metadata_props.add(key=STATE_KEY, value=json.dumps(states))
     return model

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_lift_neurons import LOOSE, N_IN, STATE_KEY, N, _check_against_onnxruntime, _neuron_ops
+from test_lift_neurons import (
+    LOOSE,
+    N_IN,
+    N,
+    _check_against_onnxruntime,
+    _neuron_ops,
+    step_model,
+)
 
 from snuc.ir.neurons import NEURON_OPS
 
@@ -43,18 +48,7 @@ def _zero_reset_lif(reset: str) -> onnx.ModelProto:
         helper.make_node("Cast", ["fire"], ["y"], to=TensorProto.FLOAT),
         helper.make_node("Identity", ["y"], ["out"]),
     ]
-    states = {"v": "v_prev", "y": "y_prev"}
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", N_IN])]
-    inputs += [
-        helper.make_tensor_value_info(s, TensorProto.FLOAT, ["B", N]) for s in states.values()
-    ]
-    outputs = [
-        helper.make_tensor_value_info(o, TensorProto.FLOAT, ["B", N]) for o in ("out", *states)
-    ]
-    graph = helper.make_graph(nodes, "zero_reset", inputs, outputs, init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.metadata_props.add(key=STATE_KEY, value=json.dumps(states))
-    return model
+    return step_model("zero_reset", nodes, init, {"v": "v_prev", "y": "y_prev"})
 
 
 @pytest.mark.parametrize("reset", ["mul", "sub", "where"])
