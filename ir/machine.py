@@ -8,8 +8,10 @@ that machine model, read from a :class:`~snuc.ir.target.TargetSpec`:
 * :class:`Unit` and :func:`check_unit`: where work runs;
 * :func:`route`: the links a transfer crosses (XY routing on each chip's mesh);
 * :class:`Cost` and the cost functions (:func:`mvm_cost`, :func:`digital_cost`,
-  :func:`transfer_cost`): cycles, latency, energy and resource reservations of each kind
-  of work, and :func:`crossbar_work`, the crossbars' MVM cycles per timestep;
+  :func:`neuron_cost`, :func:`vector_cost`, :func:`transfer_cost`): cycles, latency,
+  energy and resource reservations of each kind of work (a neuron model's update on the
+  neuron units, with the neuron-unit keys of :mod:`snuc.ir.neurons`), and
+  :func:`crossbar_work`, the crossbars' MVM cycles per timestep;
 * :data:`DIGITAL_OPS`, :data:`MNEMONIC_OF` and :func:`fixed_ops`: the vector instructions of
   the digital units, by mnemonic and by the op class they compute.
 
@@ -31,7 +33,7 @@ from snuc.ir.crossbar import guaranteed_ranges
 from snuc.ir.elementwise import ELEMENTWISE
 from snuc.ir.errors import SnucError, VerifyError
 from snuc.ir.graph import Graph, Node
-from snuc.ir.neurons import NEURON_OPS, NeuronOp
+from snuc.ir.neurons import NEURON_OPS, NeuronOp, cost_keys
 from snuc.ir.ops import CrossbarMVM, Op
 from snuc.ir.target import TargetSpec
 
@@ -228,6 +230,30 @@ def digital_cost(target: TargetSpec, unit: Unit, n: int, ops: int) -> Cost:
         return FREE
     energy = ops * n * target.energy_digital_op_pj
     return Cost(cycles, cycles, (("digital", energy),), ((unit.compute_resource(), 0, cycles),))
+
+
+def neuron_cost(target: TargetSpec, unit: Unit, n: int, model: type[NeuronOp]) -> Cost:
+    """The update of ``n`` neurons of ``model`` on ``unit``'s neuron units.
+
+    ``neuron_<model>_cycles`` per ``digital_lanes`` neurons and ``neuron_<model>_energy_pj``
+    per neuron (:func:`~snuc.ir.neurons.cost_keys`; the same work as loose vector ops
+    costs :func:`digital_cost`).
+    """
+    cycles_key, energy_key = cost_keys(model)
+    cycles = getattr(target, cycles_key) * math.ceil(n / target.digital_lanes)
+    if cycles == 0:
+        return FREE
+    energy = n * getattr(target, energy_key)
+    return Cost(cycles, cycles, (("digital", energy),), ((unit.compute_resource(), 0, cycles),))
+
+
+def vector_cost(target: TargetSpec, unit: Unit, mnemonic: str, n: int, ops: int) -> Cost:
+    """A vector instruction over ``n`` elements: a neuron model's on the neuron units
+    (:func:`neuron_cost`), any other's as ``ops`` digital operations (:func:`digital_cost`)."""
+    op = DIGITAL_OPS[mnemonic].op
+    if issubclass(op, NeuronOp):
+        return neuron_cost(target, unit, n, op)
+    return digital_cost(target, unit, n, ops)
 
 
 def transfer_cost(target: TargetSpec, src: Unit, dst: Unit, nbytes: int) -> Cost:

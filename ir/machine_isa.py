@@ -34,6 +34,7 @@ from snuc.ir.machine import (
     fixed_ops,
     mvm_cost,
     transfer_cost,
+    vector_cost,
 )
 from snuc.ir.ops import Op
 from snuc.ir.target import TargetSpec
@@ -246,7 +247,7 @@ class VectorOp(Instruction):
         return DIGITAL_OPS[self.opcode].op(**dict(self.attrs))
 
     def cost(self, target: TargetSpec, unit: Unit) -> Cost:
-        return digital_cost(target, unit, self.n, self.ops)
+        return vector_cost(target, unit, self.opcode, self.n, self.ops)
 
 
 @dataclass(frozen=True)

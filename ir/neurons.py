@@ -156,7 +156,13 @@ def cost_keys(cls: type[NeuronOp]) -> tuple[str, str]:
     return f"neuron_{cls.MNEMONIC}_cycles", f"neuron_{cls.MNEMONIC}_energy_pj"
 
 
-_ASSUMED = "assumed (no published figure)"
+NEURON_UNIT_SOURCE = (
+    "assumed (no published figure; the chip's local digital units do affine scaling and "
+    "activations, Le Gallo et al. 2023): a pipelined neuron datapath updates digital_lanes "
+    "neurons per cycle, at half the energy of its operations as loose vector ops, whose "
+    "operands go through core memory"
+)
+"""Where the neuron units' default costs come from (every model's ``COST``)."""
 
 
 # --------------------------------------------------------------------------- the models
@@ -182,7 +188,7 @@ class SNULayer(NeuronOp):
     PREVIOUS: ClassVar = ("s_prev", "y_prev")
     MNEMONIC: ClassVar = "snu"
     MEANING: ClassVar = "fused SNU update: s = g(a + l*s'*(1-y')), y = h(s + b)"
-    COST: ClassVar = NeuronCost(7, 7.0, _ASSUMED)
+    COST: ClassVar = NeuronCost(1, 3.5, NEURON_UNIT_SOURCE)
     g: str = "relu"
     h: str = "step"
 
@@ -245,7 +251,7 @@ class LIFSubtract(NeuronOp):
     PREVIOUS: ClassVar = ("v_prev", "y_prev")
     MNEMONIC: ClassVar = "lif_sub"
     MEANING: ClassVar = "LIF, reset by subtraction: v = l*v' + a - y'*th, y = H(v - th)"
-    COST: ClassVar = NeuronCost(5, 5.0, _ASSUMED)
+    COST: ClassVar = NeuronCost(1, 2.5, NEURON_UNIT_SOURCE)
 
     def update(self, invariant: frozenset[str]) -> Update:
         calls = (
@@ -280,7 +286,7 @@ class IF(NeuronOp):
     PREVIOUS: ClassVar = ("v_prev", "y_prev")
     MNEMONIC: ClassVar = "if"
     MEANING: ClassVar = "integrate-and-fire: v = v' + a - y'*th, y = H(v - th)"
-    COST: ClassVar = NeuronCost(4, 4.0, _ASSUMED)
+    COST: ClassVar = NeuronCost(1, 2.0, NEURON_UNIT_SOURCE)
 
     def update(self, invariant: frozenset[str]) -> Update:
         calls = ("add(v_prev, a, u)", "multiply(y_prev, threshold, w)", "subtract(u, w, v)")
@@ -312,7 +318,7 @@ class CurrentLIF(NeuronOp):
     PREVIOUS: ClassVar = ("i_prev", "v_prev", "y_prev")
     MNEMONIC: ClassVar = "cuba"
     MEANING: ClassVar = "current-based LIF: i = ls*i' + a, then a LIF of input i"
-    COST: ClassVar = NeuronCost(8, 8.0, _ASSUMED)
+    COST: ClassVar = NeuronCost(1, 4.0, NEURON_UNIT_SOURCE)
     reset: str = "subtract"
 
     def update(self, invariant: frozenset[str]) -> Update:
@@ -339,3 +345,30 @@ class CurrentLIF(NeuronOp):
     def ops_per_element(self) -> int:
         return 7 if self.reset == "subtract" else 8
 
+
+@neuron
+@dataclass(frozen=True)
+class LeakyIntegrator(NeuronOp):
+    """Leaky integrator (LI): a membrane without spikes, a readout.
+
+    Operands ``(a, v_prev, decay)``; result ``(v,)``::
+
+        v = decay * v_prev + a
+    """
+
+    NAME: ClassVar = "snu.li"
+    OPERANDS_NAMED: ClassVar = ("a", "v_prev", "decay")
+    RESULTS_NAMED: ClassVar = ("v",)
+    PREVIOUS: ClassVar = ("v_prev",)
+    MNEMONIC: ClassVar = "li"
+    MEANING: ClassVar = "leaky integrator: v = l*v' + a (no spike)"
+    COST: ClassVar = NeuronCost(1, 1.0, NEURON_UNIT_SOURCE)
+
+    def update(self, invariant: frozenset[str]) -> Update:
+        return Update(("multiply(decay, v_prev, u)", "add(u, a, v)"), ("u",))
+
+    def ops_per_element(self) -> int:
+        return 2
+
+    def result_ranges(self) -> tuple[str, ...]:
+        return ("unknown",)

@@ -34,6 +34,7 @@ from typing import Any
 
 from snuc.ir.errors import SnucError
 from snuc.ir.limits import check_nesting
+from snuc.ir.neurons import NEURON_OPS, cost_keys
 
 DEFAULT_TARGET = "pcm-256x256"
 """The target used when none is given."""
@@ -312,6 +313,29 @@ class TargetSpec:
         source=f"{_ASSUMED}: a normal current exceeds 4 sigma with probability 6e-5",
         quiet_default=True,
     )
+
+    # The neuron units' cost: two keys per neuron model (neuron_<model>_cycles and
+    # neuron_<model>_energy_pj), with the defaults and source the model declares in
+    # snuc.ir.neurons, so that a new model brings its keys along. A class body's
+    # namespace is the dict locals() returns: the loop declares fields as written ones.
+    for _model in NEURON_OPS.values():
+        _cycles, _energy = cost_keys(_model)
+        __annotations__[_cycles], __annotations__[_energy] = "int", "float"
+        locals()[_cycles] = _param(
+            _model.COST.cycles,
+            (1, 1_000_000),
+            unit="cycles",
+            meaning=f"{_model.NAME} on the neuron units: digital_lanes neurons' update",
+            source=_model.COST.source,
+        )
+        locals()[_energy] = _param(
+            _model.COST.energy_pj,
+            (0.0, 1e6),
+            unit="pJ",
+            meaning=f"{_model.NAME} on the neuron units: one neuron's update",
+            source=_model.COST.source,
+        )
+    del _model, _cycles, _energy
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "\n" in self.name:

@@ -5,6 +5,7 @@ Importing the package registers every pass (each module registers its own).
 
 from snuc.passes.base import (
     DEFAULT_PIPELINE,
+    LIFT_PASSES,
     PASSES,
     DeadCode,
     Match,
@@ -17,6 +18,8 @@ from snuc.passes.base import (
     run_pipeline,
 )
 from snuc.passes.canonicalize import Canonicalize
+from snuc.passes.lift_neurons import CarrySpikes as CarrySpikes
+from snuc.passes.lift_neurons import LiftNeurons as LiftNeurons
 from snuc.passes.lift_snu import LiftSNU, SNUMatch, match_snu
 from snuc.passes.lower_conv import LowerConv as LowerConv
 from snuc.passes.placement import Place as Place
@@ -26,6 +29,7 @@ from snuc.passes.tiling import Tile as Tile
 
 __all__ = [
     "DEFAULT_PIPELINE",
+    "LIFT_PASSES",
     "PASSES",
     "Canonicalize",
     "DeadCode",

@@ -73,7 +73,9 @@ def get_pass(name: str) -> type[Pass]:
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "verify",
     "canonicalize",
+    "carry-spikes",
     "lift-snu",
+    "lift-neurons",
     "dead-code",
     "lower-conv",
     "tile",
@@ -84,6 +86,11 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
 """The default order of passes, top to bottom (SPEC §4). Scheduling follows them in the
 driver (``schedule_graph``), which keeps the Schedule for the report and the program; the
 ``schedule`` pass exists for pipelines that only want the check."""
+
+
+LIFT_PASSES: tuple[str, ...] = ("carry-spikes", "lift-snu", "lift-neurons")
+"""The passes that lift neurons onto ``snu.*`` ops: left out with lifting off (``--no-lift``),
+so the neurons stay loose digital ops and cost what those cost."""
 
 
 def default_pipeline() -> list[Pass]:

@@ -231,7 +231,7 @@ def _split_bias(
     )
 
 
-def _layer_loc(s_loc: Loc, y_loc: Loc) -> Loc:
+def layer_loc(s_loc: Loc, y_loc: Loc) -> Loc:
     """The source path both locs share, or ``s_loc`` when they share only the scheme.
 
     ``onnx:/snu1/Relu`` and ``onnx:/snu1/Cast`` give ``onnx:/snu1``, the layer's name.
@@ -291,7 +291,7 @@ def match_snu(graph: Graph, y_prev: str) -> Match[SNUMatch]:
         g=g,
         h=_H[spike.op.NAME],
         matched=tuple(dict.fromkeys(matched)),
-        loc=_layer_loc(graph.producer(s).loc, spike.loc),
+        loc=layer_loc(graph.producer(s).loc, spike.loc),
     )
     problem = _type_problem(graph, m)
     return Match.fail(problem) if problem else Match.success(m)
@@ -304,10 +304,10 @@ def _type_problem(graph: Graph, m: SNUMatch) -> str:
     decay_types = [graph.type_of(c) for c in m.decay] or [TensorType(s_type.dtype, ())]
     try:
         operands = (
-            _sum_type(a_types),
+            sum_type(a_types),
             graph.type_of(m.s_prev),
             graph.type_of(m.y_prev),
-            _sum_type(decay_types),
+            sum_type(decay_types),
             graph.type_of(m.bias) if m.bias else TensorType(s_type.dtype, ()),
         )
         types = SNULayer(g=m.g, h=m.h).infer(operands, (None,) * 5)
@@ -321,7 +321,7 @@ def _type_problem(graph: Graph, m: SNUMatch) -> str:
     return ""
 
 
-def _sum_type(types: list[TensorType]) -> TensorType:
+def sum_type(types: list[TensorType]) -> TensorType:
     """The type of an element-wise sum or product of values of ``types``."""
     dtype = promote([t.dtype for t in types])
     return TensorType(dtype, broadcast_shapes([t.shape for t in types]))

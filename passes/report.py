@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
+from snuc.ir.machine import HOST, neuron_cost
+from snuc.ir.neurons import NeuronOp
 from snuc.ir.ops import CrossbarMVM
 from snuc.passes.placement import tile_footprint
 
@@ -41,7 +43,9 @@ def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
         is used), ``weights``,
         ``devices`` (``weights * 2 * dpp``, and the copies' devices) and ``layers`` (per
         layer in order of first tile: ``{layer, weights, tiles, crossbars}``, copies'
-        crossbars included).
+        crossbars included) and ``neurons`` (per neuron layer in graph order: ``{layer,
+        model, neurons, cycles, energy_pj}``, the ``snu.*`` op and its update's cost on
+        the neuron units per timestep and sequence).
 
     Raises:
         SnucError: a tile is not placed yet, or the graph still holds an untiled
@@ -94,7 +98,28 @@ def mapping_report(graph: Graph, target: TargetSpec) -> dict[str, Any]:
         "weights": weights,
         "devices": devices,
         "layers": _layers(tiles),
+        "neurons": _neuron_layers(graph, target),
     }
+
+
+def _neuron_layers(graph: Graph, target: TargetSpec) -> list[dict[str, Any]]:
+    """Each neuron op: where it came from, its model, its neurons and its update's cost."""
+    rows = []
+    for node in graph.nodes():
+        if not isinstance(node.op, NeuronOp):
+            continue
+        n = graph.type_of(node.outputs[0]).static_size()
+        cost = neuron_cost(target, HOST, n, type(node.op))
+        rows.append(
+            {
+                "layer": node.loc.source or node.id,
+                "model": node.op.NAME,
+                "neurons": n,
+                "cycles": cost.cycles,
+                "energy_pj": cost.total_energy_pj,
+            }
+        )
+    return rows
 
 
 def _layers(tiles: list[CrossbarMVM]) -> list[dict[str, Any]]:

@@ -50,8 +50,13 @@ import numpy as np
 from snuc.ir.errors import SnucError
 from snuc.ir.limits import MAX_TENSOR_BYTES_ENV, check_tensor_bytes, load_json, max_tensor_bytes
 
-FORMAT_VERSION = 1
-"""The artefact layout this snuc writes and reads; bump it on any incompatible change."""
+FORMAT_VERSION = 2
+"""The artefact layout this snuc writes and reads; bump it on any incompatible change.
+
+2: the neuron family's ops in the IR (``snu.lif_sub``, ``snu.if``, ``snu.cuba``,
+``snu.li``), the neuron units' target keys and costs, the report's ``neurons``.
+1: the first layout (``snu.layer`` only). An artefact of another version is not read: its
+program and report would not be what its graph compiles to now; it is recompiled."""
 
 MANIFEST = "manifest.json"
 GRAPH = "graph.ir"
@@ -616,8 +621,9 @@ def _read_manifest(members: _Members, where: str) -> dict[str, Any]:
         raise _malformed(where, "format_version is missing or not an integer")
     if version != FORMAT_VERSION:
         raise SnucError(
-            f"artefact {where} has format version {version}, but this snuc "
-            f"({_snuc_version()}) reads format version {FORMAT_VERSION}; recompile the model"
+            f"artefact {where} has format version {version} (written by {_writer(data)}), "
+            f"but this snuc ({_snuc_version()}) reads format version {FORMAT_VERSION}; "
+            "recompile the model"
         )
     for key, kind in (
         ("snuc_version", str),
@@ -635,6 +641,14 @@ def _read_manifest(members: _Members, where: str) -> dict[str, Any]:
         if name not in data["members"]:
             raise _malformed(where, f"it does not list {name}")
     return data
+
+
+def _writer(manifest: dict[str, Any]) -> str:
+    """Which snuc wrote a manifest (its ``created_by``), shown safely on one line."""
+    created_by = manifest.get("created_by")
+    if isinstance(created_by, str) and created_by.isprintable() and 0 < len(created_by) <= 60:
+        return created_by
+    return "an unknown snuc"
 
 
 def _check_size(name: str, size: int, where: str) -> None:

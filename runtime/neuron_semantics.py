@@ -96,3 +96,8 @@ def _cuba(
         v = decay * v_prev * (1 - y_prev) + i
     return i, v, _spike(v, threshold)
 
+
+@semantics(neurons.LeakyIntegrator)
+def _li(op: Op, a: np.ndarray, v_prev: np.ndarray, decay: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Leaky integrator, result ``(v,)``: ``v = decay * v_prev + a``."""
+    return (decay * v_prev + a,)

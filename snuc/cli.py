@@ -143,6 +143,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default="euler",
         help="NIR input: Euler (1 - dt/tau, the default) or exact (exp(-dt/tau)) decays",
     )
+    comp.add_argument(
+        "--no-lift",
+        dest="lift",
+        action="store_false",
+        help="keep neurons as loose digital ops (no snu.* ops), to compare their cost",
+    )
     comp.set_defaults(handler=_cmd_compile)
 
     run = sub.add_parser("run", help="run sequences on a simulated chip")
@@ -333,6 +339,7 @@ def _compile(args: argparse.Namespace) -> int:
             duplicate=args.duplicate,
             dt=args.dt,
             discretize=args.discretize,
+            lift=args.lift,
         )
         sys.stdout.write(text)
         return EXIT_OK
@@ -345,6 +352,7 @@ def _compile(args: argparse.Namespace) -> int:
         duplicate=args.duplicate,
         dt=args.dt,
         discretize=args.discretize,
+        lift=args.lift,
     )
     if args.emit == "report":
         json.dump(art.report, sys.stdout, indent=2)

@@ -25,7 +25,7 @@ from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
 from snuc.ir.target import DEFAULT_TARGET, TargetSpec, parse_target, with_overrides
 from snuc.ir.text import print_graph
-from snuc.passes import DEFAULT_PIPELINE, Pass, default_pipeline, run_pipeline
+from snuc.passes import DEFAULT_PIPELINE, LIFT_PASSES, Pass, default_pipeline, run_pipeline
 from snuc.passes.placement import Place, check_duplicate
 from snuc.passes.quantize import Quantize
 from snuc.passes.report import mapping_report
@@ -162,6 +162,7 @@ def lower(
     placement: str = "pack",
     duplicate: int = 1,
     after: After | None = None,
+    lift: bool = True,
 ) -> Graph:
     """Run the default pipeline over ``graph``; ``after(stage, graph)`` sees every stage.
 
@@ -169,11 +170,13 @@ def lower(
     float run of the mapped graph on them (SPEC §6) instead of the guaranteed ranges.
     ``placement`` and ``duplicate`` are the place pass's strategy (``pack`` or
     ``spread``) and copies of busy crossbars (docs/isa.md "Tile duplication").
+    ``lift=False`` leaves out the passes that lift neurons (:data:`LIFT_PASSES`).
     """
     if after is not None:
         after(IMPORT_STAGE, graph)
     place = Place(strategy=placement, duplicate=duplicate)
-    passes: list[Pass] = [place if p.name == Place.name else p for p in default_pipeline()]
+    pipeline = [p for p in default_pipeline() if lift or p.name not in LIFT_PASSES]
+    passes: list[Pass] = [place if p.name == Place.name else p for p in pipeline]
     if calibration is None:
         return run_pipeline(graph, target, passes, after=after)
     split = next(i for i, p in enumerate(passes) if p.name == Quantize.name)
@@ -201,6 +204,7 @@ def compile_model(
     placement: str = "pack",
     duplicate: int = 1,
     after: After | None = None,
+    lift: bool = True,
 ) -> Artefact:
     """Compile a model for a target into an in-memory artefact (``snuc.compile``).
 
@@ -213,6 +217,7 @@ def compile_model(
     ``duplicate=K`` (``--duplicate``) gives every crossbar with more than 1/K of the
     busiest crossbar's MVM work K copies on spare crossbars, timestep t served by copy
     ``t mod K``: more crossbars for a shorter timestep (docs/isa.md "Tile duplication").
+    ``lift=False`` (``--no-lift``) keeps neurons as loose digital ops, for comparisons.
     """
     check_duplicate(duplicate)
     onnx_model, source = as_onnx(model, example=example, dt=dt, discretize=discretize)
@@ -225,6 +230,7 @@ def compile_model(
         placement=placement,
         duplicate=duplicate,
         after=after,
+        lift=lift,
     )
     schedule = schedule_graph(graph, spec)
     return Artefact(
@@ -252,6 +258,7 @@ def emit_ir(
     duplicate: int = 1,
     dt: float | None = None,
     discretize: str = "euler",
+    lift: bool = True,
 ) -> str:
     """The text IR of ``model`` after the whole pipeline, or after the stage ``print_after``."""
     if print_after is not None and print_after not in stage_names():
@@ -275,6 +282,7 @@ def emit_ir(
         after=keep,
         dt=dt,
         discretize=discretize,
+        lift=lift,
     )
     if print_after is not None:
         return dumps[print_after]

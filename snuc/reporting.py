@@ -54,4 +54,11 @@ def format_report(report: dict[str, Any]) -> str:
     if layers:
         rows = [[row["layer"], row["weights"], row["tiles"], row["crossbars"]] for row in layers]
         text += "\n" + format_table(["layer", "weights", "tiles", "crossbars"], rows)
+    neurons = report.get("neurons", [])
+    if neurons:
+        rows = [
+            [r["layer"], r["model"], r["neurons"], r["cycles"], r["energy_pj"]] for r in neurons
+        ]
+        header = ["neuron layer", "model", "neurons", "cycles", "energy (pJ)"]
+        text += "\n" + format_table(header, rows)
     return text

@@ -171,7 +171,7 @@ def test_members_get_default_permissions(saved: Path, tmp_path: Path) -> None:
 
 def test_manifest_contents(saved: Path) -> None:
     manifest = _manifest(saved)
-    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["snuc_version"] == __version__
     assert manifest["created_by"] == f"snuc {__version__}"
     assert manifest["target"] == TARGET
@@ -439,10 +439,10 @@ def test_manifest_of_the_wrong_shape(saved: Path, change, problem: str) -> None:
 
 def test_wrong_format_version(saved: Path) -> None:
     manifest = _manifest(saved)
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (saved / "manifest.json").write_text(json.dumps(manifest))
     message = _error(saved)
-    assert "has format version 2" in message
+    assert "has format version 3" in message
     assert f"reads format version {FORMAT_VERSION}" in message
     assert "recompile the model" in message
 

@@ -34,6 +34,7 @@ MODELS: list[tuple[str, dict]] = [
     ("snu.if", {}),
     ("snu.cuba", {"reset": "subtract"}),
     ("snu.cuba", {"reset": "zero"}),
+    ("snu.li", {}),
 ]
 PARAMETERS = {
     "decay": (0.6, 0.95),

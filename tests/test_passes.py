@@ -290,7 +290,9 @@ def test_default_pipeline_order():
     assert [p.name for p in default_pipeline()] == [
         "verify",
         "canonicalize",
+        "carry-spikes",
         "lift-snu",
+        "lift-neurons",
         "dead-code",
         "lower-conv",
         "tile",
@@ -300,7 +302,14 @@ def test_default_pipeline_order():
     ]
     assert [p.name for p in default_pipeline()] == list(DEFAULT_PIPELINE)
     names = pass_names()
-    assert names[:4] == ["verify", "canonicalize", "lift-snu", "dead-code"]
+    assert names[:6] == [
+        "verify",
+        "canonicalize",
+        "carry-spikes",
+        "lift-snu",
+        "lift-neurons",
+        "dead-code",
+    ]
     assert sorted(names) == sorted(PASSES)
 
 

@@ -229,8 +229,10 @@ def test_recurrent_snu_meets_its_recurrence_bound():
     g = snu_stack((48, 64), crossbars=(0,), recurrent=True)
     schedule = schedule_graph(g, TARGET)
     check(schedule)
-    # The loop: MVM of H y_prev, its read-out, the add, the neuron update (64 neurons).
-    loop = 133 + math.ceil(64 / 32) + math.ceil(64 / 32) + 7 * math.ceil(64 / 32)
+    # The loop: MVM of H y_prev, its read-out, the add, the neuron update (64 neurons) on
+    # the neuron units.
+    update = TARGET.neuron_snu_cycles * math.ceil(64 / 32)
+    loop = 133 + math.ceil(64 / 32) + math.ceil(64 / 32) + update
     assert schedule.recurrence_bound == loop
     assert schedule.resource_bound == 2 * 133
     assert schedule.ii / schedule.cycles_lower_bound <= 1.10
@@ -254,7 +256,7 @@ def test_recurrence_bound_dominates_when_the_loop_is_long():
     schedule = schedule_graph(g, TARGET)
     check(schedule)
     # The loop stays on core 1 with H: MVM, read-out, add, neuron update (100 neurons).
-    assert schedule.recurrence_bound == 133 + 4 + 4 + 7 * 4
+    assert schedule.recurrence_bound == 133 + 4 + 4 + TARGET.neuron_snu_cycles * 4
     assert schedule.resource_bound == 133
     assert schedule.cycles_lower_bound == schedule.recurrence_bound
     assert schedule.ii / schedule.cycles_lower_bound <= 1.10

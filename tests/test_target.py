@@ -51,8 +51,19 @@ EXTRA_DEFAULTS = {
     "energy_noc_byte_pj": 1.0,
     "chip_link_cycles": 100,
     "energy_chip_link_byte_pj": 10.0,
+    "neuron_snu_cycles": 1,
+    "neuron_snu_energy_pj": 3.5,
+    "neuron_lif_sub_cycles": 1,
+    "neuron_lif_sub_energy_pj": 2.5,
+    "neuron_if_cycles": 1,
+    "neuron_if_energy_pj": 2.0,
+    "neuron_cuba_cycles": 1,
+    "neuron_cuba_energy_pj": 4.0,
+    "neuron_li_cycles": 1,
+    "neuron_li_energy_pj": 1.0,
 }
-"""Keys snuc adds for mapping and scheduling studies (docs/targets.md)."""
+"""Keys snuc adds for mapping and scheduling studies (docs/targets.md), the neuron units'
+costs per neuron model last."""
 
 MAPPING_DEFAULTS = {"weight_scaling": "column", "adc_rule": "max", "adc_k": 4.0}
 """Issue 14's mapping knobs: quiet, so ``to_dict`` leaves them out at their defaults."""

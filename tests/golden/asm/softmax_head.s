@@ -1,5 +1,5 @@
 # snuc assembly (docs/isa.md): @stack on pcm-256x256
-# a timestep every 133 cycles (lower bound 133); latency 297 cycles, 3 pipeline stage(s)
+# a timestep every 133 cycles (lower bound 133); latency 285 cycles, 3 pipeline stage(s)
 program @stack {
   target "pcm-256x256" {
     rows = 256
@@ -27,8 +27,18 @@ program @stack {
     energy_noc_byte_pj = 1.0
     chip_link_cycles = 100
     energy_chip_link_byte_pj = 10.0
+    neuron_snu_cycles = 1
+    neuron_snu_energy_pj = 3.5
+    neuron_lif_sub_cycles = 1
+    neuron_lif_sub_energy_pj = 2.5
+    neuron_if_cycles = 1
+    neuron_if_energy_pj = 2.0
+    neuron_cuba_cycles = 1
+    neuron_cuba_energy_pj = 4.0
+    neuron_li_cycles = 1
+    neuron_li_energy_pj = 1.0
   }
-  timing {ii = 133, latency = 297, lower_bound = 133}
+  timing {ii = 133, latency = 285, lower_bound = 133}
   tile 0 @W0 {layer = "a0", rows = [0, 16], cols = [0, 24], crossbar = 0, xbar_row = 0, xbar_col = 0, dac = [0.0, 1.0], adc_range = 1.0}
   tile 1 @W1 {layer = "a1", rows = [0, 24], cols = [0, 10], crossbar = 1, xbar_row = 0, xbar_col = 0, dac = [0.0, 1.0], adc_range = 1.0}
   gdu 0 {
@@ -38,8 +48,8 @@ program @stack {
       0: send %x -> core 0 {bytes = 16}  # 3 cycles, 16.0 pJ
     133: sync
     266: sync
-    293: recv %y1_new <- core 1
-    293: softmax %probs = %y1_new {axis = -1, n = 10, ops = 4}  # 4 cycles, 40.0 pJ
+    281: recv %y1_new <- core 1
+    281: softmax %probs = %y1_new {axis = -1, n = 10, ops = 4}  # 4 cycles, 40.0 pJ
     399: sync
     output %probs
   }
@@ -57,8 +67,8 @@ program @stack {
       3: mvm $a0_t = %x {tile = 0, rows = 16, phases = 1, vectors = 1}  # 133 cycles, 837.5 pJ
     133: sync
     136: adc %a0_t = $a0_t {tile = 0, n = 24}  # 1 cycle, 24.0 pJ
-    137: snu %s0_new, %y0_new = %a0_t, %s0, %y0, @decay, @b0 {g = "relu", h = "step", n = 24, ops = 7}  # 7 cycles, 168.0 pJ
-    144: send %y0_new -> core 1 {bytes = 3}  # 3 cycles, 3.0 pJ
+    137: snu %s0_new, %y0_new = %a0_t, %s0, %y0, @decay, @b0 {g = "relu", h = "step", n = 24, ops = 7}  # 1 cycle, 84.0 pJ
+    138: send %y0_new -> core 1 {bytes = 3}  # 3 cycles, 3.0 pJ
     266: sync
     399: sync
   }
@@ -73,12 +83,12 @@ program @stack {
     buf %s1_new : f32[B, 10] copies 2
     buf %y1_new : f32[B, 10] copies 2
     133: sync
-    147: recv %y0_new <- core 0
-    147: mvm $a1_t = %y0_new {tile = 1, rows = 24, phases = 1, vectors = 1}  # 133 cycles, 1256.2 pJ
+    141: recv %y0_new <- core 0
+    141: mvm $a1_t = %y0_new {tile = 1, rows = 24, phases = 1, vectors = 1}  # 133 cycles, 1256.2 pJ
     266: sync
-    280: adc %a1_t = $a1_t {tile = 1, n = 10}  # 1 cycle, 10.0 pJ
-    281: snu %s1_new, %y1_new = %a1_t, %s1, %y1, @decay, @b1 {g = "relu", h = "step", n = 10, ops = 7}  # 7 cycles, 70.0 pJ
-    288: send %y1_new -> gdu 0 {bytes = 2}  # 5 cycles, 4.0 pJ
+    274: adc %a1_t = $a1_t {tile = 1, n = 10}  # 1 cycle, 10.0 pJ
+    275: snu %s1_new, %y1_new = %a1_t, %s1, %y1, @decay, @b1 {g = "relu", h = "step", n = 10, ops = 7}  # 1 cycle, 35.0 pJ
+    276: send %y1_new -> gdu 0 {bytes = 2}  # 5 cycles, 4.0 pJ
     399: sync
   }
 }

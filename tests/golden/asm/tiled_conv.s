@@ -27,6 +27,16 @@ program @tiled_conv {
     energy_noc_byte_pj = 1.0
     chip_link_cycles = 100
     energy_chip_link_byte_pj = 10.0
+    neuron_snu_cycles = 1
+    neuron_snu_energy_pj = 3.5
+    neuron_lif_sub_cycles = 1
+    neuron_lif_sub_energy_pj = 2.5
+    neuron_if_cycles = 1
+    neuron_if_energy_pj = 2.0
+    neuron_cuba_cycles = 1
+    neuron_cuba_energy_pj = 4.0
+    neuron_li_cycles = 1
+    neuron_li_energy_pj = 1.0
   }
   timing {ii = 3458, latency = 3481, lower_bound = 3458}
   tile 0 @conv.w {layer = "conv", rows = [0, 18], cols = [0, 4], crossbar = 0, xbar_row = 0, xbar_col = 0, dac = [-1.0, 1.0], adc_range = 20.5}
