@@ -611,7 +611,7 @@ def _read_manifest(members: _Members, where: str) -> dict[str, Any]:
     except OSError as e:
         raise SnucError(f"artefact {where}: cannot read {MANIFEST}: {e.strerror or e}") from None
     except _DAMAGED_MEMBER_ERRORS as e:
-        raise SnucError(f"artefact {where}: {MANIFEST} is unreadable ({_one_line(e)})") from None
+        raise SnucError(f"artefact {where}: {MANIFEST} is unreadable ({one_line(e)})") from None
     _check_size(MANIFEST, len(raw), where)
     data = load_json(raw, f"artefact {where}: {MANIFEST}")
     if not isinstance(data, dict):
@@ -704,7 +704,7 @@ def _verified(
             raise SnucError(f"artefact {where}: cannot read {name}: {e.strerror or e}") from None
         except _DAMAGED_MEMBER_ERRORS as e:
             raise SnucError(
-                f"artefact {where}: member {name} is unreadable ({_one_line(e)}); it is "
+                f"artefact {where}: member {name} is unreadable ({one_line(e)}); it is "
                 "tampered or truncated, recompile the model"
             ) from None
         if size != expected or sha256 != entry["sha256"]:
@@ -732,12 +732,7 @@ def _decode(data: bytes, name: str, where: str) -> str:
 def _read_arrays(f: IO[bytes], where: str) -> dict[str, np.ndarray]:
     """Every array of ``arrays.npz`` by key, refusing anything that needs unpickling and
     any array whose header declares more than the limits allow, before reading it."""
-    try:
-        npz = np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise SnucError(f"artefact {where}: {ARRAYS} cannot be read ({_one_line(e)})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise SnucError(f"artefact {where}: {ARRAYS} is a single .npy array, not an .npz archive")
+    npz = open_npz(f, f"artefact {where}: {ARRAYS}", "an .npz archive")
     arrays = {}
     with npz:
         _check_array_headers(npz, where)
@@ -747,9 +742,28 @@ def _read_arrays(f: IO[bytes], where: str) -> dict[str, np.ndarray]:
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise SnucError(
                     f"artefact {where}: array {key!r} in {ARRAYS} cannot be read "
-                    f"({_one_line(e)}); snuc never unpickles"
+                    f"({one_line(e)}); snuc never unpickles"
                 ) from None
     return arrays
+
+
+def open_npz(
+    source: IO[bytes] | str | os.PathLike, what: str, expected: str
+) -> np.lib.npyio.NpzFile:
+    """``source`` opened as an ``.npz`` archive whose arrays are read lazily, never
+    unpickled; ``what`` names it in the one-line errors, ``expected`` says what it should
+    be when it is a single ``.npy`` array instead.
+
+    Raises:
+        SnucError: not readable as NumPy data, or a single array.
+    """
+    try:
+        npz = np.load(source, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise SnucError(f"{what} cannot be read ({one_line(e)})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise SnucError(f"{what} is a single .npy array, not {expected}")
+    return npz
 
 
 def _check_array_headers(npz: np.lib.npyio.NpzFile, where: str) -> None:
@@ -773,7 +787,7 @@ def _check_array_headers(npz: np.lib.npyio.NpzFile, where: str) -> None:
             with npz.zip.open(info) as member:
                 shape, dtype = npy_header(member, what)
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise SnucError(f"{what} cannot be read ({_one_line(e)})") from None
+            raise SnucError(f"{what} cannot be read ({one_line(e)})") from None
         if dtype.hasobject:
             raise SnucError(f"{what} cannot be read: it holds Python objects; snuc never unpickles")
         check_tensor_bytes(what, shape, dtype.itemsize)
@@ -781,5 +795,6 @@ def _check_array_headers(npz: np.lib.npyio.NpzFile, where: str) -> None:
         _check_size(ARRAYS, total, where)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
     return " ".join(str(error).split()) or type(error).__name__

@@ -34,6 +34,7 @@ from snuc.ir.errors import SnucError
 from snuc.ir.graph import Graph
 from snuc.ir.limits import check_tensor_bytes, load_json
 from snuc.ir.text import print_graph
+from snuc.runtime.artefact_files import one_line, open_npz
 from snuc.runtime.config import RunConfig
 from snuc.runtime.read_noise import NoisePosition
 
@@ -223,12 +224,7 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
 
     if not path.is_file():
         raise SnucError(f"{what} does not exist or is not a regular file")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise SnucError(f"{what} cannot be read ({_one_line(e)})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise SnucError(f"{what} is a single .npy array, not a run state (.npz)")
+    npz = open_npz(path, what, "a run state (.npz)")
     arrays = {}
     with npz:
         try:
@@ -243,7 +239,7 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
                 check_tensor_bytes(f"{what}: array {key!r}", shape, dtype.itemsize)
                 arrays[key] = npz[key]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise SnucError(f"{what} cannot be read ({_one_line(e)})") from None
+            raise SnucError(f"{what} cannot be read ({one_line(e)})") from None
     return arrays
 
 
@@ -258,10 +254,6 @@ def _meta(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, Any]:
             f"{what} is a run state of format {found!r}; this snuc reads format {STATE_FORMAT}"
         )
     return meta
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class Resumption:
