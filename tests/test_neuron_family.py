@@ -22,7 +22,7 @@ from snuc.ir.target import parse_target
 from snuc.ir.text import parse_graph, print_graph
 from snuc.runtime.interpreter import run as interpret
 from snuc.runtime.numpy_backend import Plan, run_numpy
-from snuc.runtime.simulator import run_sim
+from snuc.runtime.simulator import SimPlan, run_sim
 
 TARGET = parse_target("pcm-16x16")
 MODES = ("float", "quantized", "pcm")
@@ -153,6 +153,39 @@ def test_every_model_runs_bit_for_bit_on_both_backends_in_every_mode(model, recu
             _assert_bits(sim, want, mode)
         if NEURON_OPS[name](**attrs).spike_result() is not None:
             assert sum(layer.spikes for layer in stats.spikes) == int(numpy["y"].sum())
+
+
+@pytest.mark.parametrize("model", MODELS, ids=_model_id)
+def test_every_model_runs_in_pieces_as_in_one_run(model):
+    """Issue 17's pieces carry every neuron model's states: 3 uneven pieces equal the whole
+    run on every backend (bit for bit; the NumPy backend's float products to SPEC §6's
+    bound, as for snu.layer)."""
+    name, attrs = model
+    graph = driver.lower(neuron_graph(name, attrs, recurrent=True), TARGET)
+    program = compile_program(graph, TARGET)
+    x = inputs(steps=13)
+    for mode in MODES:
+        runs = {
+            "interpreter": lambda part, state, mode=mode: interpret(
+                graph, part, mode=mode, target=TARGET, seed=4, state=state, return_state=True
+            ),
+            "numpy": Plan.build(graph, mode=mode, target=TARGET, seed=4).run,
+            "sim": SimPlan.build(graph, mode=mode, target=TARGET, program=program, seed=4).run,
+        }
+        for backend, run in runs.items():
+            whole, _ = run(x, None) if backend == "interpreter" else (run(x), None)
+            state, parts = None, []
+            for a, b in ((0, 5), (5, 6), (6, 13)):
+                if backend == "interpreter":
+                    y, state = run(x[a:b], state)
+                else:
+                    y, state = run(x[a:b], state=state, return_state=True)
+                parts.append(y)
+            got = {k: np.concatenate([p[k] for p in parts]) for k in whole}
+            if backend == "numpy" and mode == "float":
+                assert_same(whole, got)
+            else:
+                _assert_bits(got, whole, mode)
 
 
 def _assert_bits(got: dict[str, np.ndarray], want: dict[str, np.ndarray], mode: str) -> None:
