@@ -86,16 +86,21 @@ def as_onnx(
     Returns:
         The ONNX model (a path or a loaded model) and the name the artefact records.
     """
+    if isinstance(model, str | os.PathLike) and is_nir_file(model):
+        return _from_nir(model, dt, discretize), Path(model).name
+    if _is_instance(model, "nir", "NIRGraph"):
+        return _from_nir(model, dt, discretize), "NIRGraph"
+    if dt is not None or discretize != "euler":
+        raise SnucError(
+            "--dt and --discretize apply to NIR input only (NIR stores no time step); "
+            "an ONNX model or a torch module runs at its own steps: leave them out"
+        )
     if isinstance(model, str | os.PathLike):
-        if is_nir_file(model):
-            return _from_nir(model, dt, discretize), Path(model).name
         return model, Path(model).name
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "model"
     if _is_instance(model, "torch", "nn", "Module"):
         return _from_torch(model, example), type(model).__name__
-    if _is_instance(model, "nir", "NIRGraph"):
-        return _from_nir(model, dt, discretize), "NIRGraph"
     raise SnucError(
         f"snuc.compile takes a path, an onnx.ModelProto, a torch.nn.Module with an example "
         f"input or an nir.NIRGraph; got {type(model).__module__}.{type(model).__qualname__}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 from onnx_models import snu_scan_model
 
 import snuc
@@ -105,6 +106,22 @@ def test_anything_else_is_one_clear_line(thing) -> None:
         "input or an nir.NIRGraph; got "
     )
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("options", [{"dt": 1e-3}, {"discretize": "exact"}], ids=["dt", "exact"])
+def test_nir_options_with_an_onnx_model_are_refused(onnx_file, options) -> None:
+    with pytest.raises(snuc.SnucError, match="apply to NIR input only") as err:
+        snuc.compile(onnx_file, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_nir_options_with_an_onnx_file_are_one_line_on_the_command_line(
+    onnx_file, capsys, tmp_path
+):
+    out = tmp_path / "unused.snuc"
+    status, _, err = run_cli(capsys, "compile", onnx_file, "--dt", "1e-4", "-o", out)
+    assert_one_line_error(status, err, "apply to NIR input only")
+    assert not out.exists()
 
 
 def test_a_nir_file_without_nir_installed_names_the_extra(tmp_path, monkeypatch) -> None:
