@@ -145,20 +145,25 @@ def test_no_lift_leaves_the_neurons_loose(kind, tmp_path, capsys):
 # --------------------------------------------------------------------------- onnx.helper
 
 
-def _helper_lif(spike: str, *, recomputed: bool, integrate: bool = False) -> onnx.ModelProto:
-    """A LIF layer (reset by subtraction) in onnx.helper, the spike spelled ``spike``:
-    ``greater`` (Greater(v, θ) + Cast), ``less`` (Less(θ, v) + Cast), ``where``
-    (Where(Greater(v - θ, 0), 1, 0)). ``recomputed``: the reset is H(v_prev - θ) (only the
-    membrane is a state), else the spike is carried as a state. ``integrate``: no decay
-    (an IF)."""
-    rng = np.random.default_rng(5)
-    init = [
+def lif_initializers(rng: np.random.Generator) -> list[onnx.TensorProto]:
+    """A LIF layer's constants: ``W`` [N_IN, N], per-neuron ``decay``, threshold ``theta``
+    0.4, and the scalars ``zero`` and ``one``."""
+    return [
         numpy_helper.from_array((rng.standard_normal((N_IN, N)) * 0.8).astype(np.float32), "W"),
         numpy_helper.from_array(rng.uniform(0.6, 0.9, N).astype(np.float32), "decay"),
         numpy_helper.from_array(np.float32(0.4), "theta"),
         numpy_helper.from_array(np.float32(0.0), "zero"),
         numpy_helper.from_array(np.float32(1.0), "one"),
     ]
+
+
+def _helper_lif(spike: str, *, recomputed: bool, integrate: bool = False) -> onnx.ModelProto:
+    """A LIF layer (reset by subtraction) in onnx.helper, the spike spelled ``spike``:
+    ``greater`` (Greater(v, θ) + Cast), ``less`` (Less(θ, v) + Cast), ``where``
+    (Where(Greater(v - θ, 0), 1, 0)). ``recomputed``: the reset is H(v_prev - θ) (only the
+    membrane is a state), else the spike is carried as a state. ``integrate``: no decay
+    (an IF)."""
+    init = lif_initializers(np.random.default_rng(5))
     nodes = [helper.make_node("MatMul", ["x", "W"], ["a"])]
 
     def heaviside(v: str, out: str) -> None:

@@ -7,13 +7,12 @@ import numpy as np
 import onnx
 import pytest
 from cli_helpers import run_cli
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from test_lift_neurons import (
     LOOSE,
-    N_IN,
-    N,
     _check_against_onnxruntime,
     _neuron_ops,
+    lif_initializers,
     step_model,
 )
 
@@ -24,14 +23,7 @@ def _zero_reset_lif(reset: str) -> onnx.ModelProto:
     """``v = a + decay * reset(v_prev, y_prev)``, ``y = H(v - θ)``, both states, with the
     reset spelled ``sub`` (``v - v * y``), ``mul`` (``v * (1 - y)``) or ``where``
     (``Where(Cast(y, bool), 0, v)``)."""
-    rng = np.random.default_rng(8)
-    init = [
-        numpy_helper.from_array((rng.standard_normal((N_IN, N)) * 0.8).astype(np.float32), "W"),
-        numpy_helper.from_array(rng.uniform(0.6, 0.9, N).astype(np.float32), "decay"),
-        numpy_helper.from_array(np.float32(0.4), "theta"),
-        numpy_helper.from_array(np.float32(0.0), "zero"),
-        numpy_helper.from_array(np.float32(1.0), "one"),
-    ]
+    init = lif_initializers(np.random.default_rng(8))
     nodes = [helper.make_node("MatMul", ["x", "W"], ["a"])]
     if reset == "sub":
         nodes.append(helper.make_node("Mul", ["y_prev", "v_prev"], ["vy"]))
