@@ -9,6 +9,7 @@ never writes are one-line errors.
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import snuc
+from snuc.datasets import jsb_nll, load_jsb, pad_sequences
 from snuc.ir import SnucError
 from snuc.ir.target import TargetSpec
 from snuc.runtime.interpreter import run as interpret
@@ -27,6 +29,7 @@ torch = pytest.importorskip("torch")
 
 FEATURES, HIDDEN, OUT = 5, 4, 3
 TARGET = "pcm-16x16"  # small crossbars: W and R split into several tiles
+MODELS = Path(__file__).resolve().parents[1] / "examples" / "models"
 DYNAMO_STEPS = 6  # the dynamo exporter fixes the sequence length to the example's
 
 
@@ -147,6 +150,19 @@ def test_backends_equal_the_interpreter_bit_for_bit(kind, layers, mode):
     np.testing.assert_array_equal(art.run(x, mode=mode, seed=5, backend="sim"), want)
     float_error = np.abs(want - onnxruntime_output(model(kind, layers), x)).max()
     assert 0 < float_error < 0.2  # the chip's error is there, and bounded
+
+
+# --------------------------------------------------------------------------- shipped models
+
+
+@pytest.mark.parametrize("name", ["jsb_lstm", "jsb_gru"])
+def test_shipped_jsb_models_equal_onnxruntime_on_the_test_split(name, data_dir):
+    path = MODELS / f"{name}.onnx"
+    X, lengths = pad_sequences(load_jsb("test", data_dir))
+    got = snuc.compile(path).run(X, mode="float")
+    np.testing.assert_allclose(got, onnxruntime_output(onnx.load(path), X), rtol=0, atol=1e-5)
+    pytorch_nll = json.loads(path.with_suffix(".json").read_text())["test"]
+    assert jsb_nll(got, X, lengths) == pytest.approx(pytorch_nll, abs=1e-5)
 
 
 # --------------------------------------------------------------------------- errors
