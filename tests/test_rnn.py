@@ -112,6 +112,19 @@ def test_dynamo_exports_equal_onnxruntime(kind, layers):
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_a_torch_module_compiles_and_runs_any_length_as_pytorch(kind):
+    torch.manual_seed(3)
+    net = Recurrent(kind, 2).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        art = snuc.compile(net, example=torch.randn(DYNAMO_STEPS, 2, FEATURES))
+    for steps in (DYNAMO_STEPS, 2 * DYNAMO_STEPS + 1):
+        x = inputs(steps)
+        want = net(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(art.run(x, mode="float"), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_without_biases_and_initial_states(kind):
     proto = model(kind, bias=False)
     node = recurrent_node(proto)
