@@ -59,7 +59,7 @@ RECIPES = {
     "snu": {"lr": 1e-3, "batch_size": 4, "epochs": 200},
     "ssnu": {"lr": 5e-3, "batch_size": 8, "epochs": 200},
     "lstm": {"lr": 5e-3, "batch_size": 8, "epochs": 200, "hidden": 68},
-    "gru": {"lr": 5e-3, "batch_size": 8, "epochs": 200, "hidden": 81},
+    "gru": {"lr": 1e-2, "batch_size": 8, "epochs": 200, "hidden": 81},
 }
 """Per model, the training defaults that made the shipped model (``--lr`` etc. override)."""
 
