@@ -1,10 +1,13 @@
 """Plot a task metric against drift time from ``snuc eval --csv`` files.
 
     python examples/plot_results.py OUT.png RESULTS.csv [RESULTS.csv ...]
+    python examples/plot_results.py --relative OUT.png RESULTS.csv    # loss against float
 
 One panel per task; one line per model and drift-compensation setting, with the spread
 over simulated chips as error bars, and the model's float and quantized results as
-dotted horizontal lines. Needs matplotlib (``pip install snuc[plot]``).
+dotted horizontal lines. With ``--relative`` each value is shown less the model's own
+float result (its loss on the chip) and the horizontal lines are left out. Needs
+matplotlib (``pip install snuc[plot]``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def read_aggregates(paths: list[Path]) -> list[dict[str, str]]:
     return rows
 
 
-def plot(rows: list[dict[str, str]], out: Path) -> None:
+def plot(rows: list[dict[str, str]], out: Path, relative: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,8 +39,12 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         lines: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
+        floats = {r["model"]: float(r["value"]) for r in rows if r["mode"] == "float"}
         for row in (r for r in rows if r["task"] == task):
             model = Path(row["model"]).stem
+            offset = floats[row["model"]] if relative else 0.0
+            if relative and row["mode"] != "pcm":
+                continue
             if row["mode"] != "pcm":
                 style = ":" if row["mode"] == "float" else "-."
                 ax.axhline(float(row["value"]), ls=style, lw=1, color="grey",
@@ -45,18 +52,20 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
                 continue
             key = (model, row["drift_compensation"])
             lines[key].append(
-                (float(row["t_inference_s"]), float(row["value"]), float(row["std"] or 0))
+                (float(row["t_inference_s"]), float(row["value"]) - offset, float(row["std"] or 0))
             )
+        colors: dict[str, str] = {}  # one colour per model, the line style says compensation
         for (model, compensation), points in sorted(lines.items()):
             points.sort()
             t, value, std = zip(*points, strict=True)
             style = "-o" if compensation != "off" else "--s"
-            ax.errorbar(t, value, yerr=std, fmt=style, ms=4, capsize=3,
+            color = colors.setdefault(model, f"C{len(colors)}")
+            ax.errorbar(t, value, yerr=std, fmt=style, ms=4, capsize=3, color=color,
                         label=f"{model}, compensation {compensation}")  # fmt: skip
         metric = next(r["metric"] for r in rows if r["task"] == task)
         ax.set_xscale("log")
         ax.set_xlabel("time since programming (s)")
-        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set_ylabel(("loss against float, " if relative else "") + LABELS.get(metric, metric))
         ax.set_title(f"{task}: pcm mode, mean ± std over chips")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -68,10 +77,11 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--relative", action="store_true", help="less each model's float")
     parser.add_argument("out", type=Path)
     parser.add_argument("csv", type=Path, nargs="+")
     args = parser.parse_args()
-    plot(read_aggregates(args.csv), args.out)
+    plot(read_aggregates(args.csv), args.out, args.relative)
     print(f"wrote {args.out}")
 
 

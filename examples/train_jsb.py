@@ -2,12 +2,14 @@
 
     python examples/train_jsb.py --model snu     # writes examples/models/jsb_snu.onnx
     python examples/train_jsb.py --model ssnu    # writes examples/models/jsb_ssnu.onnx
+    python examples/train_jsb.py --model lstm    # jsb_lstm.onnx (also gru: jsb_gru.onnx)
 
 Both are 88-150-88 networks (Woźniak et al. 2020, Fig. 2): 88 piano keys in, 150 units,
 88 sigmoid outputs. The output at step t is the probability of each note sounding at step
 t + 1. ``snu``: a feed-forward layer of spiking SNUs and a sigmoid readout. ``ssnu``: a
 recurrent layer of soft SNUs with decay 0.4 and g = identity, as in the authors' OSTL code,
-and a sigmoid readout.
+and a sigmoid readout. ``lstm``, ``gru``: the paper's comparison, one ``nn.LSTM`` or
+``nn.GRU`` layer sized to the sSNU's parameter count (68 and 81 units) and a sigmoid readout.
 
 Training minimises the protocol's own loss: the binary cross-entropy summed over the 88
 notes, averaged over the predicted frames (t + 1 = 1 .. T - 1 of each chorale). Where the
@@ -26,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _recurrent import KINDS, RecurrentNetwork
+from _recurrent import export_with_summary as export_recurrent
 from _training import (
     MODELS_DIR,
     EpochRun,
@@ -54,11 +58,13 @@ from snuc.frontend.layers import SNU, Readout, SNUNetwork, sSNU
 RECIPES = {
     "snu": {"lr": 1e-3, "batch_size": 4, "epochs": 200},
     "ssnu": {"lr": 5e-3, "batch_size": 8, "epochs": 200},
+    "lstm": {"lr": 5e-3, "batch_size": 8, "epochs": 200, "hidden": 68},
+    "gru": {"lr": 1e-2, "batch_size": 8, "epochs": 200, "hidden": 81},
 }
 """Per model, the training defaults that made the shipped model (``--lr`` etc. override)."""
 
 
-def build_model(kind: str, hidden: int) -> SNUNetwork:
+def build_model(kind: str, hidden: int) -> SNUNetwork | RecurrentNetwork:
     """The 88-``hidden``-88 network of the given kind.
 
     Args:
@@ -66,9 +72,12 @@ def build_model(kind: str, hidden: int) -> SNUNetwork:
             0.8) and an output layer of soft SNUs (g = identity, a trainable decay per
             note starting at 0.5), whose sigmoid outputs are the note probabilities.
             ``"ssnu"``: recurrent soft SNUs (decay 0.4, g = identity, as in the authors'
-            OSTL code) and a sigmoid readout.
+            OSTL code) and a sigmoid readout. ``"lstm"``, ``"gru"``: one ``nn.LSTM`` or
+            ``nn.GRU`` layer and a sigmoid readout.
         hidden: number of units in the hidden layer (the paper's 150).
     """
+    if kind in KINDS:
+        return RecurrentNetwork(kind, PIANO_KEYS, hidden, PIANO_KEYS)
     if kind == "snu":
         return SNUNetwork(
             SNU(PIANO_KEYS, hidden, decay=torch.full((hidden,), 0.8), decay_trainable=True),
@@ -92,6 +101,8 @@ def note_logits(model: SNUNetwork, x: Tensor) -> Tensor:
     For a sigmoid :class:`Readout` that is its affine map; for a soft SNU output layer it
     is ``s_t + b``, read from the layer's state after each step.
     """
+    if isinstance(model, RecurrentNetwork):
+        return model.logits(x)
     *body, head = model.layers
     h = x
     for layer in body:
@@ -165,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     test = limited(load_jsb("test", args.data_dir), args.limit)
     model = build_model(args.model, args.hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    log(f"{args.model}: {describe(model)} ({parameter_count(model)} parameters, {device})")
+    layers = model.describe() if isinstance(model, RecurrentNetwork) else describe(model)
+    log(f"{args.model}: {layers} ({parameter_count(model)} parameters, {device})")
 
     def train_epoch(epoch: int, run: EpochRun) -> float:
         set_lr(optimizer, cosine_lr(args.lr, epoch, args.epochs))
@@ -199,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = make_summary(
         task="jsb",
         name=f"jsb_{args.model}",
-        architecture=f"88-{args.hidden}-88: {describe(model)}",
+        architecture=f"88-{args.hidden}-88: {layers}",
         model=model,
         metric="mean NLL per predicted frame (nats, float32 PyTorch)",
         result=result,
@@ -208,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=device,
         started=total,
     )
-    return export_with_summary(model, args.out, summary, check_seed=args.check_seed)
+    export = export_recurrent if isinstance(model, RecurrentNetwork) else export_with_summary
+    return export(model, args.out, summary, check_seed=args.check_seed)
 
 
 if __name__ == "__main__":

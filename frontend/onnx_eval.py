@@ -81,16 +81,23 @@ def free_names(graph: onnx.GraphProto) -> set[str]:
     return used - defined
 
 
+INITIAL_STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,)}
+"""Per sequence-level recurrent op, the positions of its initial-state inputs."""
+
+
 def dependencies(node: onnx.NodeProto, *, skip_scan_states: bool) -> list[str]:
     """The values ``node`` reads, including those its subgraphs capture.
 
-    With ``skip_scan_states``, a Scan's initial states are left out: the importer
-    evaluates them separately (:meth:`ModelContext.initial_states`).
+    With ``skip_scan_states``, the initial states of a Scan, an LSTM or a GRU are left
+    out: the importer evaluates them separately (:meth:`ModelContext.probe`).
     """
     inputs = [n for n in node.input if n]
     if skip_scan_states and node.op_type == "Scan":
         n_scan = int(attr(node, "num_scan_inputs", 0))
         inputs = inputs[len(node.input) - n_scan :]
+    if skip_scan_states and node.op_type in INITIAL_STATE_INPUTS:
+        skipped = INITIAL_STATE_INPUTS[node.op_type]
+        inputs = [n for i, n in enumerate(node.input) if n and i not in skipped]
     for sub in subgraphs(node):
         inputs += sorted(free_names(sub))
     return inputs
@@ -191,11 +198,29 @@ class ModelContext:
         Raises:
             SnucError: a state is not zero, or its shape is not ``[B, ...static]``.
         """
-        graph = self.model.graph
         n_states = len(scan.input) - int(attr(scan, "num_scan_inputs", 0))
         names = list(scan.input[:n_states])
         if not names:
             return []
+        x_info = next(v for v in self.model.graph.input if v.name == sequence_input)
+        runs = self.probe(scan, names, sequence_input)
+        return [
+            self._state_type(scan, name, [run[i] for run in runs], x_info)
+            for i, name in enumerate(names)
+        ]
+
+    def probe(
+        self, node: onnx.NodeProto, names: list[str], sequence_input: str
+    ) -> list[list[np.ndarray]]:
+        """Evaluate the outer-graph values ``names`` that ``node`` reads, at each probe size.
+
+        Returns:
+            Per probe ``(T, B)`` of ``_PROBE_SIZES``, the arrays of ``names`` in order.
+
+        Raises:
+            SnucError: onnxruntime cannot evaluate them, or a value would be too large.
+        """
+        graph = self.model.graph
         nodes = live_nodes(graph, names)
         used = set(names) | {d for n in nodes for d in dependencies(n, skip_scan_states=False)}
         x_info = next(v for v in graph.input if v.name == sequence_input)
@@ -212,11 +237,7 @@ class ModelContext:
             [onnx.ValueInfoProto(name=n) for n in names],
             initializer=[t for t in graph.initializer if t.name in used],
         )
-        runs = [self._run_probe(scan, sub, x_info, t, b, names) for t, b in _PROBE_SIZES]
-        return [
-            self._state_type(scan, name, [run[i] for run in runs], x_info)
-            for i, name in enumerate(names)
-        ]
+        return [self._run_probe(node, sub, x_info, t, b, names) for t, b in _PROBE_SIZES]
 
     def _run_probe(
         self,

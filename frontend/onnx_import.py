@@ -16,7 +16,11 @@ Two forms are accepted:
   Final Scan states listed as model outputs are not computed and are left out of the
   graph's outputs (snuc computes per-timestep outputs); using one in an op is an error.
 
-A third form, a loop over time that the exporter unrolled (T copies of the step reading
+Sequence-level ``LSTM`` and ``GRU`` nodes (what ``torch.onnx.export`` writes for ``nn.LSTM``
+and ``nn.GRU``) make a model sequence form too: each becomes step ops with its hidden (and
+cell) state as IR states (:mod:`snuc.frontend.onnx_rnn`).
+
+A further form, a loop over time that the exporter unrolled (T copies of the step reading
 ``X[t]``, outputs stacked), is folded back into the step form first
 (:mod:`snuc.frontend.unroll`).
 
@@ -38,6 +42,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from snuc.frontend.onnx_eval import (
+    INITIAL_STATE_INPUTS,
     PROBE_SHAPE,
     ModelContext,
     live_nodes,
@@ -54,6 +59,9 @@ from snuc.ir.limits import check_tensor_bytes, load_json
 from snuc.ir.types import BATCH, DTYPES, TensorType
 
 __all__ = ["STATE_METADATA_KEY", "SUPPORTED_OPS", "import_onnx"]
+
+SEQUENCE_OPS = ("Scan", *INITIAL_STATE_INPUTS)
+"""Ops that run over the whole sequence: a model with one is in sequence form."""
 
 STATE_METADATA_KEY = "snuc.state"
 """The ``metadata_props`` key holding a step-form model's state pairing (JSON)."""
@@ -85,7 +93,8 @@ def import_onnx(
     _check_names(proto.graph, source)
     _check_finite(proto.graph)
     inputs = _inputs(proto.graph)
-    if not any(node.op_type == "Scan" for node in proto.graph.node) and is_unrolled(proto):
+    sequence_nodes = [node for node in proto.graph.node if node.op_type in SEQUENCE_OPS]
+    if not sequence_nodes and is_unrolled(proto):
         if state_pairs:
             raise SnucError(
                 f"{source}: state pairs apply to step-form models; this one is a loop over "
@@ -93,11 +102,11 @@ def import_onnx(
             )
         proto, pairs = fold_unrolled(proto, source)
         graph = _import_step(proto, _inputs(proto.graph), pairs, source)
-    elif any(node.op_type == "Scan" for node in proto.graph.node):
+    elif sequence_nodes:
         if state_pairs:
             raise SnucError(
                 f"{source}: state pairs apply to step-form models; this one is in sequence "
-                f"form (a Scan), whose state variables are the states"
+                f"form (a {sequence_nodes[0].op_type}), whose state variables are the states"
             )
         graph = _import_sequence(proto, inputs, source)
     else:
@@ -362,8 +371,8 @@ def _import_sequence(
     onnx_graph = proto.graph
     if len(inputs) != 1:
         raise SnucError(
-            f"{source}: a sequence-form model (with a Scan) takes one input X[T, B, ...]; "
-            f"this one takes {', '.join(repr(i.name) for i in inputs) or 'none'}"
+            f"{source}: a sequence-form model (with a Scan, LSTM or GRU) takes one input "
+            f"X[T, B, ...]; this one takes {', '.join(repr(i.name) for i in inputs) or 'none'}"
         )
     (x,) = inputs
     type_ = _step_type(x, 2, "X[T, B, ...] (time-major, static sizes after the batch)")

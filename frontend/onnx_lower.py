@@ -32,6 +32,7 @@ from snuc.frontend.onnx_eval import (
     subgraphs,
     type_name,
 )
+from snuc.frontend.onnx_rnn import RECURRENT_OPS, lower_recurrent
 from snuc.frontend.onnx_shape_ops import (
     lower_concat,
     lower_constant_of_shape,
@@ -223,6 +224,10 @@ class Lowerer:
         self.graph.add_node(op, inputs, (name,), node_loc(node))
         return name
 
+    def add_state(self, node: onnx.NodeProto, hint: str, type_: TensorType) -> str:
+        """A new IR state for ``node`` (zero at the start), named after ``hint``."""
+        return self.graph.add_state(self.graph.fresh(hint), type_, node_loc(node))
+
     def result(self, node: onnx.NodeProto, op: ops.Op, inputs: Sequence[str]) -> None:
         """Emit the IR node computing the ONNX node's (first) output and bind it."""
         self.bind(node.output[0], Tensor(self.emit(node, op, inputs)))
@@ -274,6 +279,9 @@ class Lowerer:
             return
         if op == "Scan":
             self.lower_scan(node)
+            return
+        if op in RECURRENT_OPS:
+            lower_recurrent(self, node)
             return
         vals = [self.lookup(name, node) if name else None for name in node.input]
         for value in vals:
@@ -760,7 +768,9 @@ _LOWERINGS: dict[str, Callable[[Lowerer, onnx.NodeProto, list], None]] = {
     "Where": Lowerer._where,
 }
 
-SUPPORTED_OPS: tuple[str, ...] = tuple(sorted({*_LOWERINGS, "Constant", "Identity", "Shape"}))
+SUPPORTED_OPS: tuple[str, ...] = tuple(
+    sorted({*_LOWERINGS, "Constant", "Identity", "Shape", *RECURRENT_OPS})
+)
 """ONNX op types (default domain) a step body may apply to run-time values."""
 
 

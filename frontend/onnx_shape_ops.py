@@ -61,11 +61,31 @@ def lower_reshape(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -
     x = lw.tensor(vals[0], node)
     target = _shape_operand(lw, node, vals[1])
     allowzero = bool(attr(node, "allowzero", 0))
+    source = lw.full_shape(vals[0])
     try:
-        shape = shp.resolve_reshape(lw.full_shape(vals[0]), target, allowzero)
+        shape = shp.resolve_reshape(source, target, allowzero)
     except SymbolicError as err:
-        raise SnucError(f"{describe(node)}: cannot resolve {node.output[0]!r}: {err}") from None
+        shape = _fixed_time_reshape(lw, source, target, allowzero)
+        if shape is None:
+            raise SnucError(f"{describe(node)}: cannot resolve {node.output[0]!r}: {err}") from None
     reshape_to(lw, node, x, shape)
+
+
+def _fixed_time_reshape(
+    lw: Lowerer, source: Sequence, target: list, allowzero: bool
+) -> tuple | None:
+    """The reshape of a whole sequence whose target fixes the time axis to a constant.
+
+    The dynamo exporter fixes T in the reshape after an LSTM or GRU (``[6, -1, H]`` for an
+    example of 6 steps): where the rest of the target reshapes one step, the constant is
+    the sequence length and the reshape is per step (onnxruntime runs only that T).
+    """
+    if not lw.lead or not target or shp.is_symbolic(target[0]) or target[0] <= 0:
+        return None
+    try:
+        return shp.resolve_reshape(source, [T_DIM, *target[1:]], allowzero)
+    except SymbolicError:
+        return None
 
 
 def lower_flatten(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -> None:
