@@ -262,8 +262,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--resume", action="store_true", help="skip the configurations --jsonl holds")
     ev.add_argument("--workers", type=int, default=None, metavar="N", help="default: every core")
-    ev.add_argument("--executor", default="local", help="local (default), serial or ray")
-    ev.add_argument("--address", default=None, help="ray: the cluster (default: a local one)")
+    ev.add_argument("--executor", default="local", help="local (default), serial, ray or dask")
+    ev.add_argument("--address", default=None, help="ray, dask: the cluster (default: local)")
     ev.add_argument("--steps", type=int, default=None, help="mnist: rate-coding steps (20)")
     ev.add_argument(
         "--coding-seeds", default=None, metavar="LIST",

@@ -133,9 +133,10 @@ def run_study(
 
     Args:
         study: the checked spec (:func:`snuc.study_spec.load_study`).
-        executor: ``local`` (worker processes), ``serial`` or ``ray``.
-        workers: local worker processes (default: every core), or Ray CPUs.
-        address: ``ray``: the cluster to join (default: start a local one).
+        executor: ``local`` (worker processes), ``serial``, ``ray`` or ``dask``.
+        workers: local worker processes (default: every core), Ray CPUs, or the
+            processes of a local Dask cluster.
+        address: ``ray`` or ``dask``: the cluster to join (default: start a local one).
         resume: continue the ``jsonl`` results file; without it, an existing file is refused.
         progress: report each configuration on stderr.
 
