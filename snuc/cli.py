@@ -242,6 +242,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--drift-compensation", default=None, metavar="LIST", help="pcm: on, off")
     ev.add_argument("--placement", default=None, metavar="LIST", help="pack, spread")
     ev.add_argument("--duplicate", default=None, metavar="LIST", help="copies of busy crossbars")
+    ev.add_argument(
+        "--calibrate", default=None, metavar="LIST",
+        help="none (guaranteed converter ranges) or X.npy samples [T, B, ...], as compile takes",
+    )  # fmt: skip
     ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="sequences per run")
     ev.add_argument(
         "--limit", type=int, default=None, metavar="N", help="first N chorales/images/tokens"
@@ -258,8 +262,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--resume", action="store_true", help="skip the configurations --jsonl holds")
     ev.add_argument("--workers", type=int, default=None, metavar="N", help="default: every core")
-    ev.add_argument("--executor", default="local", help="local (default), serial or ray")
-    ev.add_argument("--address", default=None, help="ray: the cluster (default: a local one)")
+    ev.add_argument("--executor", default="local", help="local (default), serial, ray or dask")
+    ev.add_argument("--address", default=None, help="ray, dask: the cluster (default: local)")
     ev.add_argument("--steps", type=int, default=None, help="mnist: rate-coding steps (20)")
     ev.add_argument(
         "--coding-seeds", default=None, metavar="LIST",
@@ -564,6 +568,7 @@ def _eval_overrides(args: argparse.Namespace) -> dict:
         and [c or "off" for c in ev.parse_compensation(args.drift_compensation)],
         "placement": args.placement and ev.parse_targets(args.placement, "--placement"),
         "duplicate": args.duplicate and ev.parse_seeds(args.duplicate, "--duplicate"),
+        "calibrate": args.calibrate and ev.parse_targets(args.calibrate, "--calibrate"),
         "targets": args.targets and {"base": ev.parse_targets(args.targets)},
     }
     outputs = {

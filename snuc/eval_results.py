@@ -217,8 +217,6 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list
     return header, cells
 
 
-AXIS_FIELDS = ("model", "placement", "duplicate", "batch_size")
-"""Study columns that are axes whatever the spec (target keys swept are axes too)."""
 _FIGURES = ("crossbars", "est_energy_nj_per_step", "est_timestep_ns")
 
 

@@ -23,7 +23,7 @@ from snuc import evaluate as ev
 from snuc import study_exec as ex
 from snuc.eval_tasks import TASKS
 from snuc.ir.errors import SnucError
-from snuc.study_spec import Build, Study, configuration_id
+from snuc.study_spec import UNCALIBRATED, Build, Study, configuration_id
 
 __all__ = ["ResultsFile", "compile_builds", "run_study"]
 
@@ -91,7 +91,11 @@ def compile_builds(study: Study, cache: str | os.PathLike[str], keys: list[str])
             art = load(build.model)
         else:
             art = compile_model(
-                build.model, build.target, placement=build.placement, duplicate=build.duplicate
+                build.model,
+                build.target,
+                placement=build.placement,
+                duplicate=build.duplicate,
+                calibrate=build.calibrate,
             )
         art.save(path)
         artefacts.append(art)
@@ -101,10 +105,15 @@ def compile_builds(study: Study, cache: str | os.PathLike[str], keys: list[str])
 def _build_fields(study: Study, build: Build, art: Any) -> dict[str, Any]:
     """The columns a build fixes: its axes, mapping and the compiler's figures."""
     report = art.report
+    calibration = {}
+    if study.calibrated:  # the column only where the spec names the axis
+        name = UNCALIBRATED if build.calibrate is None else Path(build.calibrate).name
+        calibration["calibrate"] = name
     return {
         **dict(build.columns[1:]),
         "placement": build.placement,
         "duplicate": build.duplicate,
+        **calibration,
         "crossbars": report["crossbars_used"],
         "est_energy_nj_per_step": report["energy_pj_per_timestep"]["total"] / 1e3,
         "est_timestep_ns": report["schedule"]["timestep_ns"],
@@ -124,9 +133,10 @@ def run_study(
 
     Args:
         study: the checked spec (:func:`snuc.study_spec.load_study`).
-        executor: ``local`` (worker processes), ``serial`` or ``ray``.
-        workers: local worker processes (default: every core), or Ray CPUs.
-        address: ``ray``: the cluster to join (default: start a local one).
+        executor: ``local`` (worker processes), ``serial``, ``ray`` or ``dask``.
+        workers: local worker processes (default: every core), Ray CPUs, or the
+            processes of a local Dask cluster.
+        address: ``ray`` or ``dask``: the cluster to join (default: start a local one).
         resume: continue the ``jsonl`` results file; without it, an existing file is refused.
         progress: report each configuration on stderr.
 

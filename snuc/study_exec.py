@@ -11,16 +11,19 @@ executors that run jobs (SPEC §12).
   one's BLAS pinned to its share of the cores by environment variables set before NumPy
   loads in it); ``ray`` (an existing cluster at ``address``, or a local one), where the
   artefacts and data travel through Ray's object store by content hash, so no shared file
-  system is assumed. Each yields rows as they finish.
+  system is assumed; ``dask`` (a Dask distributed scheduler at ``address``, or a local
+  cluster), where they are scattered to the workers the same way. Each yields rows as
+  they finish.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -29,7 +32,7 @@ from typing import Any
 
 from snuc.ir.errors import SnucError
 
-EXECUTORS = ("local", "serial", "ray")
+EXECUTORS = ("local", "serial", "ray", "dask")
 BLAS_THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -146,12 +149,15 @@ def execute(
     """Rows of ``jobs`` as they finish (in any order).
 
     Raises:
-        SnucError: an unknown executor, Ray missing, or a job's own error.
+        SnucError: an unknown executor, Ray or Dask missing, or a job's own error.
     """
     if executor not in EXECUTORS:
         raise SnucError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     if executor == "ray":
         yield from _ray(jobs, resources, address, workers)
+        return
+    if executor == "dask":
+        yield from _dask(jobs, resources, address, workers)
         return
     count = min(workers or cpu_count(), len(jobs))
     if executor == "serial" or count <= 1:
@@ -258,23 +264,93 @@ def _ray(
                 signal.signal(sig, handler)
 
 
-_RAY_WORKER: list[Resources] = []
-
-
 def _ray_job(job: Job, artefact_ref: list[Any], data_ref: list[Any]) -> dict[str, Any]:
     """A job in a Ray worker: the artefact and data are fetched from the object store
     (the refs come wrapped in lists so that Ray hands them over unresolved) only when this
-    worker does not hold them yet, and the artefact is written to a cache of its own."""
+    worker does not hold them yet."""
     import ray
 
-    if not _RAY_WORKER:
-        _RAY_WORKER.append(Resources({}, tempfile.mkdtemp(prefix="snuc-ray-cache-")))
-    resources = _RAY_WORKER[0]
+    return _remote_job(job, lambda: ray.get(artefact_ref[0]), lambda: ray.get(data_ref[0]))
+
+
+def _dask(
+    jobs: Sequence[Job], resources: Resources, address: str | None, workers: int | None
+) -> Iterator[dict[str, Any]]:
+    """Dask tasks, one per job, on the scheduler at ``address`` or on a local cluster of
+    ``workers`` processes (BLAS pinned as for ``local``); artefact bytes and data are
+    scattered to the cluster once each, and a task lost with its worker is retried."""
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise SnucError(
+            "--executor dask needs Dask: pip install 'snuc[dask]' (or 'dask[distributed]')"
+        ) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = address
+            if address is None:
+                count = workers or cpu_count()
+                with pinned_blas(max(1, cpu_count() // count)):
+                    cluster = stack.enter_context(
+                        LocalCluster(
+                            n_workers=count,
+                            threads_per_worker=1,
+                            dashboard_address=None,
+                            silence_logs=logging.ERROR,
+                        )
+                    )
+            client = stack.enter_context(Client(cluster))
+        except (OSError, TimeoutError, ValueError) as exc:
+            where = f"at {address}" if address else "on this machine"
+            raise SnucError(f"cannot start or join a Dask cluster {where}: {exc}") from None
+        # A one-item list scatters its item whole (a dict would be scattered per key).
+        artefacts = {
+            key: client.scatter([resources.artefact_path(key).read_bytes()])[0]
+            for key in dict.fromkeys(job.artefact for job in jobs)
+        }
+        data = {
+            key: client.scatter([resources.data[key]])[0]
+            for key in dict.fromkeys(job.data for job in jobs)
+        }
+        futures = [
+            client.submit(
+                _dask_job,
+                job,
+                artefacts[job.artefact],
+                data[job.data],
+                key=f"snuc-{job.id}",
+                pure=False,
+                retries=3,
+            )
+            for job in jobs
+        ]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            client.cancel(futures)
+
+
+def _dask_job(job: Job, artefact: bytes, data: Any) -> dict[str, Any]:
+    """A job in a Dask worker: Dask hands over the scattered artefact and data."""
+    return _remote_job(job, lambda: artefact, lambda: data)
+
+
+_REMOTE_WORKER: list[Resources] = []
+
+
+def _remote_job(job: Job, artefact: Callable[[], bytes], data: Callable[[], Any]) -> dict[str, Any]:
+    """A job in a cluster's worker process: the artefact (``artefact()``, its bytes) is
+    written to the process's own cache and the data (``data()``) kept, each only when
+    this process does not hold it yet; no shared file system is assumed."""
+    if not _REMOTE_WORKER:
+        _REMOTE_WORKER.append(Resources({}, tempfile.mkdtemp(prefix="snuc-worker-cache-")))
+    resources = _REMOTE_WORKER[0]
     path = resources.artefact_path(job.artefact)
     if not path.exists():
         temp = path.with_suffix(f".{os.getpid()}.tmp")
-        temp.write_bytes(ray.get(artefact_ref[0]))
+        temp.write_bytes(artefact())
         os.replace(temp, path)
     if job.data not in resources.data:
-        resources.data[job.data] = ray.get(data_ref[0])
+        resources.data[job.data] = data()
     return run_job(job, resources)

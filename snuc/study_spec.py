@@ -13,6 +13,8 @@ A spec names models, tasks and axes; every axis takes a value or a list of value
     seeds = [0, 1, 2, 3, 4]
     placement = ["pack", "spread"]
     duplicate = [1, 2]
+    calibrate = ["none", "cal.npy"]         # converter ranges: guaranteed, or calibrated on
+                                            #   samples [T, B, ...] (``compile --calibrate``)
 
     [targets]
     base = ["pcm-256x256"]                  # presets, pcm-RxC names or target TOML files
@@ -26,9 +28,9 @@ A spec names models, tasks and axes; every axis takes a value or a list of value
     csv = "results.csv"
 
 The grid is every model x task x target (each base with each combination of the target
-axes) x placement x duplicate x batch size x coding seed x run configuration (the
+axes) x placement x duplicate x calibration x batch size x coding seed x run configuration (the
 deterministic modes once, pcm per seed x time x compensation). Each (model, target,
-placement, duplicate) is one :class:`Build`, compiled once; each grid point one
+placement, duplicate, calibration) is one :class:`Build`, compiled once; each grid point one
 :class:`Configuration` whose ``id`` (a hash of what it computes) keys its row in the
 results file. Any bad key, value, empty axis or missing file is one ``SnucError`` line.
 """
@@ -54,11 +56,13 @@ from snuc.ir.target import DEFAULT_TARGET, PARAMS, TargetSpec, with_overrides
 from snuc.runtime.config import DETERMINISTIC_MODES, MODES, RunConfig, check_batch_size
 
 PLACEMENTS = ("pack", "spread")
+UNCALIBRATED = "none"
+"""The ``calibrate`` axis value for the guaranteed converter ranges (no samples)."""
 
 _TOP_KEYS = (
     "models", "tasks", "split", "data_dir", "data", "metric", "limit", "steps", "columns",
     "backend", "batch_size", "modes", "t_inference", "seeds", "coding_seeds",
-    "drift_compensation", "placement", "duplicate", "chips", "targets", "output",
+    "drift_compensation", "placement", "duplicate", "calibrate", "chips", "targets", "output",
 )  # fmt: skip
 _OUTPUT_KEYS = ("jsonl", "csv", "markdown", "parquet", "pareto", "cache")
 _TARGET_TABLE_KEYS = ("base", *PARAMS)
@@ -74,6 +78,8 @@ class Build:
         placement: ``pack`` or ``spread`` (``snuc compile --placement``).
         duplicate: copies of busy crossbars (``snuc compile --duplicate``).
         columns: the row columns it fills: ``target`` and each target axis's value.
+        calibrate: the calibration samples' ``.npy`` file (``snuc compile --calibrate``),
+            None for the guaranteed converter ranges.
     """
 
     model: str
@@ -81,10 +87,12 @@ class Build:
     placement: str
     duplicate: int
     columns: tuple[tuple[str, Any], ...]
+    calibrate: str | None = None
 
     def key(self) -> str:
         """The content hash naming its artefact in the cache: the model's bytes, the
-        target, the mapping and the compiler's source (so any change recompiles)."""
+        target, the mapping, the calibration samples' bytes and the compiler's source (so
+        any change recompiles)."""
         identity = {
             "model": _path_digest(Path(self.model)),
             "target": None if self.target is None else self.target.to_dict(),
@@ -92,6 +100,8 @@ class Build:
             "duplicate": self.duplicate,
             "compiler": compiler_digest(),
         }
+        if self.calibrate is not None:  # left out when uncalibrated: older keys still hold
+            identity["calibrate"] = _path_digest(Path(self.calibrate))
         return _digest(identity)
 
 
@@ -124,6 +134,7 @@ class Study:
         tasks: task names; ``data`` and ``metric`` configure ``custom``.
         split, data_dir, backend: as ``snuc eval``'s options.
         target_axes: the target keys swept (their values become row columns).
+        calibrated: whether the spec names the ``calibrate`` axis (rows get its column).
         outputs: result files by kind (``jsonl``, ``csv``, ``markdown``, ``parquet``,
             ``pareto``) and the artefact ``cache`` directory.
         builds: every artefact to compile, each once.
@@ -139,6 +150,7 @@ class Study:
     backend: str
     target_axes: tuple[str, ...]
     outputs: dict[str, str]
+    calibrated: bool = False
     builds: list[Build] = field(default_factory=list)
     configurations: list[Configuration] = field(default_factory=list)
     source: str = "the command line"
@@ -172,6 +184,9 @@ def _absolute_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("models", "data_dir", "data"):
         if key in table:
             table[key] = fix(table[key])
+    if "calibrate" in table:  # "none" is the uncalibrated value, not a file
+        items = table["calibrate"] if isinstance(table["calibrate"], list) else [table["calibrate"]]
+        table["calibrate"] = [c if c == UNCALIBRATED else fix(c) for c in items]
     if isinstance(table.get("output"), dict):
         table["output"] = {k: fix(v) for k, v in table["output"].items()}
     targets = table.get("targets")
@@ -262,6 +277,7 @@ def parse_study(table: Mapping[str, Any], source: str = "the command line") -> S
     ev.no_duplicates(placements, "placement")
     duplicates = [ev.positive(d, "duplicate") for d in _axis(table, "duplicate", [1], int)]
     ev.no_duplicates(duplicates, "duplicate")
+    calibrations = _calibrations(table)
     options = TaskOptions(
         batch_size=None,
         limit=_optional_int(table, "limit"),
@@ -285,9 +301,10 @@ def parse_study(table: Mapping[str, Any], source: str = "the command line") -> S
         backend=backend,
         target_axes=tuple(axes),
         outputs=outputs,
+        calibrated="calibrate" in table,
         source=source,
     )
-    study.builds = _builds(models, targets, placements, duplicates, chips)
+    study.builds = _builds(models, targets, placements, duplicates, calibrations, chips)
     configs = ev.sweep_configs(modes, seeds, times, compensations)
     for build, task, batch_size in itertools.product(range(len(study.builds)), tasks, batch_sizes):
         coded = TASKS[task].coded if task in TASKS else False
@@ -379,6 +396,19 @@ def _existing(path: str, what: str) -> str:
     return path
 
 
+def _calibrations(table: Mapping[str, Any]) -> list[str | None]:
+    """The ``calibrate`` axis: None for ``"none"``, else a calibration file, each read
+    now so that a missing or malformed one stops the study before any work."""
+    from snuc.driver import load_calibration
+
+    values = _axis(table, "calibrate", [UNCALIBRATED], str)
+    ev.no_duplicates(values, "calibrate")
+    for value in values:
+        if value != UNCALIBRATED:
+            load_calibration(value)
+    return [None if v == UNCALIBRATED else v for v in values]
+
+
 def _outputs(table: Any) -> dict[str, str]:
     if not isinstance(table, dict):
         raise SnucError("'output' must be a table of paths: jsonl, csv, markdown, parquet, ...")
@@ -435,15 +465,16 @@ def _builds(
     targets: list[tuple[TargetSpec, tuple]] | None,
     placements: Sequence[str],
     duplicates: Sequence[int],
+    calibrations: Sequence[str | None],
     chips: int | None,
 ) -> list[Build]:
     builds = []
     for model in models:
         if ev.is_artefact_path(model):
-            if list(placements) != ["pack"] or list(duplicates) != [1]:
+            if list(placements) != ["pack"] or list(duplicates) != [1] or calibrations != [None]:
                 raise SnucError(
-                    f"placement and duplicate are compile options; {model} is compiled "
-                    "already: evaluate the ONNX model to sweep them"
+                    f"placement, duplicate and calibrate are compile options; {model} is "
+                    "compiled already: evaluate the ONNX model to sweep them"
                 )
             wanted = None if targets is None else [t for t, _ in targets]
             name = ev.artefact_getters(model, wanted, chips)[0][0]
@@ -454,10 +485,10 @@ def _builds(
         from snuc.driver import resolve_target
 
         chosen = targets or [(resolve_target(DEFAULT_TARGET, chips), (("target", DEFAULT_TARGET),))]
-        for (target, columns), placement, duplicate in itertools.product(
-            chosen, placements, duplicates
+        for (target, columns), placement, duplicate, calibrate in itertools.product(
+            chosen, placements, duplicates, calibrations
         ):
-            builds.append(Build(model, target, placement, duplicate, columns))
+            builds.append(Build(model, target, placement, duplicate, columns, calibrate))
     return builds
 
 

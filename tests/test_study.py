@@ -108,6 +108,29 @@ def test_the_grid_gives_the_same_rows_on_a_ray_local_cluster(grid) -> None:
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
 
 
+def test_the_grid_gives_the_same_rows_on_a_dask_local_cluster(grid) -> None:
+    pytest.importorskip(
+        "dask.distributed", reason="Dask is not installed (pip install 'snuc[dask]')"
+    )
+    from dask.distributed import LocalCluster
+
+    study = load_study(grid)
+    serial = run_study(study, executor="serial")
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        assert run_study(study, executor="dask", address=cluster.scheduler_address) == serial
+        finished = cluster.scheduler.task_prefixes["snuc"].state_counts["memory"]
+        assert finished == 28  # every configuration ran on the cluster the study joined
+    assert run_study(study, executor="dask", workers=2) == serial  # a local cluster of its own
+
+
+def test_the_dask_executor_without_dask_is_one_line_naming_the_extra(
+    grid, capsys, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails as if missing
+    status, out, err = run_cli(capsys, "eval", "--spec", grid, "--executor", "dask")
+    assert_one_line_error(status, err, "--executor dask needs Dask", "snuc[dask]")
+
+
 def test_the_study_compiles_each_build_once_into_the_cache(tmp_path, grid, monkeypatch) -> None:
     from snuc import driver
 
