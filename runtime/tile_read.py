@@ -113,11 +113,11 @@ def dense_read(chip: TileChip) -> Callable[..., None]:
     the chip's; ``copyto`` rounds the values)."""
     code = tile_code(chip)
     code.names["gain"] = chip.gain
-    lines = ["codes = scratch = current", *code.convert, *code.currents, *code.codes]
+    stages = (*code.convert, *code.currents, *code.codes, *code.values)
     return compile_read(
         code,
         "x, x_q, squared, current, spread, spread_flat, normals, out",
-        [*lines, *code.values],
+        ["codes = scratch = current", *stages],
         f"<tile {chip.tile} read>",
     )
 
