@@ -21,7 +21,7 @@ separately programmed arrays in ``pcm`` mode: step t reads copy ``t mod K``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -34,7 +34,7 @@ from snuc.runtime.chip import program_tile
 from snuc.runtime.interpreter import crossbar_tiles
 from snuc.runtime.plan_sparse import active_rows
 from snuc.runtime.read_noise import NoiseStream
-from snuc.runtime.tile_read import Stages, Workspace, tile_stages
+from snuc.runtime.tile_read import Workspace, dense_read
 
 ROW_BLOCK_ELEMENTS = 1 << 16
 """Rows of a tile's input are processed in blocks of about this many float64 elements of
@@ -99,9 +99,9 @@ class TileChip:
         return self.variance_us2 is not None
 
     @cached_property
-    def stages(self) -> Stages:
-        """The tile's read, stage by stage (:func:`snuc.runtime.tile_read.tile_stages`)."""
-        return tile_stages(self)
+    def dense_read(self) -> Callable[..., None]:
+        """The tile's read in one call (:func:`snuc.runtime.tile_read.dense_read`)."""
+        return dense_read(self)
 
     def workspace(self, rows: int) -> Workspace:
         """Scratch float64 buffers for reads of up to ``rows`` input rows."""
@@ -191,19 +191,17 @@ class TileChip:
         self, x: np.ndarray, out: np.ndarray, work: Workspace, normals: np.ndarray | None
     ) -> None:
         """Read every row of ``x`` ``[m, K]`` into ``out`` ``[m, c]``: the four stages in
-        turn, in the workspace's first m rows."""
+        one call, in the workspace's first m rows."""
         m = x.shape[0]
-        convert, currents, codes, values = self.stages
-        x_q, current = work.x_q[:m], work.current[:m]
         squared = None if work.squared is None else work.squared[:m]
-        convert(x, x_q, squared)
         if normals is None:
-            currents(x_q, None, current, None, None, None)
+            spread = spread_flat = None
         else:
             spread = work.spread[:m]
-            currents(x_q, squared, current, spread, spread.reshape(-1), normals.reshape(-1))
-        codes(current, current)
-        values(current, current, self.gain, out, False)
+            spread_flat, normals = spread.reshape(-1), normals.reshape(-1)
+        self.dense_read(
+            x, work.x_q[:m], squared, work.current[:m], spread, spread_flat, normals, out
+        )
 
 
 def block_rows(chip: TileChip, total: int) -> int:

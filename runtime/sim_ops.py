@@ -15,9 +15,10 @@ What the instructions compute, per mode:
   "codes" buffer holds it and ``adc`` passes it on. ``quantized``/``pcm``: the first three
   stages of the fast tile pipeline shared with the NumPy backend
   (:mod:`snuc.runtime.tile_read`: DAC, column currents in float64 plus read noise, the
-  ADC's integer codes) on the programmed tile (:class:`~snuc.runtime.plan_tiles.TileChip`).
+  ADC's integer codes) on the programmed tile (:class:`~snuc.runtime.plan_tiles.TileChip`),
+  compiled with the kernel's slot reads into one function (one Python call per read).
 * ``adc``: the pipeline's last stage, ``y = float32(code * adc_range / (2**(adc_bits-1)
-  - 1) * s * alpha)``.
+  - 1) * s * alpha)``, compiled likewise.
 * vector ops: the NumPy backend's in-place kernels (:func:`plan_kernels.node_kernel`) for
   the IR op the instruction names, or the interpreter's semantics.
 * ``send``/``recv``: copy the buffer (or its window) into a message and out of it into the
@@ -44,7 +45,7 @@ from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import np_fast
 from snuc.runtime import plan_kernels as kernels
 from snuc.runtime.plan_tiles import TileChip
-from snuc.runtime.tile_read import row_product
+from snuc.runtime.tile_read import compile_read, row_product, squares, tile_code
 
 Kernel = Callable[[list], None]
 
@@ -168,7 +169,8 @@ def mvm_kernel(
     noise: int | None,
 ) -> Kernel:
     """``mvm``: the tile's ADC codes (``float``: its exact product) of the step's input:
-    the tile pipeline's ``convert``, ``currents`` and ``codes`` (:mod:`tile_read`).
+    the tile pipeline's ``convert``, ``currents`` and ``codes`` (:mod:`tile_read`) with
+    the slot reads and the tally, compiled into one function.
 
     Args:
         x, codes: slots of the operand ``[M, K]`` (all the weight's rows) and of the
@@ -203,26 +205,21 @@ def mvm_kernel(
                 matmul(window, weight, s[codes])
 
         return exact
-    convert, currents, to_codes, _ = chip.stages
-    noisy = chip.noisy
-
-    def read(s: list) -> None:
-        done = s[converted]
-        x_q = done.x_q
-        if converts:
-            convert(s[x], x_q, done.squared)
-            done.driven = count(x_q)
-        s[TALLY][tally] += done.driven
-        ws = s[work]
-        current = ws.current
-        if noisy:
-            flat = ws.spread_flat
-            currents(x_q, done.squared, current, ws.spread, flat, s[noise].take(flat.size))
-        else:
-            currents(x_q, None, current, None, None, None)
-        to_codes(current, s[codes])
-
-    return read
+    code = tile_code(chip)
+    lines = [f"done = s[{converted}]", "x_q = done.x_q"]
+    if squares(chip):
+        lines.append("squared = done.squared")
+    if converts:
+        lines += [f"x = s[{x}]", *code.convert, "done.driven = count(x_q)"]
+    lines += [f"s[{TALLY}][{tally}] += done.driven", f"ws = s[{work}]", "current = ws.current"]
+    if chip.noisy:
+        lines += [
+            "spread, spread_flat = ws.spread, ws.spread_flat",
+            f"normals = s[{noise}].take(spread_flat.size)",
+        ]
+    lines += [*code.currents, f"codes = s[{codes}]", *code.codes]
+    code.names["count"] = count
+    return compile_read(code, "s", lines, f"<tile {chip.tile} mvm>")
 
 
 def adc_kernel(
@@ -235,7 +232,8 @@ def adc_kernel(
     same_dtype: bool = False,
 ) -> Kernel:
     """``adc``: values from codes, the tile pipeline's ``values`` stage
-    (:mod:`tile_read`); float mode: a copy.
+    (:mod:`tile_read`) with the slot reads, compiled into one function; float mode: a
+    copy.
 
     Args:
         codes, out: slots of the codes and of the values.
@@ -249,12 +247,9 @@ def adc_kernel(
     """
     if chip is None:
         return copy_kernel(codes, out, None, None, same_dtype)
-    values = chip.stages.values
-
-    def read_out(s: list) -> None:
-        values(s[codes], s[scratch], s[gain], s[out], same_dtype)
-
-    return read_out
+    code = tile_code(chip, assign=same_dtype)
+    lines = [f"codes, scratch, gain, out = s[{codes}], s[{scratch}], s[{gain}], s[{out}]"]
+    return compile_read(code, "s", [*lines, *code.values], f"<tile {chip.tile} adc>")
 
 
 # --------------------------------------------------------------------------- digital work

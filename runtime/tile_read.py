@@ -1,9 +1,10 @@
 """The fast read of one programmed crossbar tile, in four stages split at the ADC code.
 
 Both fast backends read a tile (:class:`~snuc.runtime.plan_tiles.TileChip`) with these
-stages; the NumPy backend calls all four in turn, the simulator's ``mvm`` instruction the
-first three and its ``adc`` instruction the last (SPEC §6, docs/quantization.md; the
-reference is the interpreter's tile, with ``snuc.ir.crossbar``'s converters)::
+stages; the NumPy backend runs all four in one call (:func:`dense_read`), the simulator's
+``mvm`` instruction the first three in one call and its ``adc`` instruction the last
+(SPEC §6, docs/quantization.md; the reference is the interpreter's tile, with
+``snuc.ir.crossbar``'s converters)::
 
     convert   x_q   = DAC(x[..., r0:r1])                     float64, over dac, dac_bits
     currents  I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n)    column sums (+ read noise)
@@ -20,17 +21,21 @@ neither bound is 0: the same values, signed zeros included), the ADC's clip is l
 when no input can reach it (:func:`never_clips`), and the codes are integers held in
 float64 (so that a NaN input stays NaN).
 
-The simulator calls the stages once per timestep on a few hundred elements, where a NumPy
-call costs more than its arithmetic: the scalars are 0-d float64 arrays (a Python float is
-converted at every call), outputs are passed positionally, the rows window is taken only
+Each stage is written once, here, as the NumPy calls it makes (:func:`tile_code`,
+specialised to the tile: no branch on its configuration at run time), and a backend
+compiles the stages it runs together into one function (:func:`compile_read`), as
+:mod:`snuc.runtime.neuron_kernels` compiles a neuron update: the simulator reads a tile
+once per timestep on a few hundred elements, where a Python call costs as much as a NumPy
+call's arithmetic. For the same reason the scalars are 0-d float64 arrays (a Python float
+is converted at every call), outputs are passed positionally, the rows window is taken only
 when it is not the whole operand, and a product of one row takes ``np.dot``
 (:func:`row_product`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -41,130 +46,153 @@ if TYPE_CHECKING:
     from snuc.runtime.plan_tiles import TileChip
 
 
-class Stages(NamedTuple):
-    """The four stages of one tile's read (module docstring), each writing in place.
+class TileCode(NamedTuple):
+    """A tile's read as Python statements, stage by stage (module docstring), specialised
+    to the tile: each stage is the NumPy calls it makes, in order, over the names below,
+    writing in place; :func:`compile_read` makes them a function.
 
     Attributes:
-        convert: ``convert(x, x_q, squared)``: the DAC's output of the operand ``x``
-            ``[M, K]`` (all the weight's rows; the tile takes its window) into ``x_q``
-            ``[M, r]`` float64, and ``x_q**2`` into ``squared`` (only for a noisy tile
-            with multi-bit inputs, else None).
-        currents: ``currents(x_q, squared, current, spread, spread_flat, normals)``: the
-            column currents ``[M, c]`` into ``current``; a noisy tile adds the read noise
-            through its scratch ``spread`` ``[M, c]`` (``spread_flat``: the same array,
-            flat) from ``normals``, ``M * c`` standard normals in row order (noiseless:
-            all three None).
-        codes: ``codes(current, codes)``: the ADC's codes of the currents (``current`` is
-            overwritten; ``codes`` may be ``current``).
-        values: ``values(codes, scratch, gain, out, assign)``: the values of the codes,
-            in float64 in ``scratch`` (may be ``codes``) times ``gain`` (``s * alpha``,
-            broadcast), rounded once into ``out`` (``assign``: by assignment, for a dtype
-            that takes float64 ``same_kind``; else ``copyto``, which checks the cast).
+        convert: the DAC's output of the operand ``x`` ``[M, K]`` (all the weight's rows;
+            the tile takes its window) into ``x_q`` ``[M, r]`` float64, and ``x_q**2``
+            into ``squared`` (only where :func:`squares`).
+        currents: the column currents ``[M, c]`` of ``x_q`` (and ``squared``) into
+            ``current``; a noisy tile adds the read noise through its scratch ``spread``
+            ``[M, c]`` (``spread_flat``: the same array, flat) from ``normals``, ``M * c``
+            standard normals in row order.
+        codes: the ADC's codes of ``current`` (which it overwrites) into ``codes`` (which
+            may be ``current``).
+        values: the values of ``codes``, in float64 in ``scratch`` (may be ``codes``)
+            times ``gain`` (``s * alpha``, broadcast), rounded once into ``out`` (by
+            assignment where ``assign`` was asked, for a dtype that takes float64
+            ``same_kind``; else ``copyto``, which checks the cast).
+        names: the constants and NumPy functions the statements use, by name.
     """
 
-    convert: Callable[[np.ndarray, np.ndarray, np.ndarray | None], None]
-    currents: Callable[..., None]
-    codes: Callable[[np.ndarray, np.ndarray], None]
-    values: Callable[..., None]
+    convert: tuple[str, ...]
+    currents: tuple[str, ...]
+    codes: tuple[str, ...]
+    values: tuple[str, ...]
+    names: dict[str, Any]
 
 
-def tile_stages(chip: TileChip) -> Stages:
-    """The stages of ``chip``'s read, its constants prepared once."""
-    return Stages(_convert(chip), _currents(chip), _codes(chip), _values(chip))
+def tile_code(chip: TileChip, *, assign: bool = False) -> TileCode:
+    """The statements of ``chip``'s read, its constants prepared once (``assign``: see
+    :attr:`TileCode.values`)."""
+    names: dict[str, Any] = {
+        "subtract": np.subtract, "add": np.add, "divide": np.divide,
+        "multiply": np.multiply, "rint": np.rint, "sqrt": np.sqrt, "matmul": np.matmul,
+        "dot": np_fast.dot, "clip": np_fast.clip, "maximum": np.maximum,
+        "minimum": np.minimum, "copyto": np.copyto,
+    }  # fmt: skip
+    return TileCode(
+        _convert(chip, names),
+        _currents(chip, names),
+        _codes(chip, names),
+        _values(chip, names, assign),
+        names,
+    )
 
 
-def _convert(chip: TileChip) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], None]:
+def compile_read(code: TileCode, signature: str, lines: Sequence[str], label: str) -> Callable:
+    """The function ``def read(signature): lines`` over ``code``'s names.
+
+    ``lines`` are the caller's statements with the stages of ``code`` among them (text
+    made from the tile's fixed statements and the caller's slot numbers, nothing read
+    in); ``label`` names the function's source in tracebacks and profiles.
+    """
+    source = f"def read({signature}):" + "".join(f"\n    {line}" for line in lines) + "\n"
+    namespace = dict(code.names)
+    exec(compile(source, label, "exec"), namespace)
+    return namespace["read"]
+
+
+def dense_read(chip: TileChip) -> Callable[..., None]:
+    """The four stages in one call, as the NumPy backend reads a block of rows:
+    ``read(x, x_q, squared, current, spread, spread_flat, normals, out)`` with the names
+    of :class:`TileCode` (the codes and the values' scratch are ``current``; the gain is
+    the chip's; ``copyto`` rounds the values)."""
+    code = tile_code(chip)
+    code.names["gain"] = chip.gain
+    stages = (*code.convert, *code.currents, *code.codes, *code.values)
+    return compile_read(
+        code,
+        "x, x_q, squared, current, spread, spread_flat, normals, out",
+        ["codes = scratch = current", *stages],
+        f"<tile {chip.tile} read>",
+    )
+
+
+def squares(chip: TileChip) -> bool:
+    """Whether the read needs ``x_q**2``: a noisy tile with multi-bit inputs (for 0 and 1,
+    ``x_q**2 == x_q``)."""
+    return chip.noisy and not chip.binary_input
+
+
+def _convert(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     """``crossbar.dac_quantize`` of the window, in place (module docstring)."""
-    rows = None if chip.rows == slice(0, chip.operand_rows) else chip.rows
-    binary = chip.binary_input
+    lines = ["x_q[...] = x"]
+    if chip.rows != slice(0, chip.operand_rows):
+        names["dac_rows"] = chip.rows
+        lines = ["x_q[...] = x[:, dac_rows]"]
+    if chip.binary_input:  # 0 and 1 pass the DAC unchanged
+        return tuple(lines)
     lo, hi = chip.dac
     origin, step = dac_grid(lo, hi, chip.dac_bits)
-    origin_, step_ = _scalar(origin), _scalar(step)
-    clip = _clipper(lo, hi)
-    subtract, add, divide, multiply, rint = np.subtract, np.add, np.divide, np.multiply, np.rint
-
-    def convert(x: np.ndarray, x_q: np.ndarray, squared: np.ndarray | None) -> None:
-        x_q[...] = x if rows is None else x[:, rows]
-        if binary:  # 0 and 1 pass the DAC unchanged
-            return
-        clip(x_q)
-        if origin:
-            subtract(x_q, origin_, x_q)
-        divide(x_q, step_, x_q)
-        rint(x_q, x_q)
-        multiply(x_q, step_, x_q)
-        if origin:
-            add(x_q, origin_, x_q)
-        if squared is not None:
-            multiply(x_q, x_q, squared)
-
-    return convert
+    names.update(dac_origin=_scalar(origin), dac_step=_scalar(step))
+    lines += _clip("x_q", "dac", lo, hi, names)
+    if origin:
+        lines.append("subtract(x_q, dac_origin, x_q)")
+    lines += ["divide(x_q, dac_step, x_q)", "rint(x_q, x_q)", "multiply(x_q, dac_step, x_q)"]
+    if origin:
+        lines.append("add(x_q, dac_origin, x_q)")
+    if squares(chip):
+        lines.append("multiply(x_q, x_q, squared)")
+    return tuple(lines)
 
 
-def _currents(chip: TileChip) -> Callable[..., None]:
+def _currents(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     """The column currents, with read noise on a noisy tile (module docstring)."""
     conductance, variance = chip.conductance_us, chip.variance_us2
-    binary = chip.binary_input
+    names.update(conductance=conductance, variance=variance)
     float64 = np.dtype(np.float64)
     by_row = row_product(conductance, float64) and (
         variance is None or row_product(variance, float64)
     )
-    matmul, dot, sqrt, multiply, add = np.matmul, np_fast.dot, np.sqrt, np.multiply, np.add
-
-    def currents(
-        x_q: np.ndarray,
-        squared: np.ndarray | None,
-        current: np.ndarray,
-        spread: np.ndarray | None,
-        spread_flat: np.ndarray | None,
-        normals: np.ndarray | None,
-    ) -> None:
-        product = dot if by_row and x_q.shape[0] == 1 else matmul
-        product(x_q, conductance, current)
-        if variance is None:
-            return
-        # x_q**2 == x_q for x_q in {0, 1}.
-        product(x_q if binary else squared, variance, spread)
-        sqrt(spread, spread)
-        multiply(spread_flat, normals, spread_flat)
-        add(current, spread, current)
-
-    return currents
+    lines = [
+        "product = dot if x_q.shape[0] == 1 else matmul" if by_row else "product = matmul",
+        "product(x_q, conductance, current)",
+    ]
+    if variance is None:
+        return tuple(lines)
+    # x_q**2 == x_q for x_q in {0, 1}.
+    squared = "squared" if squares(chip) else "x_q"
+    return (
+        *lines,
+        f"product({squared}, variance, spread)",
+        "sqrt(spread, spread)",
+        "multiply(spread_flat, normals, spread_flat)",
+        "add(current, spread, current)",
+    )
 
 
-def _codes(chip: TileChip) -> Callable[[np.ndarray, np.ndarray], None]:
+def _codes(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     """The ADC's codes: ``crossbar.adc_quantize`` up to its rounding."""
-    full_scale, m = _scalar(chip.adc_range), _scalar(adc_max_code(chip.adc_bits))
-    clip = _clipper(-1.0, 1.0) if chip.noisy or not never_clips(chip) else None
-    divide, multiply, rint = np.divide, np.multiply, np.rint
-
-    def codes(current: np.ndarray, out: np.ndarray) -> None:
-        divide(current, full_scale, current)
-        if clip is not None:
-            clip(current)
-        multiply(current, m, current)
-        rint(current, out)
-
-    return codes
+    names.update(adc_scale=_scalar(chip.adc_range), adc_max=_scalar(adc_max_code(chip.adc_bits)))
+    lines = ["divide(current, adc_scale, current)"]
+    if chip.noisy or not never_clips(chip):
+        lines += _clip("current", "adc", -1.0, 1.0, names)
+    return (*lines, "multiply(current, adc_max, current)", "rint(current, codes)")
 
 
-def _values(chip: TileChip) -> Callable[..., None]:
+def _values(chip: TileChip, names: dict[str, Any], assign: bool) -> tuple[str, ...]:
     """The rest of ``crossbar.adc_quantize`` and the tile's gain, rounded once."""
-    full_scale, m = _scalar(chip.adc_range), _scalar(adc_max_code(chip.adc_bits))
-    multiply, divide, copyto = np.multiply, np.divide, np.copyto
-
-    def values(
-        codes: np.ndarray, scratch: np.ndarray, gain: np.ndarray, out: np.ndarray, assign: bool
-    ) -> None:
-        multiply(codes, full_scale, scratch)
-        divide(scratch, m, scratch)
-        multiply(scratch, gain, scratch)
-        if assign:
-            out[...] = scratch
-        else:
-            copyto(out, scratch, casting="same_kind")
-
-    return values
+    names.update(adc_scale=_scalar(chip.adc_range), adc_max=_scalar(adc_max_code(chip.adc_bits)))
+    return (
+        "multiply(codes, adc_scale, scratch)",
+        "divide(scratch, adc_max, scratch)",
+        "multiply(scratch, gain, scratch)",
+        "out[...] = scratch" if assign else 'copyto(out, scratch, casting="same_kind")',
+    )
 
 
 class Workspace:
@@ -185,10 +213,9 @@ class Workspace:
         self.rows = rows = max(1, rows)
         k, c = chip.n_rows, chip.n_cols
         self.x_q = np.empty((rows, k))
-        noisy = chip.noisy
-        self.squared = np.empty((rows, k)) if noisy and not chip.binary_input else None
+        self.squared = np.empty((rows, k)) if squares(chip) else None
         self.current = np.empty((rows, c))
-        self.spread = np.empty((rows, c)) if noisy else None
+        self.spread = np.empty((rows, c)) if chip.noisy else None
         self.spread_flat = None if self.spread is None else self.spread.reshape(-1)
         self.driven = 0
 
@@ -232,24 +259,16 @@ def _scalar(value: float) -> np.ndarray:
     return np.asarray(value, np.float64)
 
 
-def _clipper(lo: float, hi: float) -> Callable[[np.ndarray], None]:
-    """Clip a float64 array to ``[lo, hi]`` in place, as ``maximum`` then ``minimum``.
+def _clip(array: str, prefix: str, lo: float, hi: float, names: dict[str, Any]) -> list[str]:
+    """Statements clipping the float64 ``array`` to ``[lo, hi]`` in place, as ``maximum``
+    then ``minimum``; the bounds are named ``{prefix}_lo`` and ``{prefix}_hi``.
 
     NumPy's ``clip`` computes the same values (NaN stays NaN) in one call, except that
     the sign of a zero at a bound of 0 may differ; ``maximum``/``minimum`` are kept for
     such a bound.
     """
-    lo_, hi_ = _scalar(lo), _scalar(hi)
+    low, high = f"{prefix}_lo", f"{prefix}_hi"
+    names.update({low: _scalar(lo), high: _scalar(hi)})
     if lo and hi:
-        clip = np_fast.clip
-
-        def clip_both(a: np.ndarray) -> None:
-            clip(a, lo_, hi_, a)
-
-        return clip_both
-
-    def clip_by_parts(a: np.ndarray) -> None:
-        np.maximum(a, lo_, out=a)
-        np.minimum(a, hi_, out=a)
-
-    return clip_by_parts
+        return [f"clip({array}, {low}, {high}, {array})"]
+    return [f"maximum({array}, {low}, out={array})", f"minimum({array}, {high}, out={array})"]
