@@ -1,6 +1,6 @@
 """Plot a task metric against drift time from ``snuc eval --csv`` files.
 
-    python examples/plot_results.py OUT.png RESULTS.csv [RESULTS.csv ...]
+    python examples/plot_results.py OUT.png RESULTS.csv [RESULTS.csv ...] [--compensation global]
 
 One panel per task; one line per model and drift-compensation setting, with the spread
 over simulated chips as error bars, and the model's float and quantized results as
@@ -70,8 +70,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("csv", type=Path, nargs="+")
+    parser.add_argument(
+        "--compensation", default=None, metavar="LIST",
+        help="plot only pcm rows with these drift compensations (e.g. global; default all)",
+    )  # fmt: skip
     args = parser.parse_args()
-    plot(read_aggregates(args.csv), args.out)
+    rows = read_aggregates(args.csv)
+    if args.compensation is not None:
+        keep = set(args.compensation.split(","))
+        rows = [r for r in rows if r["mode"] != "pcm" or r["drift_compensation"] in keep]
+    plot(rows, args.out)
     print(f"wrote {args.out}")
 
 
