@@ -35,8 +35,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from snuc.frontend.export import export
+from snuc.frontend.hwa import COMPENSATIONS, HardwareAware, HWAOptions, parse_off
 from snuc.frontend.layers import SNU, ConvSNU, Readout, SNUNetwork, TimeMajor
 from snuc.ir.errors import SnucError
+from snuc.ir.target import DEFAULT_TARGET, parse_target
 
 HERE = Path(__file__).resolve().parent
 MODELS_DIR = HERE / "models"
@@ -126,6 +128,71 @@ def add_common_arguments(
         "PyTorch (another one gets past a spike that float rounding flips at a tie)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_hwa_arguments(parser)
+
+
+def add_hwa_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hardware-aware training options (docs/hwa.md, :mod:`snuc.frontend.hwa`)."""
+    group = parser.add_argument_group("hardware-aware training (docs/hwa.md)")
+    group.add_argument(
+        "--hwa", action="store_true",
+        help="train with the chip's non-idealities in the forward pass; the model's name "
+        "gets the suffix _hwa",
+    )  # fmt: skip
+    group.add_argument(
+        "--hwa-target", default=DEFAULT_TARGET,
+        help="the chip: a target preset or TOML file (as snuc compile --target)",
+    )  # fmt: skip
+    group.add_argument(
+        "--hwa-off", default="", metavar="LIST",
+        help="non-idealities to leave out, comma-separated: program, drift, read, dac, adc",
+    )  # fmt: skip
+    group.add_argument(
+        "--hwa-compensation", choices=COMPENSATIONS, default="global",
+        help="the drift compensation the chip will use",
+    )  # fmt: skip
+    group.add_argument(
+        "--hwa-t-inference", default="3600,31536000", metavar="LO,HI",
+        help="seconds after programming; each simulated chip is read at a time drawn "
+        "log-uniformly between them",
+    )  # fmt: skip
+    group.add_argument(
+        "--hwa-noise-scale", type=float, default=1.0,
+        help="multiplies the target's programming- and read-noise strengths",
+    )  # fmt: skip
+    group.add_argument(
+        "--hwa-ramp-epochs", type=int, default=0,
+        help="ramp the noise scale in linearly over this many epochs (0: none)",
+    )  # fmt: skip
+
+
+def hwa_options(args: argparse.Namespace) -> HWAOptions | None:
+    """The hardware-aware options ``args`` give (None without ``--hwa``).
+
+    Raises:
+        SnucError: an unknown target, non-ideality or malformed time range.
+    """
+    if not getattr(args, "hwa", False):
+        return None
+    try:
+        times = tuple(float(t) for t in args.hwa_t_inference.split(","))
+    except ValueError:
+        times = ()
+    if len(times) not in (1, 2):
+        raise SnucError(f"--hwa-t-inference {args.hwa_t_inference!r}: expected LO,HI seconds")
+    return HWAOptions(
+        target=parse_target(args.hwa_target),
+        off=parse_off(args.hwa_off),
+        compensation=args.hwa_compensation,
+        t_inference_s=(times[0], times[-1]),
+        noise_scale=args.hwa_noise_scale,
+        ramp_epochs=args.hwa_ramp_epochs,
+    )
+
+
+def model_name(base: str, args: argparse.Namespace) -> str:
+    """The model's name: ``base``, with ``_hwa`` after it for a hardware-aware run."""
+    return f"{base}_hwa" if getattr(args, "hwa", False) else base
 
 
 STOPPED_STATUS = 3
@@ -166,6 +233,10 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--lr must be positive")
     if args.out.suffix != ".onnx":
         parser.error(f"--out {args.out}: expected a path ending in .onnx")
+    try:
+        hwa_options(args)
+    except SnucError as exc:
+        parser.error(str(exc))
 
 
 def seed_everything(seed: int) -> None:
@@ -595,6 +666,8 @@ def fit(
     )
     stops = StopRequests(args.stop_after_batches)
     release = _catch_sigterm(stops) if args.checkpoint is not None else None
+    options = hwa_options(args)
+    hwa = None if options is None else HardwareAware(model, options)
     device = next(model.parameters()).device
     position = resumed.position
     epoch = resumed.epoch
@@ -611,6 +684,8 @@ def fit(
                 progress=partial(progress, enabled=not args.no_progress),
             )
             position = None
+            if hwa is not None:
+                hwa.set_epoch(epoch)
             model.train()
             train_loss = train_epoch(epoch, run)
             model.eval()
@@ -629,6 +704,8 @@ def fit(
     finally:
         if release is not None:
             release()
+        if hwa is not None:
+            hwa.detach()
     if best.best_epoch is None or best.best_metric is None:
         raise SnucError(f"training produced no finite validation {metric}; lower --lr")
     best.restore(model)

@@ -1,7 +1,7 @@
 """Plot a task metric against drift time from ``snuc eval --csv`` files.
 
-    python examples/plot_results.py OUT.png RESULTS.csv [RESULTS.csv ...]
     python examples/plot_results.py --relative OUT.png RESULTS.csv    # loss against float
+    python examples/plot_results.py OUT.png RESULTS.csv [RESULTS.csv ...] [--compensation global]
 
 One panel per task; one line per model and drift-compensation setting, with the spread
 over simulated chips as error bars, and the model's float and quantized results as
@@ -80,8 +80,16 @@ def main() -> None:
     parser.add_argument("--relative", action="store_true", help="less each model's float")
     parser.add_argument("out", type=Path)
     parser.add_argument("csv", type=Path, nargs="+")
+    parser.add_argument(
+        "--compensation", default=None, metavar="LIST",
+        help="plot only pcm rows with these drift compensations (e.g. global; default all)",
+    )  # fmt: skip
     args = parser.parse_args()
-    plot(read_aggregates(args.csv), args.out, args.relative)
+    rows = read_aggregates(args.csv)
+    if args.compensation is not None:
+        keep = set(args.compensation.split(","))
+        rows = [r for r in rows if r["mode"] != "pcm" or r["drift_compensation"] in keep]
+    plot(rows, args.out, args.relative)
     print(f"wrote {args.out}")
 
 

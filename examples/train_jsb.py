@@ -45,6 +45,7 @@ from _training import (
     limited,
     log,
     make_summary,
+    model_name,
     parameter_count,
     run_cli,
     set_lr,
@@ -159,7 +160,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.set_defaults(**RECIPES[chosen.model])
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = MODELS_DIR / f"jsb_{args.model}.onnx"
+        args.out = MODELS_DIR / f"{model_name(f'jsb_{args.model}', args)}.onnx"
     check_common_arguments(parser, args)
     if args.hidden < 1:
         parser.error("--hidden must be at least 1")
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"best epoch {result.best_epoch}: valid NLL {result.best_valid:.4f}, test {test_nll:.4f}")
     summary = make_summary(
         task="jsb",
-        name=f"jsb_{args.model}",
+        name=model_name(f"jsb_{args.model}", args),
         architecture=f"88-{args.hidden}-88: {layers}",
         model=model,
         metric="mean NLL per predicted frame (nats, float32 PyTorch)",

@@ -58,6 +58,7 @@ from _training import (
     initial_scaling,
     log,
     make_summary,
+    model_name,
     parameter_count,
     run_cli,
     set_lr,
@@ -252,7 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.set_defaults(lr=recipe.lr, epochs=recipe.epochs)
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = MODELS_DIR / f"mnist_{args.model}.onnx"
+        args.out = MODELS_DIR / f"{model_name(f'mnist_{args.model}', args)}.onnx"
     check_common_arguments(parser, args)
     if args.hidden is None:
         args.hidden = recipe.hidden
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"best epoch {result.best_epoch}: valid {result.best_valid:.2f} %, test {test_acc:.2f} %")
     summary = make_summary(
         task="mnist",
-        name=f"mnist_{args.model}",
+        name=model_name(f"mnist_{args.model}", args),
         architecture=f"{architecture(args.model, args.hidden, args.channels)}: {describe(model)}",
         model=model,
         metric="accuracy % (argmax of the outputs summed over time, float32 PyTorch)",
