@@ -7,8 +7,9 @@ such arrays (``t`` in microseconds from the start of the recording, ``p`` the po
 This module bins them into the dense ``[T, N, F]`` spike tensor that a compiled network
 reads and writes the ``.npz`` of a custom task (SPEC §12)::
 
-    from snuc.events import write_event_task
-    write_event_task("nmnist.npz", recordings, labels, sensor_size=(34, 34, 2), dt_us=1000)
+    from snuc.events import event_task_arrays, save_custom_data
+    arrays = event_task_arrays(recordings, labels, sensor_size=(34, 34, 2), dt_us=1000)
+    save_custom_data("nmnist.npz", arrays)
     # snuc eval model.onnx --task custom --data nmnist.npz --metric accuracy-count
 
 The feature index of an event is ``(p * H + y) * W + x`` for a sensor ``(W, H, P)`` (tonic's
@@ -26,7 +27,7 @@ import numpy as np
 
 from snuc.ir.errors import SnucError
 
-__all__ = ["events_to_spikes", "event_task_arrays", "write_event_task"]
+__all__ = ["event_task_arrays", "events_to_spikes", "save_custom_data"]
 
 
 def events_to_spikes(
@@ -108,23 +109,9 @@ def event_task_arrays(
     return {"inputs": inputs, "lengths": lengths, "targets": labels.astype(np.int64)}
 
 
-def write_event_task(
-    path: str | Path,
-    recordings: Sequence[np.ndarray],
-    labels: Sequence[int] | np.ndarray,
-    sensor_size: Sequence[int],
-    *,
-    dt_us: float,
-    steps: int | None = None,
-    binary: bool = True,
-) -> Path:
-    """Write :func:`event_task_arrays` as the ``.npz`` that ``--task custom --data`` reads.
-
-    The file appears whole or not at all (written beside, then renamed).
-    """
-    arrays = event_task_arrays(
-        recordings, labels, sensor_size, dt_us=dt_us, steps=steps, binary=binary
-    )
+def save_custom_data(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write a custom task's arrays (:func:`event_task_arrays`) as the ``.npz`` that
+    ``snuc eval --task custom --data`` reads; the file appears whole or not at all."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial.npz")
     try:

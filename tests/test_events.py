@@ -10,7 +10,7 @@ import pytest
 import snuc
 from snuc import evaluate as ev
 from snuc.eval_tasks import read_custom_data
-from snuc.events import event_task_arrays, events_to_spikes, write_event_task
+from snuc.events import event_task_arrays, events_to_spikes, save_custom_data
 from snuc.ir.errors import SnucError
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "snu_small.onnx"
@@ -81,7 +81,8 @@ def test_recordings_become_a_custom_task_that_snuc_eval_scores(tmp_path) -> None
     recordings = [_random_recording(rng, int(n), int(d)) for n, d in zip(
         rng.integers(20, 60, 12), rng.integers(3000, 8000, 12), strict=True)]  # fmt: skip
     labels = rng.integers(0, 10, 12)
-    path = write_event_task(tmp_path / "events.npz", recordings, labels, SENSOR, dt_us=1000)
+    arrays = event_task_arrays(recordings, labels, SENSOR, dt_us=1000)
+    path = save_custom_data(tmp_path / "events.npz", arrays)
     arrays = read_custom_data(path)
     assert not list(tmp_path.glob("*.partial*"))
     lengths = arrays["lengths"]
