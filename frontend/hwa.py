@@ -13,8 +13,9 @@ mode, replaces each of its weight products by what the compiled chip computes:
   (``snuc.ir.crossbar.tile_conductances``);
 * programming noise, drift to an inference time drawn log-uniformly from a range, and
   the chip's drift compensation (``snuc.runtime.pcm.program_array``,
-  ``ProgrammedArray.at``, ``compensation_scale``): one simulated chip per batch, drawn
-  again whenever the weights change (after each optimiser step);
+  ``ProgrammedArray.at``, ``compensation_scale``): each weight matrix programmed anew
+  whenever it changes (after each optimiser step), with its own seed and its own drawn
+  time (a real chip reads all its arrays at one age; training sees mixed ages);
 * 1/f read noise on every MVM output, ``sqrt(x_q**2 @ var) * n`` with fresh normals per
   read (``DriftedArray.read_variance_us2``), as the runtime's tile read adds it;
 * the DAC on the input and the ADC on every tile's column currents, with the ranges the
@@ -386,6 +387,11 @@ class HardwareAware:
     """
 
     def __init__(self, model: SNUNetwork, options: HWAOptions) -> None:
+        if not isinstance(model, SNUNetwork):
+            raise SnucError(
+                f"hardware-aware training follows SNU networks (SNUNetwork); "
+                f"{type(model).__name__} is not one; train without --hwa"
+            )
         self.options = options
         self.noise_scale = options.scale_at(1)
         self._patched: list[tuple[nn.Module, str]] = []

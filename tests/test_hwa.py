@@ -250,3 +250,8 @@ def test_the_scripts_refuse_an_unknown_non_ideality(train_jsb, data_dir, tmp_pat
         script.main(_jsb_args(tmp_path, data_dir, "bad", "--hwa-off", "laser"))
     assert exit_.value.code == 2
     assert "cannot switch off 'laser'" in capsys.readouterr().err
+
+
+def test_a_network_without_snu_layers_is_refused_in_one_line():
+    with pytest.raises(SnucError, match=r"^[^\n]*LSTM is not one; train without --hwa$"):
+        HardwareAware(torch.nn.LSTM(3, 4), HWAOptions(TARGET))
