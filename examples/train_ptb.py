@@ -49,6 +49,7 @@ from _training import (
     initial_scaling,
     log,
     make_summary,
+    model_name,
     parameter_count,
     run_cli,
     set_lr,
@@ -161,7 +162,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.set_defaults(**RECIPES[chosen.model])
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = MODELS_DIR / f"ptb_{args.model}.onnx"
+        args.out = MODELS_DIR / f"{model_name(f'ptb_{args.model}', args)}.onnx"
     check_common_arguments(parser, args)
     try:
         args.hidden = [int(n) for n in args.hidden.split(",")]
@@ -231,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tied = "tied readout" if not args.no_tie else "untied readout"
     summary = make_summary(
         task="ptb",
-        name=f"ptb_{args.model}",
+        name=model_name(f"ptb_{args.model}", args),
         architecture=f"{describe(model)} ({tied})",
         model=model,
         metric=(

@@ -338,6 +338,12 @@ def test_ptb_script_exports_a_language_model_that_scores_what_it_reported(
     assert ("recurrent=True" in summary["architecture"]) == (kind == "ssnu")
 
 
+def test_hwa_models_get_their_own_name_in_every_script(examples):
+    for task, model in (("jsb", "snu"), ("mnist", "snu7"), ("ptb", "ssnu")):
+        args = examples[task].parse_args(["--model", model, "--hwa"])
+        assert args.out.name == f"{task}_{model}_hwa.onnx", task
+
+
 def test_ptb_ssnu_defaults(examples):
     args = examples["ptb"].parse_args(["--model", "ssnu"])
     assert (args.hidden, args.embed, args.no_tie) == ([200, 200], 200, False)
