@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -278,7 +279,8 @@ def _dask(
 ) -> Iterator[dict[str, Any]]:
     """Dask tasks, one per job, on the scheduler at ``address`` or on a local cluster of
     ``workers`` processes (BLAS pinned as for ``local``); artefact bytes and data are
-    scattered to the cluster once each, and a task lost with its worker is retried."""
+    scattered to the cluster once each; a task lost with its worker is run again by the
+    scheduler (its ``allowed-failures``), a job's own error is reported at once."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -320,7 +322,6 @@ def _dask(
                 data[job.data],
                 key=f"snuc-{job.id}",
                 pure=False,
-                retries=3,
             )
             for job in jobs
         ]
@@ -337,18 +338,20 @@ def _dask_job(job: Job, artefact: bytes, data: Any) -> dict[str, Any]:
 
 
 _REMOTE_WORKER: list[Resources] = []
+_REMOTE_LOCK = threading.Lock()
 
 
 def _remote_job(job: Job, artefact: Callable[[], bytes], data: Callable[[], Any]) -> dict[str, Any]:
     """A job in a cluster's worker process: the artefact (``artefact()``, its bytes) is
     written to the process's own cache and the data (``data()``) kept, each only when
     this process does not hold it yet; no shared file system is assumed."""
-    if not _REMOTE_WORKER:
-        _REMOTE_WORKER.append(Resources({}, tempfile.mkdtemp(prefix="snuc-worker-cache-")))
+    with _REMOTE_LOCK:  # a Dask worker runs several threads
+        if not _REMOTE_WORKER:
+            _REMOTE_WORKER.append(Resources({}, tempfile.mkdtemp(prefix="snuc-worker-cache-")))
     resources = _REMOTE_WORKER[0]
     path = resources.artefact_path(job.artefact)
     if not path.exists():
-        temp = path.with_suffix(f".{os.getpid()}.tmp")
+        temp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         temp.write_bytes(artefact())
         os.replace(temp, path)
     if job.data not in resources.data:
