@@ -11,7 +11,6 @@ sequences of several lengths.
 from __future__ import annotations
 
 import copy
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -66,31 +65,34 @@ def export_recurrent(model: RecurrentNetwork, path: Path, *, atol: float, seed: 
     """
     net = copy.deepcopy(model).cpu().float().eval()
     features = net.rnn.input_size
-    tmp = Path(tempfile.mkdtemp()) / path.name
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on nn.LSTM's batch_first
-        torch.onnx.export(
-            net,
-            (torch.zeros(3, 2, features),),
-            tmp,
-            dynamo=False,
-            input_names=["X"],
-            output_names=["Y"],
-            dynamic_axes={"X": {0: "T", 1: "B"}, "Y": {0: "T", 1: "B"}},
-        )
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    for steps, batch in ((1, 1), (7, 3), (50, 2)):
-        x = (rng.random((steps, batch, features)) < 0.3).astype(np.float32)
-        want = net(torch.from_numpy(x)).detach().numpy()
-        got = session.run(None, {"X": x})[0]
-        worst = float(np.abs(got - want).max())
-        if worst > atol:
-            raise SnucError(
-                f"{path}: onnxruntime differs from PyTorch by {worst:g} on a [{steps}, "
-                f"{batch}] input (allowed {atol:g})"
+    tmp = path.with_name(path.name + ".partial")  # beside it: the move stays on one disk
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on nn.LSTM's batch_first
+            torch.onnx.export(
+                net,
+                (torch.zeros(3, 2, features),),
+                tmp,
+                dynamo=False,
+                input_names=["X"],
+                output_names=["Y"],
+                dynamic_axes={"X": {0: "T", 1: "B"}, "Y": {0: "T", 1: "B"}},
             )
-    tmp.replace(path)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(seed)
+        for steps, batch in ((1, 1), (7, 3), (50, 2)):
+            x = (rng.random((steps, batch, features)) < 0.3).astype(np.float32)
+            want = net(torch.from_numpy(x)).detach().numpy()
+            got = session.run(None, {"X": x})[0]
+            worst = float(np.abs(got - want).max())
+            if worst > atol:
+                raise SnucError(
+                    f"{path}: onnxruntime differs from PyTorch by {worst:g} on a [{steps}, "
+                    f"{batch}] input (allowed {atol:g})"
+                )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_with_summary(
