@@ -63,6 +63,8 @@ def events_to_spikes(
     _check_range("x", x, width)
     _check_range("y", y, height)
     _check_range("p", p, polarities)
+    if t.size and not np.isfinite(t).all():
+        raise SnucError("event times must be finite microseconds; some are NaN or infinite")
     if t.size and t.min() < 0:
         raise SnucError(f"event times must be >= 0 microseconds, got {t.min()}")
     bins = np.floor(t / dt_us).astype(np.int64)

@@ -16,6 +16,7 @@ from snuc.ir.errors import SnucError
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "snu_small.onnx"
 CAMERA = np.dtype([("x", "<i2"), ("y", "<i2"), ("t", "<i8"), ("p", "<i1")])
 SENSOR = (4, 4, 2)  # W, H, P: 32 features, snu_small's input
+FLOAT_TIMES = np.dtype([("x", "<i2"), ("y", "<i2"), ("t", "<f8"), ("p", "<i1")])
 
 
 def _events(rows: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -60,6 +61,7 @@ def test_audio_events_without_y() -> None:
         (_events([(4, 0, 0, 0)]), SENSOR, {}, "x = 4 is outside the sensor"),
         (_events([(0, 0, 0, 2)]), SENSOR, {}, "p = 2 is outside the sensor"),
         (_events([(0, 0, -5, 0)]), SENSOR, {}, "times must be >= 0"),
+        (np.array([(0, 0, np.nan, 0)], dtype=FLOAT_TIMES), SENSOR, {}, "NaN or infinite"),
         (_events([(0, 0, 0, 0)]), (4, 4), {}, "sensor_size must be (W, H, P)"),
         (_events([(0, 0, 0, 0)]), SENSOR, {"dt_us": 0}, "dt_us must be a positive"),
         (_events([(0, 0, 0, 0)]), SENSOR, {"steps": 0}, "steps must be at least 1"),
