@@ -39,12 +39,20 @@ def plot(rows: list[dict[str, str]], out: Path, relative: bool = False) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         lines: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
-        floats = {r["model"]: float(r["value"]) for r in rows if r["mode"] == "float"}
+        floats = {
+            r["model"]: float(r["value"])
+            for r in rows
+            if r["task"] == task and r["mode"] == "float"
+        }
         for row in (r for r in rows if r["task"] == task):
             model = Path(row["model"]).stem
-            offset = floats[row["model"]] if relative else 0.0
             if relative and row["mode"] != "pcm":
                 continue
+            if relative and row["model"] not in floats:
+                raise SystemExit(
+                    f"plot_results.py: --relative needs a float row for {model} ({task})"
+                )
+            offset = floats[row["model"]] if relative else 0.0
             if row["mode"] != "pcm":
                 style = ":" if row["mode"] == "float" else "-."
                 ax.axhline(float(row["value"]), ls=style, lw=1, color="grey",
