@@ -300,7 +300,10 @@ class Plan:
             group.result = group.outputs()
             return group
 
-        return run_groups(groups, threads, run, float_products=self.target is None)
+        noise_thread = self._noise_thread and self.config.mode == "pcm" and threads >= 2
+        return run_groups(
+            groups, threads, run, float_products=self.target is None, spare=int(noise_thread)
+        )
 
     def _joined(self, results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The outputs of runs of consecutive sequences, joined along the batch."""

@@ -170,8 +170,14 @@ class NoiseStream:
             SnucError: ``start`` is not a position of these sequences' generators.
         """
         states = self._first_states(offset) if start is None else self._checked(start)
-        for rng, state in zip(self._rngs, states, strict=True):
-            rng.bit_generator.state = state
+        try:
+            for rng, state in zip(self._rngs, states, strict=True):
+                rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise SnucError(
+                f"the run state's read-noise position of tile {self._tile} does not fit its "
+                f"generators ({type(e).__name__}: {e})"
+            ) from None
         self.first_step = first_step
         self._steps_left = steps
         self._total_steps = steps

@@ -10,9 +10,9 @@ the threads fighting (SPEC §6 results do not depend on N):
   per sequence (SPEC §6), the currents are exact float64 sums and the noise term a float32
   one computed in the same order for every row, so every group reads what the whole run
   would: the outputs are identical for any N;
-* a batch that cannot be split (one sequence, a run in pieces) runs on the calling thread
-  with BLAS limited to N threads, and a pcm run draws its read noise ahead on one more
-  thread when N >= 2;
+* a batch that cannot be split (one sequence, a run in pieces) runs on the calling thread;
+  a pcm run draws its read noise ahead on one more thread when N >= 2, BLAS limited to
+  the N - 1 others (N for a quantized run);
 * a ``float`` run is never split, and BLAS keeps the process's thread count (its
   environment variables, or every core): OpenBLAS's float32 products round a row
   differently with the rows of the call and with its own thread count (which splits the
@@ -76,6 +76,8 @@ def sequence_groups(size: int, threads: int) -> list[tuple[int, int]]:
     """``[lo, hi)`` ranges splitting ``size`` sequences into ``min(threads, size)``
     contiguous groups whose sizes differ by at most one (the first ones larger)."""
     count = max(1, min(threads, size))
+    if count == 1:
+        return [(0, size)]
     base, extra = divmod(size, count)
     groups, lo = [], 0
     for g in range(count):
@@ -91,12 +93,17 @@ def run_groups(
     run: Callable[[int, int, int], T],
     *,
     float_products: bool = False,
+    spare: int = 0,
 ) -> list[T]:
     """``run(lo, hi, index)`` of every group, on the worker threads of one pool (the first
-    on the calling thread), BLAS limited to ``threads // len(groups)`` threads (a run of
-    float products, ``float_products``: left at the process's BLAS threads): results in
-    the groups' order."""
-    limit = None if float_products else max(1, threads // len(groups))
+    on the calling thread), BLAS limited to ``threads // len(groups)`` threads, less
+    ``spare`` for a run of one group (the thread that draws its read noise ahead; a run
+    of float products, ``float_products``: left at the process's BLAS threads): results
+    in the groups' order."""
+    spare = spare if len(groups) == 1 else 0
+    if float_products and len(groups) == 1:  # nothing to limit, nothing to share
+        return [run(*groups[0], 0)]
+    limit = None if float_products else max(1, (threads - spare) // len(groups))
     with blas_threads(limit):
         if len(groups) == 1:
             return [run(*groups[0], 0)]

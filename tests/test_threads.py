@@ -124,6 +124,11 @@ def test_snuc_run_takes_threads(models, tmp_path, capsys):
     assert_one_line_error(status, err, "threads 0")
 
 
+def test_snuc_eval_refuses_a_bad_thread_count(capsys):
+    status, _, err = run_cli(capsys, "eval", "--threads", "-2")
+    assert_one_line_error(status, err, "threads -2")
+
+
 # --------------------------------------------------------------------------- keyed per sequence
 
 
