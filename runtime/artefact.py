@@ -199,6 +199,7 @@ class Artefact:
         progress: bool = False,
         state: RunState | None = None,
         return_state: bool = False,
+        threads: int | None = None,
         **options: Any,
     ) -> Any:
         """Run sequences ``[T, B, ...]`` on the simulated chip (SPEC §6, §8).
@@ -219,6 +220,8 @@ class Artefact:
                 same configuration and batch. The pieces' outputs are those of one run
                 over the whole sequence.
             return_state: also return the state where this run stops, for the next piece.
+            threads: the threads the run may use (default: every core;
+                :mod:`snuc.runtime.threads`); the outputs do not depend on it.
             **options: fields of ``config`` to replace, by keyword:
                 ``mode``: ``"float"``, ``"quantized"`` or ``"pcm"``.
                 ``seed``: names one simulated chip (programming noise, drift exponents,
@@ -226,12 +229,12 @@ class Artefact:
                 ``t_inference``: seconds after programming.
                 ``drift_compensation``: True (global), False/None (off), or
                 ``"global"``/``"column"``.
-                ``batch_size``: run the batch in chunks of this many sequences; pcm read
-                noise is drawn per chunk, keyed also by the chunk's first sequence, so
-                chunks do not repeat each other's noise.
+                ``batch_size``: run the batch in chunks of this many sequences (pcm read
+                noise is keyed per sequence, by its index in the batch: the chunks give
+                what the whole batch gives).
                 ``batch_offset``: pcm: the index of ``inputs``' first sequence when they
                 are a chunk of a larger batch that the caller runs chunk by chunk (0: a
-                whole batch); it keys the read noise as ``batch_size``'s chunks are keyed.
+                whole batch); it keys the read noise of each sequence by its index.
 
         Returns:
             The output ``[T, B, ...]``, or a dict by output name when there are several;
@@ -251,7 +254,12 @@ class Artefact:
             target = TargetSpec.from_dict(self.target)
             plans[key] = BACKENDS[backend](self.graph, config, target, self.program)
         result = plans[key].run(
-            inputs, config, progress=progress, state=state, return_state=return_state
+            inputs,
+            config,
+            progress=progress,
+            state=state,
+            return_state=return_state,
+            threads=threads,
         )
         if return_state:
             outputs, end = result

@@ -51,13 +51,13 @@ class RunConfig:
         drift_compensation: ``pcm``: ``"global"`` (one factor per tile), ``"column"``
             (one per output column) or None (off).
         batch_size: run the batch in chunks of at most this many sequences, each chunk a
-            run of its own (pcm read noise is drawn per run, so results depend on it);
-            None: one run. The fast backends cut the batch; the interpreter, the oracle,
-            always runs it whole.
+            run of its own (pcm read noise is keyed per sequence, so the chunks give what
+            the whole batch gives); None: one run. The fast backends cut the batch; the
+            interpreter, the oracle, always runs it whole.
         batch_offset: ``pcm``: the index of the batch's first sequence when it is a chunk
-            of a larger batch run chunk by chunk; with the seed and the tile it keys the
-            read-noise stream, so that chunks do not repeat each other's noise. 0 (a
-            whole batch) keeps the ``(seed, tile)`` stream.
+            of a larger batch run chunk by chunk; with the seed and the tile, each
+            sequence's index (``batch_offset`` plus its place) keys its read-noise
+            stream (``pcm.read_rng``).
 
     Raises:
         SnucError: an unknown mode, a bad pcm option (in ``pcm`` mode), a bad batch size

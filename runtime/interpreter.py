@@ -13,6 +13,7 @@ conductance pairs (``snuc.ir.crossbar``), the ADC and, in ``pcm``, the PCM devic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, overload
 
@@ -26,7 +27,8 @@ from snuc.ir.target import TargetSpec
 from snuc.ir.types import BATCH, TensorType
 from snuc.runtime.chip import program_tile
 from snuc.runtime.config import RunConfig, run_config, run_target
-from snuc.runtime.read_noise import NoiseStream
+from snuc.runtime.pcm import noise_spread
+from snuc.runtime.read_noise import NoiseStream, sequences_of
 from snuc.runtime.run_state import ChunkState, Resumption, RunState
 from snuc.runtime.semantics import OP_SEMANTICS
 
@@ -76,7 +78,8 @@ class _Tile:
     Per step (SPEC §6; docs/quantization.md)::
 
         x_q   = DAC(x[..., r0:r1])                    float64, over op.dac with dac_bits
-        I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n_t)  float64 column sums (+ read noise)
+        I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n_t)  float64 column sums (+ read noise:
+                                                       float32, pcm.noise_spread)
         I_hat = ADC(I)                                 full scale op.adc_range, adc_bits
         y     = float32(I_hat * s * alpha)             digital scale, drift compensation
 
@@ -102,7 +105,10 @@ class _Tile:
         self.adc_range = node.op.adc_range
         self.dac_bits = target.dac_bits
         self.adc_bits = target.adc_bits
-        self.copies = copies
+        # The read-noise variance sum is float32 (SPEC §6): its operand is too.
+        self.copies = [
+            (g, gain, None if var is None else var.astype(np.float32)) for g, gain, var in copies
+        ]
         self.read_noise = read_noise
         self.dtype = dtype
 
@@ -113,7 +119,7 @@ class _Tile:
         current = np.matmul(x_q, conductance_us)
         if self.read_noise is not None:
             noise = self.read_noise.take(current.size).reshape(current.shape)
-            current += np.sqrt(np.matmul(x_q * x_q, variance_us2)) * noise
+            current += noise_spread(x_q, variance_us2) * noise  # float32, added in float64
         read = adc_quantize(current, self.adc_range, self.adc_bits)
         return (read * gain).astype(self.dtype)
 
@@ -164,21 +170,28 @@ def _tiles(
     seed: int,
     t_inference_s: float,
     drift_compensation: str | None,
+    steps: int,
+    batch: int,
     batch_offset: int = 0,
     start: ChunkState | None = None,
 ) -> dict[str, _Tile]:
-    """Every ``xbar.mvm``'s per-run state by node id: the chip the run uses (``start``:
-    where the read-noise streams of a run going on from an earlier piece stand)."""
+    """Every ``xbar.mvm``'s per-run state by node id: the chip a run of ``steps`` steps
+    of ``batch`` sequences uses (``start``: where the read-noise streams of a run going on
+    from an earlier piece stand)."""
     tiles: dict[str, _Tile] = {}
     for node in crossbar_tiles(nodes, mode):
         copies = program_tile(graph, node, mode, target, seed, t_inference_s, drift_compensation)
         # Steps draw block[0], block[1], ... in turn: the block, never held whole.
+        type_ = graph.type_of(node.id)
         noise = (
             None
             if mode == "quantized"
             else NoiseStream(
                 seed,
                 node.op.tile,
+                steps,
+                sequences=sequences_of(type_, batch),
+                per_step=math.prod(type_.concrete(batch)),
                 offset=batch_offset,
                 start=None if start is None else start.noise.get(node.op.tile),
             )
@@ -308,6 +321,8 @@ def run(
             seed=config.seed,
             t_inference_s=config.t_inference_s,
             drift_compensation=config.drift_compensation,
+            steps=steps,
+            batch=batch,
             batch_offset=config.batch_offset,
             start=start,
         )

@@ -22,8 +22,11 @@ instead of evaluating every node at every step it follows a :class:`Plan`:
   ``next`` was written to one step before, so nothing is copied.
 * **Chips set up once** (:mod:`snuc.runtime.plan_tiles`). In ``quantized`` and ``pcm``
   modes each tile's conductances, programming noise, drift and compensation are computed
-  when the plan is built; read noise is drawn per run from each tile's stream in the
-  interpreter's order. Crossbar sums are float64 before the ADC.
+  when the plan is built; read noise is drawn per run from each tile's streams (one per
+  sequence) in the interpreter's order. Crossbar sums are float64 before the ADC, the
+  read-noise term float32.
+* **Threads** (:mod:`snuc.runtime.threads`): a quantized or pcm batch runs in groups of
+  sequences, one per thread, with the same outputs as on one thread.
 
 Floating-point agreement with the interpreter: element-wise work is the same operation in
 the same order, bit for bit. Matrix products sum in whatever order BLAS picks for the
@@ -63,8 +66,9 @@ from snuc.runtime.plan_fusion import fuse_float_tiles
 from snuc.runtime.plan_programs import CACHED_SIZES, Program, Runner, StateCarry, compile_step
 from snuc.runtime.plan_schedule import Schedule, schedule
 from snuc.runtime.plan_tiles import TileChip, block_rows, program_tiles
-from snuc.runtime.read_noise import NoiseStream, draw_ahead
+from snuc.runtime.read_noise import NoiseStream, draw_ahead, sequences_of
 from snuc.runtime.run_state import ChunkState, Resumption, RunState, graph_fingerprint
+from snuc.runtime.threads import checked_threads, run_groups, sequence_groups
 from snuc.runtime.tile_read import Workspace
 
 __all__ = ["BLOCK_ELEMENTS", "Plan", "run_numpy"]
@@ -93,10 +97,9 @@ def run_numpy(
     Arguments, checks and results are those of :func:`snuc.runtime.interpreter.run`
     (without ``trace``; with ``state`` and ``return_state``), except that
     ``config.batch_size`` cuts the batch into chunks of at most that many sequences, each
-    chunk a run of its own (SPEC §6: pcm's read noise
-    is drawn per run as ``[T, chunk, ...]``, so results depend on the chunk size), keyed
-    also by the chunk's first sequence (``batch_offset + lo``), so that chunks do not
-    repeat each other's noise: the first chunk is the run of its sequences alone. Also:
+    chunk a run of its own (SPEC §6: pcm's read noise is keyed per sequence by its
+    global index ``batch_offset + b``, so the chunks give what the whole batch gives, and
+    a chunk what its sequences give at their indices). Also:
 
     Args:
         progress: show a progress bar over the steps on stderr (needs tqdm; silently
@@ -229,6 +232,7 @@ class Plan:
         progress: bool = False,
         state: RunState | None = None,
         return_state: bool = False,
+        threads: int | None = None,
         **options: Any,
     ) -> Any:
         """Run the plan over whole sequences; see :func:`run_numpy`.
@@ -236,13 +240,16 @@ class Plan:
         ``config`` (default: the plan's) with ``options`` replaced gives the run's batch
         options; its other options must be the plan's. ``state``: go on from where a run
         over the previous piece of the sequences stopped; ``return_state``: return
-        ``(outputs, state)``, the state where this run stops.
+        ``(outputs, state)``, the state where this run stops. ``threads``: the threads the
+        run may use (None: every core; :mod:`snuc.runtime.threads`): the outputs do not
+        depend on it.
 
         Raises:
-            SnucError: a missing, unknown or badly typed input, a bad ``batch_size`` or
-                ``batch_offset``, a configuration that needs another plan, or a state of
-                another run.
+            SnucError: a missing, unknown or badly typed input, a bad ``batch_size``,
+                ``batch_offset`` or ``threads``, a configuration that needs another plan,
+                or a state of another run.
         """
+        threads = checked_threads(threads)
         config = plan_run_config(self.config, config, options)
         batch_size, batch_offset = config.batch_size, config.batch_offset
         feeds = bind_inputs(self.graph, inputs)
@@ -258,14 +265,51 @@ class Plan:
                 size = hi - lo if batched else 1
                 offset = batch_offset + lo
                 start = resume.start(offset, size)
-                run = _Run(self, chunk, steps, size, bar, offset, start, resume.step, return_state)
-                results.append(run.outputs())
+                runs = self._run_chunk(chunk, steps, size, offset, bar, threads, start, resume)
+                results.append(self._joined([run.result for run in runs]))
                 if return_state:
-                    ended[offset] = run.ended()
-        outputs = results[0]
-        if len(results) > 1:
-            outputs = {v: self._join(v, [r[v] for r in results]) for v in results[0]}
+                    ended[offset] = runs[0].ended()
+        outputs = self._joined(results)
         return (outputs, resume.end(steps, ended)) if return_state else outputs
+
+    def _run_chunk(
+        self,
+        chunk: dict[str, np.ndarray],
+        steps: int,
+        size: int,
+        offset: int,
+        bar: Any,
+        threads: int,
+        start: ChunkState | None,
+        resume: Resumption,
+    ) -> list[_Run]:
+        """A chunk's runs: a quantized or pcm run in groups of its sequences, one per
+        thread (:mod:`snuc.runtime.threads`); a float run, or a piece of a run (``start``
+        given or its state kept), whole."""
+        split = self.target is not None and not resume.active
+        groups = sequence_groups(size if split else 1, threads)
+        whole = len(groups) == 1
+
+        def run(lo: int, hi: int, index: int) -> _Run:
+            feeds = chunk
+            if not whole:
+                feeds = {n: self._batch_slice(n, a, lo, hi) for n, a in chunk.items()}
+            shown = bar if index == 0 else None
+            group = _Run(self, feeds, steps, size if whole else hi - lo, shown, offset + lo,
+                         start, resume.step, resume.active, threads if whole else 1)  # fmt: skip
+            group.result = group.outputs()
+            return group
+
+        noise_thread = self._noise_thread and self.config.mode == "pcm" and threads >= 2
+        return run_groups(
+            groups, threads, run, float_products=self.target is None, spare=int(noise_thread)
+        )
+
+    def _joined(self, results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The outputs of runs of consecutive sequences, joined along the batch."""
+        if len(results) == 1:
+            return results[0]
+        return {v: self._join(v, [r[v] for r in results]) for v in results[0]}
 
     def _batch_slice(self, name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
         type_ = self.graph.type_of(name)
@@ -354,11 +398,16 @@ class _Run:
         start: ChunkState | None = None,
         first_step: int = 0,
         keep_state: bool = False,
+        threads: int = 1,
     ) -> None:
-        """``offset``: the chunk's first sequence within the whole batch (keys read noise);
+        """``offset``: the global index of the run's first sequence (keys read noise);
         ``start``: where an earlier piece of the run left the chunk (None: at zeros, at
         the streams' beginnings), ``first_step`` the piece's first global timestep;
-        ``keep_state``: keep where the run leaves the chunk (:meth:`ended`)."""
+        ``keep_state``: keep where the run leaves the chunk (:meth:`ended`);
+        ``threads``: the run's threads (two or more: read noise may be drawn ahead on
+        one)."""
+        self.threads = threads
+        self.result: dict[str, np.ndarray] = {}  # the outputs, once run (a group's)
         self.plan = plan
         self.offset = offset
         self.start = start or ChunkState()
@@ -392,25 +441,20 @@ class _Run:
         """The run's read-noise stream of a tile, created on first use."""
         stream = self._noise.get(chip.node.id)
         if stream is None:
-            total = self._noise_total(chip.node.id)
-            per_step = math.prod(self.shapes[chip.node.id])
             stream = NoiseStream(
                 self.plan.config.seed,
                 chip.tile,
-                total,
+                self.steps,
                 self._pool,
+                sequences=sequences_of(self.types[chip.node.id], self.batch),
+                per_step=math.prod(self.shapes[chip.node.id]),
                 offset=self.offset,
-                per_step=per_step,
                 ahead=False,
                 start=self.start.noise.get(chip.tile),
                 first_step=self.first_step,
             )
             self._noise[chip.node.id] = stream
         return stream
-
-    def _noise_total(self, node_id: str) -> int:
-        """Normals a noisy tile draws in this run: its block ``[T, *out]``."""
-        return self.steps * math.prod(self.shapes[node_id])
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Run every block; the graph's outputs as fresh ``[T, ...]`` arrays."""
@@ -435,7 +479,7 @@ class _Run:
 
     def _noise_pool(self) -> ThreadPoolExecutor | None:
         """A one-thread executor drawing read noise ahead, when there is enough to draw."""
-        if not self.plan._noise_thread:
+        if not self.plan._noise_thread or self.threads < 2:
             return None
         noisy = [c for c in self.plan.chips.values() if c.noisy]
         total = sum(self.steps * math.prod(self.shapes[c.node.id]) for c in noisy)
@@ -458,7 +502,7 @@ class _Run:
         else:
             for node_id, stream in kit[2].items():
                 stream.restart(
-                    self._noise_total(node_id),
+                    self.steps,
                     self._pool,
                     offset=self.offset,
                     ahead=False,

@@ -36,9 +36,8 @@ STREAMS: Mapping[str, int] = MappingProxyType({"program": 0, "drift": 1, "read":
 
 * ``program``: programming noise, G+ devices then G- devices (:func:`program_array`).
 * ``drift``: drift exponents, G+ devices then G- devices (:func:`program_array`).
-* ``read``: read noise on MVM outputs, one block ``[T, B, cols]`` (:func:`read_noise_block`);
-  a run of a chunk of a larger batch that does not start at its first sequence also keys
-  it by the chunk's first sequence index (:func:`chip_rng`'s ``offset``).
+* ``read``: read noise on MVM outputs, one stream per sequence of a batch, keyed also by the
+  sequence's global index (:func:`read_rng`, :func:`read_noise_block`).
 
 ``program`` and ``drift`` together are the simulated chip: they do not depend on the time of
 inference, so a sweep over ``t_inference_s`` with one seed ages one chip.
@@ -55,41 +54,60 @@ _G_REL_FLOOR = 1e-7
 value immaterial (aihwkit clamps at the same value)."""
 
 
-def chip_rng(seed: int, tile: int, stream: str, *, offset: int = 0) -> np.random.Generator:
+def chip_rng(seed: int, tile: int, stream: str) -> np.random.Generator:
     """The generator of one random stream of one tile of the chip ``seed`` names.
 
     Args:
         seed: the chip (``snuc run --seed``), a non-negative integer.
         tile: the tile's index, a non-negative integer.
         stream: one of :data:`STREAMS` (``"program"``, ``"drift"``, ``"read"``).
-        offset: ``read`` only: the index of the run's first sequence within the batch it is
-            a chunk of (``--batch-size``); 0 for a whole batch or its first chunk. Without
-            it every chunk would draw the same read noise as the first.
 
     Returns:
-        ``numpy.random.default_rng([seed, tile, STREAMS[stream]])``, and for ``offset > 0``
-        ``default_rng([seed, tile, STREAMS["read"], offset])``. ``SeedSequence`` pads a
-        key with zeros to four 32-bit words and mixes them bijectively, so with every
-        value below 2**32 (one word each) a chunk's key, whose fourth word is not zero,
-        differs from every three-value key: streams of different seeds, tiles, names and
-        offsets are independent.
+        ``numpy.random.default_rng([seed, tile, STREAMS[stream]])`` (for ``read``, the
+        stream of sequence 0: :func:`read_rng`).
 
     Raises:
-        SnucError: ``seed``, ``tile`` or ``offset`` is not a non-negative integer.
-        ValueError: ``stream`` is not a known stream name, or an ``offset`` for a stream
-            other than ``read`` (a bug in the caller).
+        SnucError: ``seed`` or ``tile`` is not a non-negative integer.
+        ValueError: ``stream`` is not a known stream name (a bug in the caller).
     """
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; expected one of {', '.join(STREAMS)}")
-    for what, value in (("seed", seed), ("tile", tile), ("offset", offset)):
+    _check_indices(seed=seed, tile=tile)
+    return np.random.default_rng([int(seed), int(tile), STREAMS[stream]])
+
+
+READ_SEQUENCE_STRIDE = 1 << 64
+"""Raw draws between the read-noise streams of consecutive sequences (:func:`read_rng`)."""
+
+
+def read_rng(seed: int, tile: int, sequence: int) -> np.random.Generator:
+    """The read-noise generator of one sequence on one tile (SPEC §6).
+
+    Sequence s of a batch (its global index: a chunk's ``batch_offset`` plus its place in
+    the chunk) draws the normals of its steps, step after step, each step's columns in
+    order, from ``chip_rng(seed, tile, "read")``'s PCG64 advanced by s × 2**64 raw draws
+    (:data:`READ_SEQUENCE_STRIDE`): the streams of 2**64 sequences, each 2**64 draws long,
+    without overlap. A sequence's noise so depends on nothing but its index: not on the
+    batch size, the chunks, the thread count or the pieces a run is cut into. Sequence 0
+    is ``chip_rng(seed, tile, "read")`` itself.
+
+    Raises:
+        SnucError: ``seed``, ``tile`` or ``sequence`` is not a non-negative integer
+            (``sequence`` below 2**64).
+    """
+    _check_indices(sequence=sequence)
+    if sequence >= 1 << 64:
+        raise SnucError(f"sequence {sequence!r} is not valid; expected one below 2**64")
+    rng = chip_rng(seed, tile, "read")
+    rng.bit_generator.advance(int(sequence) * READ_SEQUENCE_STRIDE)
+    return rng
+
+
+def _check_indices(**values: object) -> None:
+    """Raise SnucError unless every value is a non-negative integer (bools are not)."""
+    for what, value in values.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise SnucError(f"{what} {value!r} is not valid; expected a non-negative integer")
-    key = [int(seed), int(tile), STREAMS[stream]]
-    if offset == 0:
-        return np.random.default_rng(key)
-    if stream != "read":
-        raise ValueError(f"stream {stream!r} takes no offset; only read noise depends on chunks")
-    return np.random.default_rng([*key, int(offset)])
 
 
 def _time_s(t_inference_s: float) -> float:
@@ -237,14 +255,14 @@ class DriftedArray:
         """Read-noise variance of each weight ``[rows, cols]``: Σ over its devices of σ²."""
         return _per_weight(self.sigma_plus_us**2) + _per_weight(self.sigma_minus_us**2)
 
-    def output_sigma(self, x: ArrayLike) -> NDArray[np.float64]:
+    def output_sigma(self, x: ArrayLike) -> NDArray[np.float32]:
         """Read-noise standard deviation of each output of ``x @ weights_us``.
 
         The per-device noises are independent Gaussians, so an output's variance is the
-        sum over driven rows of (input × σ)² (SPEC §6): ``sqrt(x² @ read_variance_us2)``.
+        sum over driven rows of (input × σ)² (SPEC §6): ``sqrt(x² @ read_variance_us2)``,
+        summed in float32 (:func:`noise_spread`).
         """
-        x = _f64(x)
-        return np.sqrt((x * x) @ self.read_variance_us2)
+        return noise_spread(_f64(x), self.read_variance_us2.astype(np.float32))
 
     def mvm(self, x: ArrayLike, noise: ArrayLike | None = None) -> NDArray[np.float64]:
         """``x @ weights_us`` for inputs ``x[..., rows]``, plus read noise when given.
@@ -252,13 +270,20 @@ class DriftedArray:
         Args:
             x: inputs; the last axis is the rows.
             noise: standard normals of the output's shape ``[..., cols]`` (a slice of
-                :func:`read_noise_block`); ``None`` reads without noise.
+                :func:`read_noise_block`, float32); ``None`` reads without noise.
         """
         x = _f64(x)
         y = x @ self.weights_us
         if noise is None:
             return y
-        return y + self.output_sigma(x) * _f64(noise)
+        return y + self.output_sigma(x) * np.asarray(noise, np.float32)
+
+
+def noise_spread(x: NDArray[np.float64], variance_f32: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``sqrt(x**2 @ variance)`` as every backend computes it (SPEC §6): the squares in
+    float64, rounded to float32, summed against the float32 variances in float32. The
+    read noise is this times float32 normals, in float32, added to the float64 currents."""
+    return np.sqrt(np.matmul((x * x).astype(np.float32), variance_f32))
 
 
 @dataclass(frozen=True, eq=False)
@@ -353,16 +378,21 @@ def program_array(
 
 def read_noise_block(
     seed: int, tile: int, shape: tuple[int, ...], *, offset: int = 0
-) -> NDArray[np.float64]:
-    """The standard normals of one tile's read noise, drawn as one block (SPEC §6).
+) -> NDArray[np.float32]:
+    """The standard normals (float32) of one tile's read noise over a run (SPEC §6).
 
-    ``shape`` is ``(T, B, cols)`` for a run of T steps at batch B; step t's noisy outputs
-    are ``drifted.mvm(x_t, noise=block[t])``. Drawing the whole block at once makes the
-    realisation independent of how a backend walks through time. ``offset``: for a run of
-    a chunk of a larger batch, the index of the chunk's first sequence (see
-    :func:`chip_rng`); 0 for a whole batch.
+    ``shape`` is ``(T, B, *out)`` for a run of T steps at batch B whose first sequence is
+    ``offset`` (``(T,)``: T normals of sequence ``offset``): ``block[:, b]`` is the first
+    ``T * prod(out)`` normals of :func:`read_rng` ``(seed, tile, offset + b)``, step after
+    step. Step t's noisy outputs are ``drifted.mvm(x_t, noise=block[t])``.
     """
-    return chip_rng(seed, tile, "read", offset=offset).standard_normal(shape)
+    steps, rest = shape[0], shape[1:]
+    if not rest:
+        return read_rng(seed, tile, offset).standard_normal(steps, np.float32)
+    block = np.empty((rest[0], steps, *rest[1:]), np.float32)
+    for b in range(rest[0]):
+        read_rng(seed, tile, offset + b).standard_normal(dtype=np.float32, out=block[b])
+    return np.ascontiguousarray(np.moveaxis(block, 0, 1))
 
 
 def _calibration_input(x_cal: ArrayLike | None, rows: int, default: str) -> NDArray[np.float64]:

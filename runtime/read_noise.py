@@ -1,20 +1,20 @@
-"""The read-noise stream of one tile for one run: its standard normals, in order.
+"""The read-noise streams of one tile for one run: its standard normals, in order.
 
-Read noise (SPEC §6, docs/targets.md "Random streams") is one block of standard normals
-per tile and run, ``pcm.read_noise_block(seed, tile, (T, *out), offset=offset)``, keyed by
-``pcm.chip_rng(seed, tile, "read", offset=offset)`` (``offset``: a chunk's first sequence
-within its batch, so chunks do not repeat each other's noise). Every backend takes it
-from a :class:`NoiseStream`, which draws the block piece by piece, so a run never holds
-it whole, however the backend walks through time: the interpreter a step at a time, the
+Read noise (SPEC §6, docs/targets.md "Random streams") is one stream of float32 standard
+normals per tile and sequence, keyed by the sequence's global index
+(``pcm.read_rng(seed, tile, s)``) and read step after step; a run of B sequences starting
+at sequence ``offset`` uses ``pcm.read_noise_block(seed, tile, (T, B, *out),
+offset=offset)``, in C order. Every backend takes it from a :class:`NoiseStream`, which
+draws it piece by piece (several steps of every sequence at once), so a run never holds it
+whole, however the backend walks through time: the interpreter a step at a time, the
 NumPy backend in blocks of rows (:meth:`NoiseStream.take`, :meth:`NoiseStream.row_steps`),
 the simulator's copies of a duplicated tile each the steps they serve
 (:meth:`NoiseStream.serving`). A run in pieces (:mod:`snuc.runtime.run_state`) goes on
-where the previous piece's stream stopped (:meth:`NoiseStream.position`, ``start=``).
+where the previous piece's streams stopped (:meth:`NoiseStream.position`, ``start=``).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Executor, Future
@@ -24,32 +24,36 @@ from typing import Any
 import numpy as np
 
 from snuc.ir.errors import SnucError
+from snuc.ir.types import BATCH, TensorType
 from snuc.runtime import pcm
 
 NOISE_BLOCK_ELEMENTS = 1 << 16
-"""A :class:`NoiseStream` draws this many normals per generator call."""
+"""A :class:`NoiseStream` draws about this many normals per piece (at least one step)."""
+
+NOISE_CALL_ELEMENTS = 1 << 13
+"""...and at least this many per sequence (one generator call each), where the run has
+them: a call costs about as much as drawing a few hundred normals."""
 
 NOISE_LOOKAHEAD = 3
 """Pieces a :class:`NoiseStream` keeps drawing ahead on a background thread."""
 
+CACHED_OFFSETS = 8
+"""A stream keeps its sequences' first generator states for this many batch offsets."""
+
 
 @dataclass(frozen=True)
 class NoisePosition:
-    """Where a stream stands: its generator's state before it drew the piece being handed
-    out, and how many of that piece's normals are used. A NumPy generator cannot skip a
-    count of normals (each takes a varying number of raw draws), so the state at a piece's
-    start is kept, and a stream going on from here draws and drops ``used`` normals.
+    """Where a tile's streams stand after a run: each sequence's generator state.
 
     Attributes:
-        generator: ``bit_generator.state`` (a dict of integers and a name).
-        used: normals of the piece handed out.
+        generators: ``bit_generator.state`` of each sequence of the chunk, in order (dicts
+            of integers and a name).
     """
 
-    generator: dict[str, Any]
-    used: int
+    generators: tuple[dict[str, Any], ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"generator": self.generator, "used": self.used}
+        return {"generators": list(self.generators)}
 
     @staticmethod
     def from_json(data: Any) -> NoisePosition:
@@ -58,29 +62,25 @@ class NoisePosition:
         Raises:
             ValueError: not a position.
         """
-        generator, used = data["generator"], data["used"]
-        if (
-            not isinstance(generator, dict)
-            or not isinstance(used, int)
-            or not 0 <= used <= NOISE_BLOCK_ELEMENTS
-        ):
-            raise ValueError("a read-noise position is a generator state and a count")
-        return NoisePosition(generator, used)
+        generators = data["generators"]
+        if not isinstance(generators, list) or not all(isinstance(g, dict) for g in generators):
+            raise ValueError("a read-noise position is a list of generator states")
+        return NoisePosition(tuple(generators))
 
 
 class NoiseStream:
     """One tile's read-noise normals for one run, handed out in stream order.
 
-    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, *out), offset=offset)``
-    read in C order: a NumPy ``Generator`` fills arrays in C order, so drawing the block
-    piece by piece yields the block itself, and a run never holds its whole block. Pieces of
-    :data:`NOISE_BLOCK_ELEMENTS` are drawn ahead, on a background thread when the run
-    gives one (NumPy releases the GIL while it fills an array): drawing normals costs more
-    than all the rest of a noisy tile's read, and overlaps with it there.
+    The numbers are those of ``pcm.read_noise_block(seed, tile, (T, B, *out),
+    offset=offset)`` read in C order: step after step, each step's sequences in turn.
+    Each sequence's generator (:func:`snuc.runtime.pcm.read_rng`) fills its steps of a
+    piece in one call, and the piece is transposed to step order. Pieces of about
+    :data:`NOISE_BLOCK_ELEMENTS` are drawn ahead, on a background thread when the run gives
+    one (NumPy releases the GIL while it fills an array): drawing normals costs more than
+    all the rest of a noisy tile's read, and overlaps with it there.
 
     Attributes:
-        per_step: normals per timestep (``prod(out)``), when the run gives it: a
-            duplicated tile's reads need it (:meth:`row_steps`, :meth:`step`).
+        per_step: normals per timestep (``B * prod(out)``).
         drawn: normals handed out since the run started.
         first_step: the global timestep of the run's first step (a run going on from an
             earlier piece's state starts past 0): a duplicated tile's step t reads copy
@@ -91,38 +91,61 @@ class NoiseStream:
         self,
         seed: int,
         tile: int,
-        total: int | None = None,
+        steps: int,
         pool: Executor | None = None,
         *,
+        sequences: int = 1,
+        per_step: int,
         offset: int = 0,
-        per_step: int = 0,
         ahead: bool = True,
         start: NoisePosition | None = None,
         first_step: int = 0,
     ) -> None:
-        """``total``: the size of the run's block (``T * prod(out)``; None: not known,
-        the stream is drawn in whole pieces); ``pool``: a
-        one-thread executor that draws ahead (its jobs run in order), or None;
-        ``offset``: the run's first sequence within the batch it is a chunk of;
-        ``per_step``: ``prod(out)`` (0: not given); ``ahead``, ``start``, ``first_step``:
-        see :meth:`restart`."""
+        """``steps``: T, the run's timesteps; ``pool``: a one-thread executor that draws
+        ahead (its jobs run in order), or None; ``sequences``: B, the run's sequences (0:
+        a value without a batch axis, shared by the batch, which reads sequence 0's
+        stream whatever the offset: :func:`sequences_of`); ``per_step``: normals per
+        step, ``B * prod(out)``; ``offset``: the global index of the run's first
+        sequence; ``ahead``, ``start``, ``first_step``: see :meth:`restart`."""
+        self._shared = sequences == 0
+        sequences = max(1, sequences)
+        if per_step % sequences:
+            raise ValueError(f"{per_step} normals per step do not split into {sequences} sequences")
         self.per_step = per_step
         self._seed = seed
         self._tile = tile
-        self._seed_stream(offset)
+        self._sequences = sequences
+        self._per_sequence = per_step // sequences
+        base = pcm.chip_rng(seed, tile, "read")
+        self._base = base.bit_generator
+        self._base_state = base.bit_generator.state
+        self._starts: dict[int, list[dict[str, Any]]] = {}
+        self._rngs = [np.random.Generator(np.random.PCG64(0)) for _ in range(sequences)]
         self._ahead: deque[Future] = deque()
         self._steps_ahead: dict[int, np.ndarray] = {}
         self._servings: list[Serving] = []
-        self.restart(total, pool, offset=offset, ahead=ahead, start=start, first_step=first_step)
+        self.restart(steps, pool, offset=offset, ahead=ahead, start=start, first_step=first_step)
 
-    def _seed_stream(self, offset: int) -> None:
-        self._offset = offset
-        self._rng = pcm.chip_rng(self._seed, self._tile, "read", offset=offset)
-        self._start = self._rng.bit_generator.state
+    def _first_states(self, offset: int) -> list[dict[str, Any]]:
+        """Each sequence's generator state at its stream's start (cached by offset: a
+        plan's runs at one offset repeat)."""
+        if self._shared:
+            offset = 0
+        found = self._starts.get(offset)
+        if found is None:
+            if len(self._starts) >= CACHED_OFFSETS:
+                self._starts.clear()
+            found = []
+            for s in range(offset, offset + self._sequences):
+                self._base.state = self._base_state
+                self._base.advance(s * pcm.READ_SEQUENCE_STRIDE)
+                found.append(self._base.state)
+            self._starts[offset] = found
+        return found
 
     def restart(
         self,
-        total: int | None,
+        steps: int,
         pool: Executor | None = None,
         *,
         offset: int = 0,
@@ -130,34 +153,37 @@ class NoiseStream:
         start: NoisePosition | None = None,
         first_step: int = 0,
     ) -> None:
-        """Start the stream over, for a new run with a block of ``total`` normals whose
-        first sequence is ``offset`` within its batch: at the previous run's offset the
-        same numbers again, without seeding a new generator (which costs more than a
-        short run's draws). The previous run's pool must have finished its jobs.
+        """Start the streams over, for a new run of ``steps`` timesteps whose first
+        sequence is ``offset`` (a global index), without seeding new generators (which
+        costs more than a short run's draws). The previous run's pool must have finished
+        its jobs.
 
         ``ahead``: ask the pool for the first :data:`NOISE_LOOKAHEAD` pieces now; a run
         of several streams sharing one pool passes False and calls :func:`draw_ahead`
         once they all exist, so their first pieces are drawn first.
 
-        ``start``: go on from where a stream of an earlier piece of the run stood
-        (:meth:`position`; None: the stream's beginning); ``first_step``: the run's first
+        ``start``: go on from where the streams of an earlier piece of the run stood
+        (:meth:`position`; None: the streams' beginnings); ``first_step``: the run's first
         global timestep (:attr:`first_step`).
 
         Raises:
-            SnucError: ``start`` is not a position of this kind of generator.
+            SnucError: ``start`` is not a position of these sequences' generators.
         """
-        if offset != self._offset:
-            self._seed_stream(offset)
-        self._rng.bit_generator.state = self._start
-        self._piece_start = self._start
-        if start is not None:
-            self._seek(start)
-            self._piece_start = self._rng.bit_generator.state
+        states = self._first_states(offset) if start is None else self._checked(start)
+        try:
+            for rng, state in zip(self._rngs, states, strict=True):
+                rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise SnucError(
+                f"the run state's read-noise position of tile {self._tile} does not fit its "
+                f"generators ({type(e).__name__}: {e})"
+            ) from None
         self.first_step = first_step
-        self._left = math.inf if total is None else total
+        self._steps_left = steps
+        self._total_steps = steps
         self._pool = pool
         self._ahead.clear()
-        self._piece = np.empty(0)
+        self._piece = np.empty(0, np.float32)
         self._used = 0
         self.drawn = 0
         self._steps_ahead.clear()
@@ -166,24 +192,28 @@ class NoiseStream:
         if ahead:
             draw_ahead([self])
 
-    def _seek(self, start: NoisePosition) -> None:
-        try:
-            self._rng.bit_generator.state = start.generator
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
+    def _checked(self, start: NoisePosition) -> tuple[dict[str, Any], ...]:
+        states = start.generators
+        if len(states) != self._sequences or any(s.get("bit_generator") != "PCG64" for s in states):
             raise SnucError(
-                f"the run state's read-noise position of tile {self._tile} does not fit its "
-                f"generator ({type(e).__name__}: {e})"
-            ) from None
-        self._rng.standard_normal(start.used)  # dropped: the piece's normals already used
+                f"the run state's read-noise position of tile {self._tile} holds "
+                f"{len(states)} generator states, not {self._sequences} of PCG64"
+            )
+        return states
 
     def position(self) -> NoisePosition:
-        """Where the stream stands after the normals handed out: a later run given it as
-        ``start`` goes on with the next one. (Between runs; a run's pool drawing ahead
-        moves the generator, not the position.)"""
-        return NoisePosition(self._piece_start, self._used)
+        """Where the streams stand once the run has taken all its normals: a later run
+        given it as ``start`` goes on with the next step.
+
+        Raises:
+            RuntimeError: the run has not taken all its normals.
+        """
+        if self.drawn != self._total_steps * self.per_step:
+            raise RuntimeError("a read-noise position is taken at the end of a run")
+        return NoisePosition(tuple(rng.bit_generator.state for rng in self._rngs))
 
     def take(self, n: int) -> np.ndarray:
-        """The next ``n`` normals of the stream, as a 1-D float64 array (:attr:`drawn`
+        """The next ``n`` normals of the stream, as a 1-D float32 array (:attr:`drawn`
         counts them: normals handed out since the run started).
 
         The array may be a view of a buffer of the stream: it is valid until the next call.
@@ -223,29 +253,42 @@ class NoiseStream:
         self._servings.append(serving)
         return serving
 
-    def _draw(self, n: int) -> tuple[dict[str, Any], np.ndarray]:
-        """The generator's state, then the next ``n`` normals it draws from there."""
-        state = self._rng.bit_generator.state
-        piece = np.empty(n)
-        self._rng.standard_normal(out=piece)
-        return state, piece
+    def _draw(self, steps: int) -> np.ndarray:
+        """The next ``steps`` steps of every sequence, flat in step order."""
+        by_sequence = np.empty((self._sequences, steps, self._per_sequence), np.float32)
+        for rng, out in zip(self._rngs, by_sequence, strict=True):
+            rng.standard_normal(dtype=np.float32, out=out)
+        if self._sequences == 1:
+            return by_sequence.reshape(-1)
+        return by_sequence.transpose(1, 0, 2).reshape(-1)  # a copy, in step order
+
+    def _piece_steps(self) -> int:
+        """Steps of the next piece: about :data:`NOISE_BLOCK_ELEMENTS` normals, at least
+        :data:`NOISE_CALL_ELEMENTS` per sequence."""
+        steps = max(
+            1,
+            NOISE_BLOCK_ELEMENTS // max(1, self.per_step),
+            NOISE_CALL_ELEMENTS // max(1, self._per_sequence),
+        )
+        return min(steps, self._steps_left)
 
     def _request(self) -> None:
-        n = min(NOISE_BLOCK_ELEMENTS, self._left)
-        if n > 0 and self._pool is not None:
-            self._left -= n
-            self._ahead.append(self._pool.submit(self._draw, n))
+        steps = self._piece_steps()
+        if steps > 0 and self._pool is not None:
+            self._steps_left -= steps
+            self._ahead.append(self._pool.submit(self._draw, steps))
 
     def _next_piece(self) -> np.ndarray:
         if self._ahead:
-            self._piece_start, piece = self._ahead.popleft().result()
+            piece = self._ahead.popleft().result()
             self._request()
             return piece
-        # Nothing is being drawn ahead, so the generator is this thread's alone.
-        n = max(1, min(NOISE_BLOCK_ELEMENTS, self._left))
-        self._left -= n
-        self._piece_start, piece = self._draw(n)
-        return piece
+        # Nothing is being drawn ahead, so the generators are this thread's alone.
+        steps = self._piece_steps()
+        if steps == 0:
+            raise RuntimeError(f"tile {self._tile}'s read noise is asked past the run's end")
+        self._steps_left -= steps
+        return self._draw(steps)
 
 
 class Serving:
@@ -289,3 +332,20 @@ def draw_ahead(streams: Iterable[NoiseStream]) -> None:
     for _ in range(NOISE_LOOKAHEAD):
         for stream in streams:
             stream._request()
+
+
+def sequences_of(type_: TensorType, batch: int) -> int:
+    """The sequences whose read noise a tile's value of ``type_`` carries at batch
+    ``batch``: B when it has the batch axis (which must lead: each step's normals are the
+    sequences' in turn), else 0: a value computed once for the whole batch reads the
+    stream of sequence 0, so that every chunk and group of a batch reads what the whole
+    batch does.
+
+    Raises:
+        SnucError: the batch axis is not the value's first.
+    """
+    if not type_.has_batch:
+        return 0
+    if type_.shape[0] != BATCH:
+        raise SnucError(f"a crossbar tile's value {type_} must have the batch axis first")
+    return batch

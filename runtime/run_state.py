@@ -5,7 +5,8 @@ the outputs and a :class:`RunState`, ``Artefact.run(X2, state=s, return_state=Tr
 continues where the first piece stopped, and the pieces' outputs are those of one run over
 the whole sequence, bit for bit, in every mode and backend. For that the state holds, per
 run of a chunk of the batch (``batch_size``): every IR state value, and where each noisy
-tile's read-noise stream stands (:class:`~snuc.runtime.read_noise.NoisePosition`); and
+tile's read-noise streams stand, one per sequence
+(:class:`~snuc.runtime.read_noise.NoisePosition`); and
 for the whole run the timesteps run so far (a duplicated tile reads copy ``t mod K`` at
 global step t) and the run's identity (the graph, the mode and chip, the batch and its
 chunks), so a state from another configuration is refused in one line, not continued
@@ -319,6 +320,12 @@ class Resumption:
         if state is None and not wanted:
             return cls(plan.graph, None, None)
         return cls.of(plan.graph, config, batch, chunks, state, wanted, plan.fingerprint)
+
+    @property
+    def active(self) -> bool:
+        """Whether the run starts from a state or ends in one (a run in pieces: its
+        chunks run whole, each keeping where it ends)."""
+        return self._identity is not None
 
     def start(self, offset: int, batch: int) -> ChunkState | None:
         """The state the chunk whose first sequence is ``offset`` (of ``batch``

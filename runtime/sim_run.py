@@ -30,9 +30,10 @@ from snuc.ir.machine_isa import Recv
 from snuc.ir.types import BATCH, TensorType
 from snuc.runtime import sim_ops as ops
 from snuc.runtime.plan_tiles import TileChip
-from snuc.runtime.read_noise import NoiseStream
+from snuc.runtime.read_noise import NoiseStream, sequences_of
 from snuc.runtime.run_state import ChunkState
 from snuc.runtime.sim_ops import Slot
+from snuc.runtime.threads import run_groups, sequence_groups
 
 if TYPE_CHECKING:  # the plan owns its runs; only its type is named here
     from snuc.runtime.simulator import SimPlan, _Layout
@@ -243,7 +244,7 @@ class Kit:
                 self._fill_before(key, array)
         for tile, stream in self._noise.items():
             stream.restart(
-                max(1, steps * stream.per_step),
+                steps,
                 offset=offset,
                 start=begin.noise.get(tile),
                 first_step=first_step,
@@ -256,17 +257,19 @@ class Kit:
         tile's copy j serves (``t mod K == j``) depend on it, and so do the windows."""
         return self.first_step % self.layout.duplicate
 
-    def noise(self, chip: TileChip, per_step: int) -> NoiseStream:
-        """The read-noise stream of a tile (created on first use); the copies of a
-        duplicated tile share it, each taking its steps (``serving``)."""
+    def noise(self, chip: TileChip, sequences: int, per_step: int) -> NoiseStream:
+        """The read-noise stream of a tile (created on first use) of ``sequences``
+        sequences, ``per_step`` normals per step; the copies of a duplicated tile share
+        it, each taking its steps (``serving``)."""
         found = self._noise.get(chip.tile)
         if found is None:
             found = self._noise[chip.tile] = NoiseStream(
                 self.plan.config.seed,
                 chip.tile,
-                max(1, self.steps * per_step),
-                offset=self.offset,
+                self.steps,
+                sequences=sequences,
                 per_step=per_step,
+                offset=self.offset,
                 start=self.start_state.noise.get(chip.tile),
                 first_step=self.first_step,
             )
@@ -361,7 +364,7 @@ class Run:
         first_step: int = 0,
         keep_state: bool = False,
     ) -> None:
-        """``offset``: the chunk's first sequence within the whole batch (keys read noise);
+        """``offset``: the global index of the run's first sequence (keys read noise);
         ``start``: where an earlier piece of the run left the chunk (None: at zeros, at
         the streams' beginnings), ``first_step`` the piece's first global timestep;
         ``keep_state``: keep where the run leaves the chunk (:attr:`ended`)."""
@@ -540,3 +543,56 @@ def join(graph: Graph, name: str, parts: list[np.ndarray]) -> np.ndarray:
     if not type_.has_batch:
         return parts[0]
     return np.concatenate(parts, axis=1 + type_.shape.index(BATCH))
+
+
+def join_runs(graph: Graph, results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The outputs of runs of consecutive sequences, joined along the batch."""
+    if len(results) == 1:
+        return results[0]
+    return {v: join(graph, v, [r[v] for r in results]) for v in results[0]}
+
+
+def run_chunk(
+    plan: SimPlan,
+    chunk: dict[str, np.ndarray],
+    steps: int,
+    size: int,
+    split: bool,
+    bar: Any,
+    offset: int,
+    start: ChunkState | None,
+    first_step: int,
+    threads: int,
+    keep_state: bool,
+) -> tuple[dict[str, np.ndarray], list[int], ChunkState | None]:
+    """One chunk's run of ``size`` sequences, ``split`` into groups of them on as many
+    threads (:mod:`snuc.runtime.threads`), or whole, going on from ``start`` and keeping
+    its end state when ``keep_state``: its outputs, its tally and where it left the
+    chunk."""
+    groups = sequence_groups(size if split else 1, threads)
+    whole = len(groups) == 1
+
+    def run_group(lo: int, hi: int, index: int) -> tuple[dict[str, np.ndarray], Run]:
+        feeds = chunk
+        if not whole:
+            feeds = {n: batch_slice(plan.graph, n, a, lo, hi) for n, a in chunk.items()}
+        shown = bar if index == 0 else None
+        run = Run(plan, feeds, steps, size if whole else hi - lo, shown, offset + lo,
+                  start, first_step, keep_state and whole)  # fmt: skip
+        return run.outputs(), run
+
+    done = run_groups(groups, threads, run_group, float_products=plan.config.mode == "float")
+    tally = [sum(counts) for counts in zip(*(run.tally for _, run in done), strict=True)]
+    return join_runs(plan.graph, [outputs for outputs, _ in done]), tally, done[0][1].ended
+
+
+def noise_of(chip: TileChip, x_type: TensorType, rows_of: Any, tag: Any) -> Any:
+    """A kit's read-noise stream of a tile (of a copy of a duplicated tile, ``tag``: the
+    steps it serves)."""
+
+    def make(kit: Any) -> Any:
+        sequences = sequences_of(x_type, kit.batch)
+        stream = kit.noise(chip, sequences, rows_of(kit.batch) * chip.n_cols)
+        return stream if tag is None else stream.serving(*tag)
+
+    return make

@@ -14,9 +14,9 @@ layer k of step t beside layer k + 1 of step t - 1, each buffer in ``copies`` co
 Numbers: the simulator computes the same function as the NumPy backend (SPEC §6,
 ``|Δ| <= 1e-5``) in every mode: it shares the chip (the programmed tiles of
 :func:`~snuc.runtime.plan_tiles.program_tiles`: conductances, programming noise, drift,
-compensation), the read-noise streams (each tile's ``(seed, tile)`` stream, or for a chunk
-of a batch that does not start at its first sequence ``(seed, tile, offset)``, drawn in the
-order of ``read_noise_block(seed, tile, (T, *out), offset=offset)``), the converters and
+compensation), the read-noise streams (per tile and sequence, ``pcm.read_rng(seed, tile,
+s)``, drawn in the order of ``read_noise_block(seed, tile, (T, B, *out),
+offset=offset)``), the converters and
 the digital kernels (:mod:`snuc.runtime.sim_ops`). A batch of sequences runs together: every
 instruction works on ``[B, ...]`` buffers.
 
@@ -76,8 +76,19 @@ from snuc.runtime.interpreter import bind_inputs, sequence_extent
 from snuc.runtime.plan_tiles import TileChip, program_tiles
 from snuc.runtime.run_state import ChunkState, Resumption, RunState, graph_fingerprint
 from snuc.runtime.sim_ops import SimOp, Slot, SlotTable
-from snuc.runtime.sim_run import Clock, Held, Kit, Output, Run, batch_slice, held_states, join
+from snuc.runtime.sim_run import (
+    Clock,
+    Held,
+    Kit,
+    Output,
+    batch_slice,
+    held_states,
+    join_runs,
+    noise_of,
+    run_chunk,
+)
 from snuc.runtime.sim_stats import COMPONENTS, SimStats, format_stats, run_stats
+from snuc.runtime.threads import checked_threads
 from snuc.runtime.tile_read import Workspace
 
 __all__ = ["SimPlan", "SimStats", "SimulationError", "format_stats", "run_sim"]
@@ -227,23 +238,16 @@ class SimPlan:
         progress: bool = False,
         state: RunState | None = None,
         return_state: bool = False,
+        threads: int | None = None,
         **options: Any,
     ) -> Any:
         """Run sequences ``[T, B, ...]``; their statistics go to :attr:`last_stats`.
 
-        Arguments and results are those of the NumPy backend's ``Plan.run``: the batch
-        options of ``config`` (default: the plan's) with ``options`` replaced cut the
-        batch into chunks (pcm's read noise is drawn per chunk, keyed also by the chunk's
-        first sequence ``batch_offset + lo``), ``progress`` shows a bar on stderr,
-        ``state`` goes on from where a run over the previous piece of the sequences
-        stopped and ``return_state`` returns ``(outputs, state)``.
-
-        Raises:
-            SnucError: a missing, unknown or badly typed input, a bad ``batch_size`` or
-                ``batch_offset``, a configuration that needs another plan, or a state of
-                another run.
+        Arguments, results and errors are those of the NumPy backend's ``Plan.run``
+        (``config`` and ``options``: the batch options; ``progress``, ``state``,
+        ``return_state``, ``threads``).
         """
-        outputs, _, end = self._run(inputs, config, progress, state, return_state, options)
+        outputs, _, end = self._run(inputs, config, progress, state, return_state, options, threads)
         return (outputs, end) if return_state else outputs
 
     def run_with_stats(
@@ -252,10 +256,11 @@ class SimPlan:
         config: RunConfig | None = None,
         *,
         progress: bool = False,
+        threads: int | None = None,
         **options: Any,
     ) -> tuple[dict[str, np.ndarray], SimStats]:
         """:meth:`run`, returning the statistics beside the outputs."""
-        return self._run(inputs, config, progress, None, False, options)[:2]
+        return self._run(inputs, config, progress, None, False, options, threads)[:2]
 
     def _run(
         self,
@@ -265,9 +270,11 @@ class SimPlan:
         state: RunState | None,
         return_state: bool,
         options: dict[str, Any],
+        threads: int | None = None,
     ) -> tuple[dict[str, np.ndarray], SimStats, RunState | None]:
         from snuc.runtime.numpy_backend import batch_chunks, progress_bar
 
+        threads = checked_threads(threads)
         config = plan_run_config(self.config, config, options)
         batch_size, batch_offset = config.batch_size, config.batch_offset
         feeds = bind_inputs(self.graph, inputs)
@@ -283,14 +290,16 @@ class SimPlan:
                 chunk = {n: batch_slice(self.graph, n, a, lo, hi) for n, a in feeds.items()}
                 size, offset = hi - lo if batched else 1, batch_offset + lo
                 start = resume.start(offset, size)
-                run = Run(self, chunk, steps, size, bar, offset, start, resume.step, return_state)
-                results.append(run.outputs())
-                tally = [a + b for a, b in zip(tally, run.tally, strict=True)]
+                split = self.config.mode != "float" and not resume.active  # float: never
+                outputs, counts, end = run_chunk(
+                    self, chunk, steps, size, split, bar, offset, start, resume.step,
+                    threads, return_state,
+                )  # fmt: skip
+                results.append(outputs)
+                tally = [a + b for a, b in zip(tally, counts, strict=True)]
                 if return_state:
-                    ended[offset] = run.ended
-        outputs = results[0]
-        if len(results) > 1:
-            outputs = {v: join(self.graph, v, [r[v] for r in results]) for v in outputs}
+                    ended[offset] = end
+        outputs = join_runs(self.graph, results)
         stats = run_stats(
             self._layout, self.program, self.timing, steps, batch if batched else 1, tally
         )
@@ -685,16 +694,8 @@ class _Compiler:
                 )
             work = table.new(ops.fixed(lambda kit: Workspace(chip, rows_of(kit.batch))))
             tag = instr.tag
-            if chip.noisy and tag is None:
-                noise = table.new(
-                    ops.fixed(lambda kit: kit.noise(chip, rows_of(kit.batch) * chip.n_cols))
-                )
-            elif chip.noisy:  # a copy of a duplicated tile: the steps it serves
-                noise = table.new(
-                    ops.fixed(
-                        lambda kit: kit.noise(chip, rows_of(kit.batch) * chip.n_cols).serving(*tag)
-                    )
-                )
+            if chip.noisy:
+                noise = table.new(ops.fixed(noise_of(chip, x_type, rows_of, tag)))
         driven = len(self.tallies)
         per_row = instr.phases * self.target.energy_mvm_pj / self.target.rows
         self.tallies.append(("rows", per_row))

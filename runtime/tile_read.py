@@ -8,6 +8,8 @@ stages; the NumPy backend runs all four in one call (:func:`dense_read`), the si
 
     convert   x_q   = DAC(x[..., r0:r1])                     float64, over dac, dac_bits
     currents  I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n)    column sums (+ read noise)
+                      (the noise term in float32: x_q**2 rounded to float32, var and the
+                      normals n float32, SPEC §6; added to the float64 sums)
     codes     code  = rint(clip(I / F, -1, 1) * m)           the ADC's integer codes
     values    y     = dtype(code * F / m * s * alpha)        digital scale, compensation
 
@@ -54,11 +56,11 @@ class TileCode(NamedTuple):
     Attributes:
         convert: the DAC's output of the operand ``x`` ``[M, K]`` (all the weight's rows;
             the tile takes its window) into ``x_q`` ``[M, r]`` float64, and ``x_q**2``
-            into ``squared`` (only where :func:`squares`).
+            into ``squared`` ``[M, r]`` float32 (noisy tiles).
         currents: the column currents ``[M, c]`` of ``x_q`` (and ``squared``) into
             ``current``; a noisy tile adds the read noise through its scratch ``spread``
-            ``[M, c]`` (``spread_flat``: the same array, flat) from ``normals``, ``M * c``
-            standard normals in row order.
+            ``[M, c]`` float32 (``spread_flat``: the same array, flat) from ``normals``,
+            ``M * c`` float32 standard normals in row order.
         codes: the ADC's codes of ``current`` (which it overwrites) into ``codes`` (which
             may be ``current``).
         values: the values of ``codes``, in float64 in ``scratch`` (may be ``codes``)
@@ -122,12 +124,6 @@ def dense_read(chip: TileChip) -> Callable[..., None]:
     )
 
 
-def squares(chip: TileChip) -> bool:
-    """Whether the read needs ``x_q**2``: a noisy tile with multi-bit inputs (for 0 and 1,
-    ``x_q**2 == x_q``)."""
-    return chip.noisy and not chip.binary_input
-
-
 def _convert(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     """``crossbar.dac_quantize`` of the window, in place (module docstring)."""
     lines = ["x_q[...] = x"]
@@ -135,7 +131,7 @@ def _convert(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
         names["dac_rows"] = chip.rows
         lines = ["x_q[...] = x[:, dac_rows]"]
     if chip.binary_input:  # 0 and 1 pass the DAC unchanged
-        return tuple(lines)
+        return (*lines, *_squares(chip))
     lo, hi = chip.dac
     origin, step = dac_grid(lo, hi, chip.dac_bits)
     names.update(dac_origin=_scalar(origin), dac_step=_scalar(step))
@@ -145,34 +141,41 @@ def _convert(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     lines += ["divide(x_q, dac_step, x_q)", "rint(x_q, x_q)", "multiply(x_q, dac_step, x_q)"]
     if origin:
         lines.append("add(x_q, dac_origin, x_q)")
-    if squares(chip):
-        lines.append("multiply(x_q, x_q, squared)")
-    return tuple(lines)
+    return (*lines, *_squares(chip))
 
 
 def _currents(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     """The column currents, with read noise on a noisy tile (module docstring)."""
     conductance, variance = chip.conductance_us, chip.variance_us2
     names.update(conductance=conductance, variance=variance)
-    float64 = np.dtype(np.float64)
-    by_row = row_product(conductance, float64) and (
-        variance is None or row_product(variance, float64)
-    )
-    lines = [
-        "product = dot if x_q.shape[0] == 1 else matmul" if by_row else "product = matmul",
-        "product(x_q, conductance, current)",
-    ]
+    lines = [f"{_product(conductance, np.float64)}(x_q, conductance, current)"]
     if variance is None:
         return tuple(lines)
-    # x_q**2 == x_q for x_q in {0, 1}.
-    squared = "squared" if squares(chip) else "x_q"
     return (
         *lines,
-        f"product({squared}, variance, spread)",
+        f"{_product(variance, np.float32)}(squared, variance, spread)",
         "sqrt(spread, spread)",
         "multiply(spread_flat, normals, spread_flat)",
         "add(current, spread, current)",
     )
+
+
+def _product(weight: np.ndarray, dtype: type) -> str:
+    """The call computing ``operand @ weight`` into an output: ``np.dot`` for one row where
+    that is the same (:func:`row_product`), else ``np.matmul``."""
+    if row_product(weight, np.dtype(dtype)):
+        return "(dot if x_q.shape[0] == 1 else matmul)"
+    return "matmul"
+
+
+def _squares(chip: TileChip) -> tuple[str, ...]:
+    """``x_q**2`` rounded to float32 into ``squared``, for a noisy tile's variance sum
+    (``x_q`` itself for inputs of 0 and 1)."""
+    if not chip.noisy:
+        return ()
+    if chip.binary_input:
+        return ("squared[...] = x_q",)
+    return ("multiply(x_q, x_q, squared)",)
 
 
 def _codes(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
@@ -196,15 +199,15 @@ def _values(chip: TileChip, names: dict[str, Any], assign: bool) -> tuple[str, .
 
 
 class Workspace:
-    """Float64 scratch of one tile's reads of up to ``rows`` input rows.
+    """Scratch of one tile's reads of up to ``rows`` input rows.
 
     Attributes:
         rows: the most rows one read may have.
         x_q: the converted input ``[rows, r]``.
-        squared: ``x_q ** 2`` (noisy tiles with multi-bit inputs), else None.
+        squared: ``x_q ** 2`` in float32 (noisy tiles), else None.
         current: the column currents ``[rows, c]``.
-        spread, spread_flat: the read noise's scratch ``[rows, c]`` and its flat view
-            (noisy tiles), else None.
+        spread, spread_flat: the read noise's float32 scratch ``[rows, c]`` and its flat
+            view (noisy tiles), else None.
         driven: rows driven with a non-zero input by the last conversion (the simulator's
             count, kept with a conversion that tiles share).
     """
@@ -213,9 +216,9 @@ class Workspace:
         self.rows = rows = max(1, rows)
         k, c = chip.n_rows, chip.n_cols
         self.x_q = np.empty((rows, k))
-        self.squared = np.empty((rows, k)) if squares(chip) else None
+        self.squared = np.empty((rows, k), np.float32) if chip.noisy else None
         self.current = np.empty((rows, c))
-        self.spread = np.empty((rows, c)) if chip.noisy else None
+        self.spread = np.empty((rows, c), np.float32) if chip.noisy else None
         self.spread_flat = None if self.spread is None else self.spread.reshape(-1)
         self.driven = 0
 

@@ -176,6 +176,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-drift-compensation", action="store_true")
     run.add_argument("--batch-size", type=int, default=None, metavar="N")
     run.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="threads (default: every core)"
+    )
+    run.add_argument(
         "--diagnostics", action="store_true", help="per layer: spike rates, deviation from float"
     )
     run.add_argument(
@@ -247,6 +250,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="none (guaranteed converter ranges) or X.npy samples [T, B, ...], as compile takes",
     )  # fmt: skip
     ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="sequences per run")
+    ev.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="threads (default: every core)"
+    )
     ev.add_argument(
         "--limit", type=int, default=None, metavar="N", help="first N chorales/images/tokens"
     )
@@ -405,6 +411,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
             state=state,
             return_state=args.state_out is not None,
+            threads=args.threads,
         )
     if args.state_out is not None:
         y, end = y
@@ -512,6 +519,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from snuc import evaluate as ev
     from snuc import study, study_views
+    from snuc.runtime.threads import THREADS_VARIABLE, checked_threads
     from snuc.study_spec import load_study
 
     if args.csv and args.markdown and Path(args.csv).resolve() == Path(args.markdown).resolve():
@@ -519,6 +527,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"--csv and --markdown both name {args.csv}; the table would replace the CSV, "
             "so give them different files"
         )
+    if args.threads is not None:  # every run of this process and its workers' share
+        os.environ[THREADS_VARIABLE] = str(checked_threads(args.threads))
     spec = load_study(args.spec, _eval_overrides(args))
     rows = study.run_study(
         spec,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from snuc.ir.errors import SnucError
+from snuc.runtime.threads import THREADS_VARIABLE, default_threads
 
 EXECUTORS = ("local", "serial", "ray", "dask")
 BLAS_THREAD_VARIABLES = (
@@ -189,10 +190,12 @@ def _run_in_worker(job: Job) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def pinned_blas(threads: int) -> Iterator[None]:
-    """The BLAS thread variables set to ``threads`` while the block runs: processes
-    started inside inherit them and read them when NumPy loads."""
-    saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
-    os.environ.update({name: str(threads) for name in BLAS_THREAD_VARIABLES})
+    """The BLAS thread variables, and snuc's (the threads of a run), set to ``threads``
+    while the block runs: processes started inside inherit them and read them when NumPy
+    loads and when they run."""
+    names = (*BLAS_THREAD_VARIABLES, THREADS_VARIABLE)
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads) for name in names})
     try:
         yield
     finally:
@@ -204,9 +207,11 @@ def pinned_blas(threads: int) -> Iterator[None]:
 
 
 def _local(jobs: Sequence[Job], resources: Resources, workers: int) -> Iterator[dict[str, Any]]:
-    """Spawned worker processes, each BLAS on ``cores // workers`` threads. On an error
-    or an interrupt the jobs not started are cancelled."""
-    threads = max(1, cpu_count() // workers)
+    """Spawned worker processes, each running on ``threads // workers`` threads (the
+    process's run threads, default every core; BLAS and snuc's runs, so that workers on
+    all cores draw no read noise on threads of their own). On an error or an interrupt
+    the jobs not started are cancelled."""
+    threads = max(1, default_threads() // workers)
     with pinned_blas(threads):
         pool = ProcessPoolExecutor(
             workers,

@@ -1,10 +1,10 @@
 """Read noise of a batch run in chunks (``--batch-size``, SPEC §6; docs/targets.md).
 
-Each chunk is a run of its own. Its read-noise stream is keyed by (seed, tile) and, for a
-chunk that does not start at the batch's first sequence, by the index of its first
-sequence too, so chunks do not repeat each other's noise: identical sequences in two
-chunks get different noisy outputs. The first chunk keeps the (seed, tile) key, so it
-equals a run of its sequences alone, and the backends still agree chunk by chunk.
+Each chunk is a run of its own. Read noise is one stream per sequence, keyed by (seed,
+tile) and the sequence's global index (a chunk's first sequence plus its place in the
+chunk), so chunks do not repeat each other's noise (identical sequences in two chunks get
+different noisy outputs), a chunk at its offset equals the same sequences within the whole
+batch, and the backends agree chunk by chunk.
 """
 
 from __future__ import annotations
@@ -73,41 +73,45 @@ def tiled(tmp_path_factory):
 # --------------------------------------------------------------------------- the key
 
 
-def test_offset_zero_is_the_seed_and_tile_key():
-    want = np.random.default_rng([5, 3, pcm.STREAMS["read"]]).standard_normal(16)
-    got = pcm.chip_rng(5, 3, "read", offset=0).standard_normal(16)
+def test_sequence_zero_is_the_seed_and_tile_key_in_float32():
+    want = np.random.default_rng([5, 3, pcm.STREAMS["read"]]).standard_normal(16, np.float32)
+    got = pcm.read_rng(5, 3, 0).standard_normal(16, np.float32)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(pcm.read_noise_block(5, 3, (2, 8)), want.reshape(2, 8))
+    block = pcm.read_noise_block(5, 3, (4, 2, 2))  # T=4 steps of 2 sequences, 2 columns
+    assert block.dtype == np.float32
+    np.testing.assert_array_equal(block[:, 0].reshape(-1), want[:8])
 
 
-def test_an_offset_keys_its_own_stream_apart_from_every_other():
+def test_sequence_s_is_the_key_advanced_by_s_times_two_to_the_64():
     got = pcm.read_noise_block(5, 3, (16,), offset=2)
-    want = np.random.default_rng([5, 3, pcm.STREAMS["read"], 2]).standard_normal(16)
-    np.testing.assert_array_equal(got, want)
-    # Different from every stream of small seeds, tiles and offsets (other stream names
-    # included): the key's fourth word sets it apart.
+    rng = np.random.default_rng([5, 3, pcm.STREAMS["read"]])
+    rng.bit_generator.advance(2 << 64)
+    np.testing.assert_array_equal(got, rng.standard_normal(16, np.float32))
+    np.testing.assert_array_equal(pcm.read_noise_block(5, 3, (16, 3))[:, 2], got)
+    # Different from every stream of small seeds, tiles and sequences (other stream names
+    # included).
     others = [
-        pcm.chip_rng(seed, tile, name).standard_normal(16)
+        pcm.chip_rng(seed, tile, name).standard_normal(16, np.float32)
         for seed in range(8)
         for tile in range(8)
         for name in pcm.STREAMS
+        if name != "read"
     ]
     others += [
         pcm.read_noise_block(seed, tile, (16,), offset=o)
         for seed in range(8)
         for tile in range(8)
-        for o in range(1, 8)
+        for o in range(8)
         if (seed, tile, o) != (5, 3, 2)
     ]
     assert not any(np.array_equal(got, other) for other in others)
 
 
-def test_only_the_read_stream_takes_an_offset():
-    with pytest.raises(ValueError, match="offset"):
-        pcm.chip_rng(0, 0, "program", offset=1)
-    for bad in (-1, 1.5, True, "2"):
-        with pytest.raises(SnucError, match="offset"):
-            pcm.chip_rng(0, 0, "read", offset=bad)
+def test_a_bad_sequence_is_a_one_line_error():
+    for bad in (-1, 1.5, True, "2", 1 << 64):
+        with pytest.raises(SnucError, match="sequence") as err:
+            pcm.read_rng(0, 0, bad)
+        assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- (a) chunks differ
@@ -182,8 +186,8 @@ def test_chunked_runs_agree_across_the_runtimes(tiled, batch_size):
     interpreter_y = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
     assert_same(interpreter_y, numpy_y)
     assert_same(interpreter_y, sim_y)
-    whole = interpret(tiled, x, **options)
-    assert any(not np.array_equal(whole[k], numpy_y[k]) for k in whole)
+    whole = interpret(tiled, x, **options)  # the same sequences at the same indices
+    assert_exactly(whole, numpy_y)
 
 
 def test_the_artefact_backends_agree_on_chunks(example):

@@ -33,10 +33,11 @@ from snuc.ir import SnucError, ops
 from snuc.ir.graph import Graph
 from snuc.ir.target import TargetSpec, parse_target
 from snuc.ir.types import TensorType
+from snuc.runtime import read_noise
 from snuc.runtime.artefact import Artefact
 from snuc.runtime.interpreter import run as interpret
 from snuc.runtime.numpy_backend import Plan
-from snuc.runtime.read_noise import NOISE_BLOCK_ELEMENTS, NoiseStream
+from snuc.runtime.read_noise import NoiseStream
 from snuc.runtime.run_state import RunState
 from snuc.runtime.simulator import SimPlan
 
@@ -241,12 +242,18 @@ def test_a_piece_of_no_steps_changes_nothing(models, backend):
 # --------------------------------------------------------------------------- the stream
 
 
-def test_a_stream_goes_on_from_its_position_anywhere():
-    whole = NoiseStream(3, 1).take(3 * NOISE_BLOCK_ELEMENTS)
-    for cut in (0, 1, NOISE_BLOCK_ELEMENTS - 1, NOISE_BLOCK_ELEMENTS, 2 * NOISE_BLOCK_ELEMENTS + 5):
-        first = NoiseStream(3, 1)
-        head = first.take(cut).copy()
-        tail = NoiseStream(3, 1, start=first.position()).take(whole.size - cut)
+@pytest.mark.parametrize("sequences", [1, 3])
+def test_a_stream_goes_on_from_its_position_at_any_step(sequences, monkeypatch):
+    monkeypatch.setattr(read_noise, "NOISE_BLOCK_ELEMENTS", 40)  # pieces of a few steps
+    monkeypatch.setattr(read_noise, "NOISE_CALL_ELEMENTS", 1)
+    options = {"sequences": sequences, "per_step": 5 * sequences, "offset": 2}
+    steps = 23
+    whole = NoiseStream(3, 1, steps, **options).take(steps * 5 * sequences)
+    for cut in (0, 1, 2, 7, 8, steps - 1, steps):
+        first = NoiseStream(3, 1, cut, **options)
+        head = first.take(cut * 5 * sequences).copy()
+        rest = NoiseStream(3, 1, steps - cut, start=first.position(), **options)
+        tail = rest.take((steps - cut) * 5 * sequences)
         np.testing.assert_array_equal(np.concatenate([head, tail]), whole)
 
 
@@ -352,7 +359,9 @@ def test_an_edited_state_is_one_line(models):
                         chunk,
                         noise={
                             **chunk.noise,
-                            tile: dataclasses.replace(position, generator={"bit_generator": "?"}),
+                            tile: dataclasses.replace(
+                                position, generators=({"bit_generator": "?"},)
+                            ),
                         },
                     )
                 },

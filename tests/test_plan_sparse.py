@@ -154,16 +154,17 @@ class _RecordingPool:
 
 
 def test_a_runs_streams_draw_their_first_pieces_first():
+    PER_STEP = read_noise.NOISE_BLOCK_ELEMENTS  # noqa: N806 (a piece of one step)
     pool = _RecordingPool()
     streams = [
-        read_noise.NoiseStream(0, tile, 10 * read_noise.NOISE_BLOCK_ELEMENTS, pool, ahead=False)
+        read_noise.NoiseStream(0, tile, 10, pool, per_step=PER_STEP, ahead=False)
         for tile in (4, 7, 9)
     ]
     assert pool.order == []
     read_noise.draw_ahead(streams)
     ahead = read_noise.NOISE_LOOKAHEAD
     assert pool.order == [4, 7, 9] * ahead
-    alone = read_noise.NoiseStream(0, 4, 10 * read_noise.NOISE_BLOCK_ELEMENTS, _RecordingPool())
+    alone = read_noise.NoiseStream(0, 4, 10, _RecordingPool(), per_step=PER_STEP)
     want = alone.take(3 * read_noise.NOISE_BLOCK_ELEMENTS)
     np.testing.assert_array_equal(streams[0].take(3 * read_noise.NOISE_BLOCK_ELEMENTS), want)
 

@@ -158,8 +158,10 @@ def test_a_plan_runs_only_its_own_configuration(example, build):
     chunked = plan.run(x)
     assert_same_outputs(chunked, plan.run(x, RunConfig("pcm", seed=1, batch_size=2)))
     assert_same_outputs(chunked, plan.run(x, batch_size=2))
-    whole = plan.run(x, batch_size=None)
-    assert any(not np.array_equal(whole[k], chunked[k]) for k in whole)
+    whole = plan.run(x, batch_size=None)  # read noise keyed per sequence: the same
+    assert_same_outputs(chunked, whole)
+    shifted = plan.run(x, batch_offset=4)  # the batch options are the run's
+    assert any(not np.array_equal(whole[k], shifted[k]) for k in whole)
     error = message(lambda: plan.run(x, RunConfig("pcm", seed=2)))
     assert "build a plan for that configuration" in error and "\n" not in error
 

@@ -1,0 +1,202 @@
+"""Runs on several threads (``threads=``, ``--threads``; runtime/threads.py) and read noise
+keyed per sequence (SPEC §6, docs/targets.md "Random streams").
+
+A run's outputs do not depend on its thread count: a quantized or pcm batch is split into
+groups of sequences, each with its own sequences' read noise; a float batch is not split.
+A sequence's pcm outputs depend on its index alone: not on the batch it runs in, nor on
+how that batch is chunked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_models as om  # tests/ is on sys.path under pytest (no __init__.py)
+import pytest
+from cli_helpers import assert_one_line_error, run_cli
+
+import snuc
+from snuc.ir import SnucError
+from snuc.ir.target import TargetSpec
+from snuc.runtime import pcm, threads
+from snuc.runtime.artefact import Artefact
+from snuc.runtime.interpreter import run as interpret
+from snuc.runtime.tile_read import Workspace
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "snu_small.onnx"
+MODES = ("float", "quantized", "pcm")
+T = 11
+
+
+def spikes(shape: tuple[int, ...], seed: int = 0, rate: float = 0.4) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) < rate).astype(np.float32)
+
+
+def assert_exactly(want: np.ndarray, got: np.ndarray) -> None:
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Artefact]:
+    """The shipped example (real-valued inputs work too); a recurrent two-layer network on
+    small crossbars (several tiles per layer); the example with duplicated tiles."""
+    path = tmp_path_factory.mktemp("threads") / "recurrent.onnx"
+    onnx.save(om.snu_scan_model((6, 20, 9), recurrent=True), path)
+    return {
+        "example": snuc.compile(EXAMPLE),
+        "recurrent": snuc.compile(path, target="pcm-16x16"),
+        "duplicated": snuc.compile(EXAMPLE, target="pcm-16x16", duplicate=2),
+    }
+
+
+def features(art: Artefact) -> int:
+    return art.graph.type_of(art.graph.inputs[0]).shape[-1]
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("backend", ["numpy", "sim"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model", ["example", "recurrent", "duplicated"])
+def test_one_two_and_four_threads_give_the_same_outputs(models, model, mode, backend):
+    art = models[model]
+    x = spikes((T, 5, features(art)), seed=1)
+    options = {"backend": backend, "mode": mode, "seed": 3}
+    want = art.run(x, threads=1, **options)
+    for count in (2, 4):
+        assert_exactly(want, art.run(x, threads=count, **options))
+    if mode != "float":  # float products of chunks round as chunks (batch_size's docs)
+        assert_exactly(want, art.run(x, threads=3, batch_size=2, **options))
+
+
+@pytest.mark.parametrize("model", ["example", "recurrent", "duplicated"])
+def test_the_interpreter_and_both_backends_agree_in_pcm_on_threads(models, model):
+    art = models[model]
+    x = spikes((T, 5, features(art)), seed=2)
+    target = TargetSpec.from_dict(art.target)
+    (want,) = interpret(art.graph, x, mode="pcm", target=target, seed=4).values()
+    for backend in ("numpy", "sim"):
+        for count in (1, 2, 4):
+            assert_exactly(want, art.run(x, backend=backend, mode="pcm", seed=4, threads=count))
+
+
+def test_batches_split_into_near_equal_contiguous_groups():
+    assert threads.sequence_groups(5, 2) == [(0, 3), (3, 5)]
+    assert threads.sequence_groups(2, 4) == [(0, 1), (1, 2)]
+    assert threads.sequence_groups(7, 1) == [(0, 7)]
+    assert threads.sequence_groups(0, 3) == [(0, 0)]
+
+
+def test_the_default_is_every_core_or_the_variable(monkeypatch):
+    monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)
+    assert threads.default_threads() == len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setenv(threads.THREADS_VARIABLE, "3")
+    assert threads.checked_threads(None) == 3
+    assert threads.checked_threads(5) == 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_bad_thread_count_is_a_one_line_error(models, bad):
+    art = models["example"]
+    with pytest.raises(SnucError, match="threads") as err:
+        art.run(spikes((3, 2, features(art))), threads=bad)
+    assert "\n" not in str(err.value)
+
+
+def test_snuc_run_takes_threads(models, tmp_path, capsys):
+    art = models["recurrent"]
+    saved = art.save(tmp_path / "m.snuc")
+    x = tmp_path / "x.npy"
+    np.save(x, spikes((T, 4, features(art)), seed=5))
+    outputs = []
+    for count in ("1", "2"):
+        out = tmp_path / f"y{count}.npy"
+        status, _, _ = run_cli(capsys, "run", str(saved), "--input", str(x), "-o", str(out),
+                               "--threads", count)  # fmt: skip
+        assert status == 0
+        outputs.append(np.load(out))
+    assert_exactly(*outputs)
+    status, _, err = run_cli(capsys, "run", str(saved), "--input", str(x), "--threads", "0")
+    assert_one_line_error(status, err, "threads 0")
+
+
+def test_snuc_eval_refuses_a_bad_thread_count(capsys):
+    status, _, err = run_cli(capsys, "eval", "--threads", "-2")
+    assert_one_line_error(status, err, "threads -2")
+
+
+# --------------------------------------------------------------------------- keyed per sequence
+
+
+@pytest.mark.parametrize("backend", ["numpy", "sim"])
+def test_a_sequence_reads_the_same_noise_in_any_batch_and_chunk(models, backend):
+    """A batch's pcm outputs are its sequences' outputs run alone at their indices, or in
+    chunks (``batch_size``, or the caller's chunks with ``batch_offset``)."""
+    art = models["recurrent"]
+    x = spikes((T, 7, features(art)), seed=6)
+    options = {"backend": backend, "mode": "pcm", "seed": 1, "threads": 1}
+    whole = art.run(x, **options)
+    assert_exactly(whole, art.run(x, batch_size=3, **options))
+    parts = [art.run(x[:, lo : lo + 2], batch_offset=lo, **options) for lo in range(0, 7, 2)]
+    assert_exactly(whole, np.concatenate(parts, axis=1))
+    assert_exactly(whole[:, 4:5], art.run(x[:, 4:5], batch_offset=4, **options))
+    # The index keys it: the same sequence at index 0 reads other noise.
+    assert not np.array_equal(whole[:, 4:5], art.run(x[:, 4:5], **options))
+
+
+def test_identical_sequences_in_one_batch_read_different_noise(models):
+    art = models["recurrent"]
+    x = np.repeat(spikes((T, 1, features(art)), seed=7), 3, axis=1)
+    y = art.run(x, mode="pcm", seed=2)
+    assert not np.array_equal(y[:, 0], y[:, 1])
+    quantized = art.run(x, mode="quantized")
+    assert_exactly(quantized[:, 0], quantized[:, 1])
+
+
+# --------------------------------------------------------------------------- float32 noise
+
+
+def test_read_normals_are_float32_standard_normals():
+    block = pcm.read_noise_block(2, 5, (400, 8, 64))
+    assert block.dtype == np.float32
+    n = block.size
+    assert abs(float(block.mean(dtype=np.float64))) < 5 / np.sqrt(n)
+    assert abs(float(block.std(dtype=np.float64)) - 1) < 5 / np.sqrt(2 * n)
+    # Each sequence's stream is its own: sequences are uncorrelated.
+    corr = np.corrcoef(block[:, 0].reshape(-1), block[:, 1].reshape(-1))[0, 1]
+    assert abs(corr) < 5 / np.sqrt(block[:, 0].size)
+
+
+def test_the_noise_term_is_the_variance_formula_in_float32():
+    """``sqrt(x² @ σ²) * n`` with the squares rounded to float32 and summed in float32
+    (``pcm.noise_spread``): within float32's precision of the float64 formula, and its
+    noise has that spread."""
+    rng = np.random.default_rng(0)
+    variance = rng.uniform(0.0, 0.5, (40, 30))
+    x = rng.uniform(-1.0, 1.0, (3000, 40))
+    spread = pcm.noise_spread(x, variance.astype(np.float32))
+    assert spread.dtype == np.float32
+    want = np.sqrt((x * x) @ variance)
+    np.testing.assert_allclose(spread, want, rtol=1e-5)
+    noise = spread * pcm.read_noise_block(1, 2, (3000, 1, 30))[:, 0]
+    assert noise.dtype == np.float32
+    ratio = noise / want
+    n = ratio.size
+    assert abs(float(ratio.mean())) < 5 / np.sqrt(n)
+    assert abs(float(ratio.std()) - 1) < 5 / np.sqrt(2 * n)
+
+
+def test_a_tiles_workspace_holds_the_noise_in_float32(models):
+    from snuc.runtime.numpy_backend import Plan
+
+    art = models["example"]
+    plan = Plan.build(art.graph, mode="pcm", target=TargetSpec.from_dict(art.target))
+    chip = next(c for c in plan.chips.values() if c.noisy)
+    assert chip.variance_us2.dtype == np.float32
+    work = Workspace(chip, 3)
+    assert work.spread.dtype == work.squared.dtype == np.float32
+    assert work.current.dtype == np.float64
