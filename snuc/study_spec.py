@@ -14,7 +14,8 @@ A spec names models, tasks and axes; every axis takes a value or a list of value
     placement = ["pack", "spread"]
     duplicate = [1, 2]
     calibrate = ["none", "cal.npy"]         # converter ranges: guaranteed, or calibrated on
-                                            #   samples [T, B, ...] (``compile --calibrate``)
+                                            #   samples [T, B, ...] (``compile --calibrate``);
+                                            #   rows: cal.npy@<its sha256's first 8 digits>
 
     [targets]
     base = ["pcm-256x256"]                  # presets, pcm-RxC names or target TOML files
@@ -495,6 +496,21 @@ def _builds(
 def _digest(identity: Any) -> str:
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+CALIBRATION_DIGITS = 8
+"""Hex digits of a calibration file's digest in the ``calibrate`` column."""
+
+
+def calibration_label(calibrate: str | None) -> str:
+    """A build's ``calibrate`` column: ``none``, or the file's name and the first
+    :data:`CALIBRATION_DIGITS` hex digits of the sha256 of its bytes (the digest its cache
+    key holds), e.g. ``jsb_cal.npy@1a2b3c4d``: same-named files in other folders, or a file
+    rewritten between studies, are told apart."""
+    if calibrate is None:
+        return UNCALIBRATED
+    path = Path(calibrate)
+    return f"{path.name}@{_path_digest(path)[:CALIBRATION_DIGITS]}"
 
 
 _PATH_DIGESTS: dict[tuple[str, float, int], str] = {}
