@@ -53,7 +53,13 @@ from snuc import evaluate as ev
 from snuc.eval_tasks import TASKS, TaskOptions
 from snuc.ir.errors import SnucError
 from snuc.ir.limits import read_toml
-from snuc.ir.target import DEFAULT_TARGET, PARAMS, TargetSpec, with_overrides
+from snuc.ir.target import (
+    DEFAULT_TARGET,
+    PARAMS,
+    TargetSpec,
+    resized_energy_mvm_pj,
+    with_overrides,
+)
 from snuc.runtime.config import DETERMINISTIC_MODES, MODES, RunConfig, check_batch_size
 
 PLACEMENTS = ("pack", "spread")
@@ -445,6 +451,9 @@ def _targets(
         for combo in itertools.product(*axes.values()):
             overrides = dict(zip(axes, combo, strict=True))
             target = with_overrides(spec, **overrides)
+            if {"rows", "cols"} & set(overrides) and "energy_mvm_pj" not in overrides:
+                energy = resized_energy_mvm_pj(spec, target.rows, target.cols)
+                target = with_overrides(target, energy_mvm_pj=energy)
             if spec.name.startswith("pcm-") and {"rows", "cols"} & set(overrides):
                 target = with_overrides(target, name=f"pcm-{target.rows}x{target.cols}")
             targets.append((target, (("target", target.name), *overrides.items())))

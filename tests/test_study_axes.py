@@ -21,6 +21,7 @@ from cli_helpers import assert_one_line_error, run_cli
 
 import snuc
 from snuc.eval_results import RUN_FIELDS
+from snuc.ir.target import parse_target
 from snuc.runtime.artefact import load
 from snuc.study import run_study
 from snuc.study_spec import load_study
@@ -184,3 +185,24 @@ def test_compile_options_of_an_artefact_and_a_missing_file_on_the_command_line(
     assert_one_line_error(status, err, "calibration file nowhere.npy does not exist")
     assert not cache.exists()
 
+
+def _energies(root: Path, targets: str, name: str) -> dict[tuple[str, int, int], float]:
+    """Each build's (target name, rows, cols) and energy per MVM (pJ) for ``[targets]``."""
+    spec = root / name
+    spec.write_text(SPEC.format(model=MODEL, axes="") + f"\n[targets]\n{targets}\n")
+    builds = load_study(spec).builds
+    return {(b.target.name, b.target.rows, b.target.cols): b.target.energy_mvm_pj for b in builds}
+
+
+def test_a_study_that_resizes_the_array_scales_the_energy_per_mvm_by_its_devices(root) -> None:
+    quoted = parse_target("pcm-256x256").energy_mvm_pj  # for 256 x 256 devices
+    resized = _energies(root, 'base = ["pcm-256x256"]\nrows = [64, 512]\ncols = [128]', "r.toml")
+    assert resized == {
+        ("pcm-64x128", 64, 128): quoted / 8,
+        ("pcm-512x128", 512, 128): quoted,
+    }
+    # Presets and pcm-RxC names keep their figures; an explicit figure wins.
+    kept = _energies(root, 'base = ["pcm-128x128", "pcm-64x64"]', "k.toml")
+    assert set(kept.values()) == {quoted}
+    given = _energies(root, "rows = [64]\nenergy_mvm_pj = [100.0]", "g.toml")
+    assert list(given.values()) == [100.0]
