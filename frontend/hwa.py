@@ -20,7 +20,9 @@ mode, replaces each of its weight products by what the compiled chip computes:
   read (``DriftedArray.read_variance_us2``), as the runtime's tile read adds it;
 * the DAC on the input and the ADC on every tile's column currents, with the ranges the
   ``quantize`` pass sets without calibration (``snuc.ir.crossbar.dac_range`` over the
-  range the feeding layer guarantees, ``adc_full_scale`` under the target's
+  range the feeding layer guarantees -- after an ``nn.Embedding``, its table's, as the
+  compiler's range after a Gather of the table, followed as the table trains --,
+  ``adc_full_scale`` under the target's
   ``adc_rule``), rounded by ``dac_quantize`` / ``adc_quantize`` themselves and passed
   backward as the identity (a straight-through estimator, Bengio et al. 2013).
 
@@ -82,6 +84,31 @@ is what ``--drift-compensation on`` does."""
 
 _SEED_LIMIT = 2**31
 """Chip seeds are drawn below this from torch's generator."""
+
+RangeSource = Callable[[], ValueRange]
+"""What a layer's input is guaranteed to hold, asked for at each read (it may train)."""
+
+
+def _fixed(value_range: ValueRange) -> RangeSource:
+    return lambda: value_range
+
+
+class TableRange:
+    """The range of an embedding table's values: what the compiler guarantees after a
+    Gather of the table (``ValueRange.of`` the initializer, ``snuc.ir.crossbar``'s rule),
+    recomputed only when training changed the table."""
+
+    def __init__(self, table: nn.Parameter) -> None:
+        self.table = table
+        self._key: tuple[int, int] | None = None
+        self._range = UNKNOWN_RANGE
+
+    def __call__(self) -> ValueRange:
+        key = (self.table._version, self.table.data_ptr())
+        if key != self._key:
+            self._key = key
+            self._range = ValueRange.of(self.table.detach().cpu().numpy())
+        return self._range
 
 
 def parse_off(text: str) -> frozenset[str]:
@@ -238,7 +265,8 @@ class CrossbarWeight:
     Args:
         module: the module holding the parameter.
         name: the parameter's name (``"weight"``, ``"recurrent_weight"``), ``[N, K]``.
-        input_range: what the layer's input (this weight's operand) is guaranteed to hold.
+        input_range: what the layer's input (this weight's operand) is guaranteed to hold
+            (a callable where it may change as the network trains).
         options: what is simulated.
         controller: the :class:`HardwareAware` that owns it (epoch, noise scale).
     """
@@ -247,25 +275,34 @@ class CrossbarWeight:
         self,
         module: nn.Module,
         name: str,
-        input_range: ValueRange,
+        input_range: ValueRange | RangeSource,
         options: HWAOptions,
         controller: HardwareAware,
     ) -> None:
         self.module, self.name = module, name
-        self.binary_input = input_range.binary
-        self.dac = dac_range(input_range)
+        self.input_range = input_range if callable(input_range) else _fixed(input_range)
         self.options = options
         self.controller = controller
         n, k = self.weight.shape
         target = options.target
         self.row_blocks = blocks(k, target.rows)
         self.col_blocks = blocks(n, target.weight_cols)
-        self._key: tuple[int, int, float] | None = None
+        self._key: tuple[int, int, float, tuple[float, float]] | None = None
         self._row_blocks_drawn: list[RowBlock] = []
 
     @property
     def weight(self) -> Tensor:
         return getattr(self.module, self.name)
+
+    @property
+    def dac(self) -> tuple[float, float]:
+        """The DAC range ``(lo, hi)`` of the layer's input, as the ``quantize`` pass sets it."""
+        return dac_range(self.input_range())
+
+    @property
+    def binary_input(self) -> bool:
+        """Whether the input is spikes (the DAC passes them exactly)."""
+        return self.input_range().binary
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x @ W.T`` as the chip computes it (``x[..., K]``): the row blocks' partial
@@ -305,7 +342,8 @@ class CrossbarWeight:
         """Draw a new chip when the weights (or the noise scale) changed since the last."""
         weight = self.weight
         scale = self.controller.noise_scale
-        key = (weight._version, weight.data_ptr(), scale)
+        dac = self.dac  # the ADC full scale follows it
+        key = (weight._version, weight.data_ptr(), scale, dac)
         if key == self._key:
             return
         self._key = key
@@ -316,7 +354,7 @@ class CrossbarWeight:
         for i, rows in enumerate(self.row_blocks):
             tiles = [
                 draw_tile(
-                    w_kn, rows, cols, self.dac, self.options,
+                    w_kn, rows, cols, dac, self.options,
                     noise_scale=scale, seed=seed, tile=i * len(self.col_blocks) + j,
                     t_inference_s=t,
                 )
@@ -358,14 +396,16 @@ class RowBlock(NamedTuple):
         )
 
 
-def _output_range(layer: nn.Module, before: ValueRange) -> ValueRange:
+def _output_range(layer: nn.Module, before: RangeSource) -> RangeSource:
     """What a layer's output is guaranteed to hold, as the compiler's range rules say."""
     if isinstance(layer, SNU):
-        return UNIT_INTERVAL if layer.soft else SPIKES
+        return _fixed(UNIT_INTERVAL if layer.soft else SPIKES)
     if isinstance(layer, Readout):
-        return UNIT_INTERVAL if layer.activation in ("sigmoid", "softmax") else UNKNOWN_RANGE
+        return _fixed(
+            UNIT_INTERVAL if layer.activation in ("sigmoid", "softmax") else UNKNOWN_RANGE
+        )
     if isinstance(layer, nn.Embedding):
-        return UNKNOWN_RANGE
+        return TableRange(layer.weight)
     return before  # dropout, flatten, pooling: the values pass
 
 
@@ -382,6 +422,10 @@ class HardwareAware:
         model: the network.
         options: what is simulated.
 
+    Attributes:
+        weights: every :class:`CrossbarWeight`, in the network's order (a layer's input
+            weight before its recurrent one); empty when every non-ideality is off.
+
     Raises:
         SnucError: the network has a layer the chip model cannot follow (a ``ConvSNU``).
     """
@@ -395,9 +439,10 @@ class HardwareAware:
         self.options = options
         self.noise_scale = options.scale_at(1)
         self._patched: list[tuple[nn.Module, str]] = []
+        self.weights: list[CrossbarWeight] = []
         if options.ideal:
             return
-        current = options.input_range
+        current = _fixed(options.input_range)
         for layer in model.layers:
             if isinstance(layer, ConvSNU):
                 raise SnucError(
@@ -433,15 +478,18 @@ class HardwareAware:
         setattr(module, attribute, function)
         self._patched.append((module, attribute))
 
-    def _patch_snu(self, layer: SNU, input_range: ValueRange) -> None:
+    def _weight(
+        self, module: nn.Module, name: str, input_range: ValueRange | RangeSource
+    ) -> CrossbarWeight:
+        weight = CrossbarWeight(module, name, input_range, self.options, self)
+        self.weights.append(weight)
+        return weight
+
+    def _patch_snu(self, layer: SNU, input_range: RangeSource) -> None:
         plain = layer.synaptic_input
-        forward = CrossbarWeight(layer, "weight", input_range, self.options, self)
+        forward = self._weight(layer, "weight", input_range)
         own = UNIT_INTERVAL if layer.soft else SPIKES
-        recurrent = (
-            CrossbarWeight(layer, "recurrent_weight", own, self.options, self)
-            if layer.recurrent
-            else None
-        )
+        recurrent = self._weight(layer, "recurrent_weight", own) if layer.recurrent else None
 
         def synaptic_input(x_t: Tensor, y_prev: Tensor | None) -> Tensor:
             if not layer.training:
@@ -453,10 +501,10 @@ class HardwareAware:
 
         self._patch(layer, "synaptic_input", synaptic_input)
 
-    def _patch_readout(self, layer: Readout, input_range: ValueRange) -> None:
+    def _patch_readout(self, layer: Readout, input_range: RangeSource) -> None:
         linear = layer.linear
         plain = linear.forward
-        weight = CrossbarWeight(linear, "weight", input_range, self.options, self)
+        weight = self._weight(linear, "weight", input_range)
 
         def forward(x: Tensor) -> Tensor:
             if not linear.training:

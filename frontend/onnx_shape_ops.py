@@ -65,27 +65,74 @@ def lower_reshape(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -
     try:
         shape = shp.resolve_reshape(source, target, allowzero)
     except SymbolicError as err:
-        shape = _fixed_time_reshape(lw, source, target, allowzero)
+        shape = _fixed_time_reshape(lw, node, source, target, allowzero)
         if shape is None:
             raise SnucError(f"{describe(node)}: cannot resolve {node.output[0]!r}: {err}") from None
     reshape_to(lw, node, x, shape)
 
 
+_RECURRENT_OPS = ("LSTM", "GRU")
+_PASS_THROUGH_OPS = ("Identity", "Transpose", "Squeeze", "Unsqueeze", "Reshape")
+"""Ops between a recurrent node and the reshape that fixes T, in the dynamo exporter's
+graphs (``LSTM -> Transpose -> Reshape [T, -1, H]``)."""
+
+
 def _fixed_time_reshape(
-    lw: Lowerer, source: Sequence, target: list, allowzero: bool
+    lw: Lowerer, node: onnx.NodeProto, source: Sequence, target: list, allowzero: bool
 ) -> tuple | None:
     """The reshape of a whole sequence whose target fixes the time axis to a constant.
 
     The dynamo exporter fixes T in the reshape after an LSTM or GRU (``[6, -1, H]`` for an
     example of 6 steps): where the rest of the target reshapes one step, the constant is
-    the sequence length and the reshape is per step (onnxruntime runs only that T).
+    the sequence length and the reshape is per step (onnxruntime runs only that T). Only
+    there, or where the model's sequence input fixes T to the same constant, is the
+    constant taken for the time axis.
+
+    Returns:
+        The resolved shape, or None where the target does not fix T this way.
+
+    Raises:
+        SnucError: the target fixes T, but its input comes from no LSTM or GRU and the
+            model's sequence length is not that constant.
     """
     if not lw.lead or not target or shp.is_symbolic(target[0]) or target[0] <= 0:
         return None
     try:
-        return shp.resolve_reshape(source, [T_DIM, *target[1:]], allowzero)
+        shape = shp.resolve_reshape(source, [T_DIM, *target[1:]], allowzero)
     except SymbolicError:
         return None
+    if _static_steps(lw) != target[0] and not _after_recurrent_node(lw, node.input[0]):
+        raise SnucError(
+            f"{describe(node)}: its target shape fixes the time axis to {target[0]} steps, "
+            f"but its input is no LSTM or GRU output and the model's sequence length is not "
+            f"{target[0]}; export the reshape with a symbolic time axis (e.g. [-1, B, ...])"
+        )
+    return shape
+
+
+def _static_steps(lw: Lowerer) -> int | None:
+    """The sequence length the model's input declares, when it is a constant."""
+    graph = lw.ctx.model.graph
+    declared = next((i for i in graph.input if i.name == lw.ctx.sequence_input), None)
+    if declared is None or not declared.type.tensor_type.shape.dim:
+        return None
+    first = declared.type.tensor_type.shape.dim[0]
+    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else None
+
+
+def _after_recurrent_node(lw: Lowerer, value: str) -> bool:
+    """Whether ``value`` is an LSTM's or GRU's output, directly or through data movement."""
+    producers = {out: n for n in lw.ctx.model.graph.node for out in n.output}
+    seen: set[str] = set()
+    while value in producers and value not in seen:
+        seen.add(value)
+        producer = producers[value]
+        if producer.op_type in _RECURRENT_OPS:
+            return True
+        if producer.op_type not in _PASS_THROUGH_OPS or not producer.input:
+            return False
+        value = producer.input[0]
+    return False
 
 
 def lower_flatten(lw: Lowerer, node: onnx.NodeProto, vals: list[Value | None]) -> None:

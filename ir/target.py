@@ -474,6 +474,19 @@ def with_overrides(target: TargetSpec, **overrides: Any) -> TargetSpec:
     return dataclasses.replace(target, **overrides)
 
 
+def resized_energy_mvm_pj(target: TargetSpec, rows: int, cols: int) -> float:
+    """``target``'s ``energy_mvm_pj`` for an array of ``rows`` x ``cols`` devices.
+
+    The chip's energy is quoted per operation (Le Gallo et al., Nat. Electron. 2023:
+    9.76 TOPS/W, about 102 fJ per op, a multiply or an add of one device pair; REFERENCE
+    "The chip"), so one full MVM costs in proportion to the devices it reads: the
+    target's figure, which is for its own array, times ``rows * cols`` over
+    ``target.rows * target.cols``. A study that resizes the array with the ``rows`` and
+    ``cols`` keys gets this figure (presets and ``pcm-RxC`` names keep theirs).
+    """
+    return target.energy_mvm_pj * (rows * cols) / (target.rows * target.cols)
+
+
 def _from_name(name: str, alternative: str = "") -> TargetSpec:
     """The target a ``pcm-RxC`` name denotes; raises SnucError for any other string.
 

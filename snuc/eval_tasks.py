@@ -50,15 +50,15 @@ from snuc.datasets import (
     predictions_from_counts,
 )
 from snuc.ir.errors import SnucError
+from snuc.ir.ops import CrossbarMVM
 from snuc.ir.types import BATCH
 from snuc.runtime.artefact import TIME, Artefact
 
 CHUNK_BYTES = 4 << 30
-"""Default chunk size: as many sequences as keep a chunk's inputs and outputs (as float32)
-under this many bytes, at least one. Large enough to run each of the paper's test splits
-in one run (PTB's, 10 columns of a 10,000-word vocabulary, takes 3.3 GB of
-log-probabilities): fewer, larger runs are much faster, and in pcm mode every sequence
-then gets its own read noise."""
+"""Default chunk size: as many sequences as keep a chunk's estimated run memory
+(:func:`sequence_bytes`) under this many bytes, at least one. JSB's test split runs whole,
+MNIST's in a few chunks (a convolutional model's in many: its first layer is 23 times
+its input), PTB's a column or two at a time."""
 
 
 @dataclass(frozen=True)
@@ -148,12 +148,39 @@ def _shape_text(shape: Sequence[Any]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _auto_batch(options: TaskOptions, steps: int, elements_per_step: int, size: int) -> int:
-    """``options.batch_size``, or as many sequences as keep a chunk near CHUNK_BYTES."""
+def step_bytes(art: Artefact) -> int:
+    """Bytes one sequence's timestep is estimated to take in a run: every batched value of
+    the step graph once at its dtype (inputs, each layer's output, every tile's output,
+    states, outputs), plus each crossbar tile's output again as float64 (the column sums
+    and pcm read noise a run keeps per step).
+
+    An upper bound, measured: the tracemalloc peak of a NumPy-backend run grows by 0.03 to
+    0.13 of ``T * step_bytes`` per sequence in float mode and by 0.15 to 0.70 in pcm mode
+    (``mnist_cnn``, ``mnist_snu7``, ``jsb_ssnu``, ``jsb_lstm``, ``ptb_snu`` and
+    ``snu_small``), since the backend keeps most values for a block of a few steps only
+    and the outputs and read noise for all ``T``.
+    """
+    total = 0
+    for type_ in art.graph.values().values():
+        if type_.has_batch:
+            total += math.prod(type_.concrete(1)) * type_.np_dtype.itemsize
+    for node in art.graph.nodes():
+        if isinstance(node.op, CrossbarMVM):
+            total += math.prod(art.graph.type_of(node.outputs[0]).concrete(1)) * 8
+    return total
+
+
+def sequence_bytes(art: Artefact, steps: int) -> int:
+    """The estimated run memory of one sequence of ``steps`` steps (:func:`step_bytes`)."""
+    return max(1, steps) * step_bytes(art)
+
+
+def _auto_batch(options: TaskOptions, art: Artefact, steps: int, size: int) -> int:
+    """``options.batch_size``, or as many sequences as keep a chunk's estimated run memory
+    under :data:`CHUNK_BYTES` (at least one, at most ``size``)."""
     if options.batch_size is not None:
         return options.batch_size
-    per_sequence = 4 * max(1, steps) * elements_per_step
-    return max(1, min(size, CHUNK_BYTES // per_sequence))
+    return max(1, min(size, CHUNK_BYTES // sequence_bytes(art, steps)))
 
 
 def _limited(count: int, options: TaskOptions) -> int:
@@ -179,7 +206,7 @@ def _prepare_jsb(rolls: list[np.ndarray], art: Artefact, options: TaskOptions) -
     if not rolls:
         raise SnucError("the jsb split has no chorale to score")
     longest = max(len(r) for r in rolls)
-    chunk = _auto_batch(options, longest, 2 * 88, len(rolls))
+    chunk = _auto_batch(options, art, longest, len(rolls))
     pieces = []
     for lo in range(0, len(rolls), chunk):
         x, lengths = pad_sequences(rolls[lo : lo + chunk])
@@ -234,7 +261,7 @@ def _prepare_mnist(
     for lo, (block, _) in zip(range(0, count, MNIST_CODING_BLOCK), blocks, strict=True):
         spikes[:, lo : lo + block.shape[1]] = block.reshape(options.steps, block.shape[1], -1)
     labels = np.asarray(labels[:count])
-    chunk = _auto_batch(options, options.steps, _MNIST_PIXELS + _MNIST_CLASSES, count)
+    chunk = _auto_batch(options, art, options.steps, count)
     return [
         Piece(spikes[:, lo : lo + chunk], labels[lo : lo + chunk]) for lo in range(0, count, chunk)
     ]
@@ -294,7 +321,7 @@ def _prepare_ptb(ids: np.ndarray, art: Artefact, options: TaskOptions) -> list[P
         )
     # Column b holds tokens b*steps .. (b+1)*steps - 1 (as snuc.datasets.batchify).
     data = ids[: steps * options.columns].reshape(options.columns, steps).T.astype(np.int64)
-    chunk = _auto_batch(options, steps, 2 + vocab, options.columns)
+    chunk = _auto_batch(options, art, steps, options.columns)
     return [Piece(data[:, lo : lo + chunk], None) for lo in range(0, options.columns, chunk)]
 
 
@@ -520,7 +547,7 @@ def _prepare_custom(
             f"inputs are {list(x.shape)}"
         )
     per_step = targets.ndim >= 2 and targets.shape[:2] == x.shape[:2]
-    chunk = _auto_batch(options, x.shape[0], math.prod(x.shape[2:]) + 1, count)
+    chunk = _auto_batch(options, art, x.shape[0], count)
     pieces = []
     for lo in range(0, count, chunk):
         hi = min(lo + chunk, count)

@@ -21,8 +21,11 @@ stays bounded. In ``pcm`` mode the read noise of a run is drawn from streams key
 (seed, tile) (SPEC §6) and, for every chunk but the first, by the chunk's first sequence
 (``batch_offset``), so chunks do not repeat each other's noise; results still depend on
 ``batch_size`` (it decides which numbers each sequence draws): keep it fixed across a
-study. The default (:data:`CHUNK_BYTES`) runs each of the paper's test splits whole; a
-smaller ``batch_size`` uses less memory.
+study. The default sizes chunks by the model's activations: as many sequences as keep a
+chunk's estimated run memory (:func:`snuc.eval_tasks.sequence_bytes`: every value of the
+step graph, tile outputs included, for every step) under :data:`CHUNK_BYTES`, so a
+convolutional model's wide first layers get small chunks; a smaller ``batch_size`` uses
+less memory.
 
 The tasks are in :mod:`snuc.eval_tasks`; the results and their forms in
 :mod:`snuc.eval_results` (re-exported here). ``snuc eval`` itself runs a study
@@ -231,7 +234,8 @@ def evaluate(
         chips: chips available (overrides each target's ``chips``).
         drift_compensation: pcm only: True / ``"global"``, ``"column"``, False / None.
         batch_size: sequences (chorales, images, PTB columns) per run; default: as many as
-            keep a chunk near :data:`CHUNK_BYTES`. pcm read noise depends on it.
+            keep a chunk's estimated activations under :data:`CHUNK_BYTES`
+            (:func:`snuc.eval_tasks.sequence_bytes`). pcm read noise depends on it.
         limit: score only the first ``limit`` chorales, images or tokens.
         steps: mnist only: time steps of the rate coding.
         columns: ptb only: columns the token stream is cut into.

@@ -23,7 +23,7 @@ from snuc import evaluate as ev
 from snuc import study_exec as ex
 from snuc.eval_tasks import TASKS
 from snuc.ir.errors import SnucError
-from snuc.study_spec import UNCALIBRATED, Build, Study, configuration_id
+from snuc.study_spec import Build, Study, calibration_label, configuration_id
 
 __all__ = ["ResultsFile", "compile_builds", "run_study"]
 
@@ -107,8 +107,7 @@ def _build_fields(study: Study, build: Build, art: Any) -> dict[str, Any]:
     report = art.report
     calibration = {}
     if study.calibrated:  # the column only where the spec names the axis
-        name = UNCALIBRATED if build.calibrate is None else Path(build.calibrate).name
-        calibration["calibrate"] = name
+        calibration["calibrate"] = calibration_label(build.calibrate)
     return {
         **dict(build.columns[1:]),
         "placement": build.placement,

@@ -14,7 +14,8 @@ A spec names models, tasks and axes; every axis takes a value or a list of value
     placement = ["pack", "spread"]
     duplicate = [1, 2]
     calibrate = ["none", "cal.npy"]         # converter ranges: guaranteed, or calibrated on
-                                            #   samples [T, B, ...] (``compile --calibrate``)
+                                            #   samples [T, B, ...] (``compile --calibrate``);
+                                            #   rows: cal.npy@<its sha256's first 8 digits>
 
     [targets]
     base = ["pcm-256x256"]                  # presets, pcm-RxC names or target TOML files
@@ -52,7 +53,13 @@ from snuc import evaluate as ev
 from snuc.eval_tasks import TASKS, TaskOptions
 from snuc.ir.errors import SnucError
 from snuc.ir.limits import read_toml
-from snuc.ir.target import DEFAULT_TARGET, PARAMS, TargetSpec, with_overrides
+from snuc.ir.target import (
+    DEFAULT_TARGET,
+    PARAMS,
+    TargetSpec,
+    resized_energy_mvm_pj,
+    with_overrides,
+)
 from snuc.runtime.config import DETERMINISTIC_MODES, MODES, RunConfig, check_batch_size
 
 PLACEMENTS = ("pack", "spread")
@@ -444,6 +451,9 @@ def _targets(
         for combo in itertools.product(*axes.values()):
             overrides = dict(zip(axes, combo, strict=True))
             target = with_overrides(spec, **overrides)
+            if {"rows", "cols"} & set(overrides) and "energy_mvm_pj" not in overrides:
+                energy = resized_energy_mvm_pj(spec, target.rows, target.cols)
+                target = with_overrides(target, energy_mvm_pj=energy)
             if spec.name.startswith("pcm-") and {"rows", "cols"} & set(overrides):
                 target = with_overrides(target, name=f"pcm-{target.rows}x{target.cols}")
             targets.append((target, (("target", target.name), *overrides.items())))
@@ -495,6 +505,21 @@ def _builds(
 def _digest(identity: Any) -> str:
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+CALIBRATION_DIGITS = 8
+"""Hex digits of a calibration file's digest in the ``calibrate`` column."""
+
+
+def calibration_label(calibrate: str | None) -> str:
+    """A build's ``calibrate`` column: ``none``, or the file's name and the first
+    :data:`CALIBRATION_DIGITS` hex digits of the sha256 of its bytes (the digest its cache
+    key holds), e.g. ``jsb_cal.npy@1a2b3c4d``: same-named files in other folders, or a file
+    rewritten between studies, are told apart."""
+    if calibrate is None:
+        return UNCALIBRATED
+    path = Path(calibrate)
+    return f"{path.name}@{_path_digest(path)[:CALIBRATION_DIGITS]}"
 
 
 _PATH_DIGESTS: dict[tuple[str, float, int], str] = {}

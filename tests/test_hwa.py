@@ -255,3 +255,30 @@ def test_the_scripts_refuse_an_unknown_non_ideality(train_jsb, data_dir, tmp_pat
 def test_a_network_without_snu_layers_is_refused_in_one_line():
     with pytest.raises(SnucError, match=r"^[^\n]*LSTM is not one; train without --hwa$"):
         HardwareAware(torch.nn.LSTM(3, 4), HWAOptions(TARGET))
+
+
+def _compiled_dacs(model: SNUNetwork, path: Path) -> set[tuple[float, float]]:
+    """The DAC ranges of every tile of ``model`` exported and compiled without calibration."""
+    import snuc
+    from snuc.frontend.export import export
+    from snuc.ir.ops import CrossbarMVM
+
+    model.eval()
+    art = snuc.compile(export(model, path, check_lengths=(1, 4), check_batches=(1, 2)))
+    return {tuple(n.op.dac) for n in art.graph.nodes() if isinstance(n.op, CrossbarMVM)}
+
+
+def test_a_layer_after_an_embedding_has_the_dac_range_of_the_compiled_table(tmp_path):
+    torch.manual_seed(0)
+    model = SNUNetwork(torch.nn.Embedding(20, 8), SNU(8, 16), Readout(16, 20, "log_softmax"))
+    hwa = HardwareAware(model, HWAOptions(TARGET))
+    after_embedding = hwa.weights[0]
+    table = model.layers[0].weight
+    for scale in (1.0, 3.0):  # training moves the table: the range follows it
+        with torch.no_grad():
+            table.mul_(scale)
+        want = (float(table.detach().min()), float(table.detach().max()))
+        assert after_embedding.dac == want != (-1.0, 1.0)
+        model.train()
+        assert torch.isfinite(model(torch.randint(0, 20, (4, 2)))).all()
+        assert _compiled_dacs(model, tmp_path / f"emb{scale}.onnx") == {want, (0.0, 1.0)}

@@ -10,6 +10,7 @@ Everything runs on ``examples/snu_small.onnx`` (32 inputs, 10 sigmoid outputs) s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from cli_helpers import assert_one_line_error, run_cli
 
 import snuc
 from snuc.eval_results import RUN_FIELDS
+from snuc.ir.target import parse_target
 from snuc.runtime.artefact import load
 from snuc.study import run_study
 from snuc.study_spec import load_study
@@ -93,7 +95,9 @@ def test_a_study_over_a_compile_option_gives_the_rows_of_separate_compiles(
 ) -> None:
     study = load_study(_spec(root, axes))
     rows = run_study(study, executor="serial")
-    assert len(rows) == 2 * 3 and [r[column] for r in rows[::3]] == list(compile_options)
+    labels = {"cal.npy": f"cal.npy@{_sha256(root / 'cal.npy')[:8]}"}
+    assert len(rows) == 2 * 3
+    assert [r[column] for r in rows[::3]] == [labels.get(v, v) for v in compile_options]
     if column != "calibrate":  # each mapping takes other crossbars on snu_small
         assert rows[0]["crossbars"] != rows[3]["crossbars"]
     for value, options in compile_options.items():
@@ -106,7 +110,7 @@ def test_a_study_over_a_compile_option_gives_the_rows_of_separate_compiles(
             os.chdir(cwd)
         assert status == 0, err
         separate = _eval_artefact(capsys, root, artefact, tmp_path / f"{value}.jsonl")
-        mine = [r for r in rows if r[column] == value]
+        mine = [r for r in rows if r[column] == labels.get(value, value)]
         report = load(artefact).report
         assert {(r["crossbars"], r["est_timestep_ns"]) for r in mine} == {
             (report["crossbars_used"], report["schedule"]["timestep_ns"])
@@ -130,6 +134,23 @@ def test_calibrated_ranges_change_the_rows_and_key_the_cache_by_content(root, tm
     uncalibrated = load_study(_spec(root, "", name="plain.toml"))
     assert uncalibrated.builds[0].key() == keys[0]  # "none" keys as a spec without the axis
     assert "calibrate" not in run_study(uncalibrated, executor="serial")[0]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_named_calibration_files_in_two_folders_are_two_columns(root, tmp_path) -> None:
+    other = tmp_path / "cal.npy"
+    np.save(other, np.load(root / "cal.npy")[:4])  # the same name, other samples
+    spec = root / "two.toml"
+    spec.write_text(SPEC.format(model=MODEL, axes=f'calibrate = ["{root / "cal.npy"}", "{other}"]'))
+    rows = run_study(load_study(spec, {"modes": ["quantized"]}), executor="serial")
+    assert [r["calibrate"] for r in rows] == [
+        f"cal.npy@{_sha256(root / 'cal.npy')[:8]}",
+        f"cal.npy@{_sha256(other)[:8]}",
+    ]
+    assert rows[0]["calibrate"] != rows[1]["calibrate"]
 
 
 @pytest.mark.parametrize(
@@ -163,3 +184,25 @@ def test_compile_options_of_an_artefact_and_a_missing_file_on_the_command_line(
     status, _, err = run_cli(capsys, "eval", MODEL, *common, "--calibrate", "none,nowhere.npy")
     assert_one_line_error(status, err, "calibration file nowhere.npy does not exist")
     assert not cache.exists()
+
+
+def _energies(root: Path, targets: str, name: str) -> dict[tuple[str, int, int], float]:
+    """Each build's (target name, rows, cols) and energy per MVM (pJ) for ``[targets]``."""
+    spec = root / name
+    spec.write_text(SPEC.format(model=MODEL, axes="") + f"\n[targets]\n{targets}\n")
+    builds = load_study(spec).builds
+    return {(b.target.name, b.target.rows, b.target.cols): b.target.energy_mvm_pj for b in builds}
+
+
+def test_a_study_that_resizes_the_array_scales_the_energy_per_mvm_by_its_devices(root) -> None:
+    quoted = parse_target("pcm-256x256").energy_mvm_pj  # for 256 x 256 devices
+    resized = _energies(root, 'base = ["pcm-256x256"]\nrows = [64, 512]\ncols = [128]', "r.toml")
+    assert resized == {
+        ("pcm-64x128", 64, 128): quoted / 8,
+        ("pcm-512x128", 512, 128): quoted,
+    }
+    # Presets and pcm-RxC names keep their figures; an explicit figure wins.
+    kept = _energies(root, 'base = ["pcm-128x128", "pcm-64x64"]', "k.toml")
+    assert set(kept.values()) == {quoted}
+    given = _energies(root, "rows = [64]\nenergy_mvm_pj = [100.0]", "g.toml")
+    assert list(given.values()) == [100.0]
