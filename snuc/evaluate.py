@@ -17,11 +17,10 @@ Every configuration is one plan of the artefact (built once, cached while its ch
 
 Chunks: each configuration runs the data in chunks of ``batch_size`` sequences (chorales,
 images or columns), each chunk one ``Artefact.run``, scored as it comes back, so memory
-stays bounded. In ``pcm`` mode the read noise of a run is drawn from streams keyed by
-(seed, tile) (SPEC §6) and, for every chunk but the first, by the chunk's first sequence
-(``batch_offset``), so chunks do not repeat each other's noise; results still depend on
-``batch_size`` (it decides which numbers each sequence draws): keep it fixed across a
-study. The default sizes chunks by the model's activations: as many sequences as keep a
+stays bounded. In ``pcm`` mode each sequence draws its read noise from a stream keyed by
+(seed, tile, its index in the split) (SPEC §6; each chunk passes its first sequence as
+``batch_offset``), so the noise does not depend on ``batch_size`` or on how the split is cut
+into chunks. The default sizes chunks by the model's activations: as many sequences as keep a
 chunk's estimated run memory (:func:`snuc.eval_tasks.sequence_bytes`: every value of the
 step graph, tile outputs included, for every step) under :data:`CHUNK_BYTES`, so a
 convolutional model's wide first layers get small chunks; a smaller ``batch_size`` uses

@@ -6,7 +6,7 @@ A spec names models, tasks and axes; every axis takes a value or a list of value
     models = ["mnist_snu7.onnx"]            # ONNX models or .snuc artefacts (paths are
     tasks = ["mnist"]                       #   relative to the spec file)
     limit = 2000
-    batch_size = 500                        # part of a configuration (pcm noise is keyed by it)
+    batch_size = 500                        # sequences per run: memory, not results
     modes = ["quantized", "pcm"]
     t_inference = ["1h", "1d"]
     drift_compensation = ["on", "off"]
