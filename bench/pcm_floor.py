@@ -38,25 +38,16 @@ import argparse
 import os
 import sys
 
-from threads import per_thread_runs, pin_threads, thread_counts
+from threads import parse_with_threads, per_thread_runs, pin_threads
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--threads",
-        type=thread_counts,
-        default=[1],
-        help="threads (BLAS and the normals); several (1,2) run one process each",
-    )
     parser.add_argument("--batch", type=int, default=64, help="sequences per run")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (best is kept)")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    args.thread_counts = args.threads
-    args.threads = args.thread_counts[0]
-    return args
+    return parse_with_threads(parser)
 
 
 ARGS = _arguments() if __name__ == "__main__" else None

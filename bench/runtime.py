@@ -56,17 +56,11 @@ import argparse
 import os
 import sys
 
-from threads import per_thread_runs, pin_threads, pinned_threads, thread_counts
+from threads import parse_with_threads, per_thread_runs, pin_threads, pinned_threads
 
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--threads",
-        type=thread_counts,
-        default=[1],
-        help="threads for every runtime; several (1,2) run one process each",
-    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (best is kept)")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -89,10 +83,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave out the spike rates, silent rows and spike products",
     )
-    args = parser.parse_args(argv)
-    args.thread_counts = args.threads
-    args.threads = args.thread_counts[0]
-    return args
+    return parse_with_threads(parser, argv)
 
 
 ARGS = _arguments() if __name__ == "__main__" else None

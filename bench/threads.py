@@ -30,6 +30,23 @@ def thread_counts(text: str) -> list[int]:
     return counts
 
 
+def parse_with_threads(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """``parser``'s arguments with ``--threads`` added: ``thread_counts`` holds every count
+    asked for, ``threads`` the first (this process's)."""
+    parser.add_argument(
+        "--threads",
+        type=thread_counts,
+        default=[1],
+        help="threads for every runtime; several (1,2) run one process each",
+    )
+    args = parser.parse_args(argv)
+    args.thread_counts = args.threads
+    args.threads = args.thread_counts[0]
+    return args
+
+
 def pin_threads(threads: int) -> None:
     """Size BLAS's and OpenMP's pools to ``threads``; before NumPy or torch loads."""
     for variable in VARIABLES:
