@@ -22,7 +22,15 @@ best repeat. Threads are pinned for everyone to ``--threads``: ``OMP_NUM_THREADS
 threadpoolctl limits them too when it is installed), ``torch.set_num_threads``, and
 onnxruntime's ``intra_op_num_threads`` (``inter_op_num_threads = 1``, sequential).
 
-Then, for the NumPy backend alone:
+* **aihwkit**: the same networks on IBM's aihwkit, its analog layers with the PCM
+  statistical model (``bench/aihwkit_snu.py``, run with the Python of a separate virtualenv
+  named by ``--aihwkit-python`` or ``SNUC_AIHWKIT_PYTHON``; left out with a one-line reason
+  otherwise), against ``pcm``: sequences per second and their ratio.
+
+``--threads 1,2`` measures each thread count in a process of its own (the threads are
+pinned before NumPy loads) and reports them side by side.
+
+Then, for the NumPy backend alone (left out with ``--throughput-only``):
 
 * the spike rate of every layer on the benchmark's inputs, and the share of rows (a step
   of one sequence) without any spike, from PyTorch on the frontend model;
@@ -39,6 +47,7 @@ Usage::
     python bench/runtime.py                      # 1 thread, 5 repeats
     python bench/runtime.py --threads 2 --repeats 7
     python bench/runtime.py --json
+    python bench/runtime.py --threads 1,2 --aihwkit-python /work/aihwkit-venv/bin/python
 """
 
 from __future__ import annotations
@@ -47,24 +56,39 @@ import argparse
 import os
 import sys
 
+from threads import parse_with_threads, per_thread_runs, pin_threads, pinned_threads
+
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="threads for every runtime")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (best is kept)")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--data-dir", help="data directory for the trained models' rows (default: as snuc)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--aihwkit-python",
+        default=os.environ.get("SNUC_AIHWKIT_PYTHON"),
+        help="Python of a virtualenv with aihwkit (default: $SNUC_AIHWKIT_PYTHON)",
+    )
+    parser.add_argument(
+        "--aihwkit-tile",
+        choices=("rpucuda", "torch"),
+        default="rpucuda",
+        help="aihwkit's inference tile (bench/aihwkit_snu.py)",
+    )
+    parser.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="leave out the spike rates, silent rows and spike products",
+    )
+    return parse_with_threads(parser, argv)
 
 
 ARGS = _arguments() if __name__ == "__main__" else None
 if ARGS is not None:
-    # BLAS reads these when NumPy loads: they must be set before the imports below.
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = str(ARGS.threads)
+    pin_threads(ARGS.threads)
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -190,6 +214,17 @@ def best_time(runners: dict[str, Callable[[], object]], repeats: int, min_time: 
     return best
 
 
+def plan_run(plan, x: np.ndarray, threads: int):
+    """One run of the NumPy backend's ``plan`` on ``x``: the bench's one call of
+    ``Plan.run``, so that every configuration runs alike.
+
+    ``threads`` is pinned for the whole process (:func:`pin_threads`) until ``Plan.run``
+    takes a ``threads=`` of its own (issue 17); then this call passes it on.
+    """
+    assert threads == pinned_threads(), "threads are pinned per process"
+    return plan.run(x)
+
+
 def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
     """Rows of the throughput table for one network, both batch sizes."""
     import onnxruntime as ort
@@ -219,11 +254,11 @@ def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[
                 return net(xt)
 
         runners = {
-            "ours": lambda x=x: plans["float"].run(x),
+            "ours": lambda x=x: plan_run(plans["float"], x, args.threads),
             "ORT": lambda x=x: session.run(None, {"X": x}),
             "torch": eager,
-            "pcm": lambda x=x: plans["pcm"].run(x),
-            "pcm 1 thread": lambda x=x: plans["pcm 1 thread"].run(x),
+            "pcm": lambda x=x: plan_run(plans["pcm"], x, args.threads),
+            "pcm 1 thread": lambda x=x: plan_run(plans["pcm 1 thread"], x, args.threads),
         }
         (ours_y,) = plans["float"].run(x).values()
         (ort_y,) = session.run(None, {"X": x})
@@ -242,6 +277,66 @@ def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[
             }
         )
     return rows
+
+
+def write_aihwkit_input(path: Path) -> None:
+    """The benchmark networks' layers (frontend weights, biases, decays) and spike inputs,
+    in the ``.npz`` form that bench/aihwkit_snu.py reads."""
+    arrays, layers = {}, {}
+    for name in NETWORKS:
+        net = build_network(name)
+        layers[name] = len(net.layers)
+        for index, layer in enumerate(net.layers):
+            key = f"{name}/{index}"
+            if type(layer).__name__ == "SNU":
+                arrays[f"{key}/kind"] = np.array("snu")
+                arrays[f"{key}/weight"] = layer.weight.detach().numpy()
+                arrays[f"{key}/bias"] = layer.bias.detach().numpy()
+                arrays[f"{key}/decay"] = layer.effective_decay().detach().numpy()
+            else:  # the JSB network's sigmoid Readout
+                arrays[f"{key}/kind"] = np.array("readout")
+                arrays[f"{key}/weight"] = layer.linear.weight.detach().numpy()
+                arrays[f"{key}/bias"] = layer.linear.bias.detach().numpy()
+                arrays[f"{key}/decay"] = np.zeros((), np.float32)
+        for batch in BATCHES:
+            arrays[f"{name}/x/{batch}"] = spike_input(name, batch)
+    inputs = [[name, batch] for name in NETWORKS for batch in BATCHES]
+    arrays["spec"] = np.array(json.dumps({"layers": layers, "inputs": inputs}))
+    np.savez(path, **arrays)
+
+
+def aihwkit_throughput(args: argparse.Namespace, workdir: Path) -> dict:
+    """bench/aihwkit_snu.py's result with ``--aihwkit-python`` on :data:`NETWORKS`, at
+    ``args.threads`` (pinned in its environment as here), or ``{"skipped": reason}``."""
+    if not args.aihwkit_python:
+        return {"skipped": "no --aihwkit-python (or SNUC_AIHWKIT_PYTHON) given"}
+    path = workdir / "aihwkit_input.npz"
+    write_aihwkit_input(path)
+    script = Path(__file__).resolve().parent / "aihwkit_snu.py"
+    command = [args.aihwkit_python, str(script), "--input", str(path), "--tile", args.aihwkit_tile]
+    command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+    command += ["--min-time", str(args.min_time)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as err:
+        return {"skipped": f"{args.aihwkit_python} does not run: {err}"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return {"skipped": f"bench/aihwkit_snu.py failed ({done.returncode}): {last}"}
+    return json.loads(done.stdout)
+
+
+def add_aihwkit(throughput: list[dict], aihwkit: dict) -> None:
+    """aihwkit's sequences per second into the throughput rows, with pcm's speed over it
+    (``pcm_vs_aihwkit``: > 1 where snuc's pcm mode is faster)."""
+    speeds = {(r["network"], r["batch"]): r["seq_per_s"] for r in aihwkit.get("rows", [])}
+    for row in throughput:
+        speed = speeds.get((row["network"], row["batch"]))
+        if speed is None:
+            continue
+        row["seq_per_s"]["aihwkit"] = speed
+        row["pcm_vs_aihwkit"] = row["seq_per_s"]["pcm"] / speed
+        row["pcm_1_thread_vs_aihwkit"] = row["seq_per_s"]["pcm 1 thread"] / speed
 
 
 def layer_rates(name: str) -> list[dict]:
@@ -444,7 +539,49 @@ def report(result: dict) -> str:
         "max |ours - ORT|",
     ]
     lines.append(_table(headers, rows))
-    lines += ["", "Spikes per layer on the benchmark's inputs (batch 64):", ""]
+    lines += ["", *aihwkit_report(result)]
+    if "layer_rates" in result:
+        lines += ["", *backend_report(result)]
+    return "\n".join(lines)
+
+
+def aihwkit_report(result: dict) -> list[str]:
+    """The lines of the pcm-against-aihwkit table (or why it was left out)."""
+    aihwkit = result["aihwkit"]
+    if "skipped" in aihwkit:
+        return [f"pcm against aihwkit left out: {aihwkit['skipped']}."]
+    lines = [
+        f"pcm against aihwkit {aihwkit['aihwkit']} (torch {aihwkit['torch']}, "
+        f"{aihwkit['tile_class']} of {aihwkit['tile']} tiles, PCM statistical model, "
+        f"t_inference {aihwkit['t_inference_s']:g} s), {aihwkit['threads']} thread(s):",
+        "",
+    ]
+    rows = [
+        [
+            f"{r['network']} (T={r['steps']})",
+            str(r["batch"]),
+            f"{r['seq_per_s']['pcm']:,.0f}",
+            f"{r['seq_per_s']['pcm 1 thread']:,.0f}",
+            f"{r['seq_per_s']['aihwkit']:,.0f}",
+            f"{r['pcm_vs_aihwkit']:.2f}x / {r['pcm_1_thread_vs_aihwkit']:.2f}x",
+        ]
+        for r in result["throughput"]
+        if "pcm_vs_aihwkit" in r
+    ]
+    headers = [
+        "network",
+        "batch",
+        "pcm seq/s",
+        "pcm 1 thread seq/s",
+        "aihwkit seq/s",
+        "pcm/aihwkit speed (noise thread / 1 thread)",
+    ]
+    return [*lines, _table(headers, rows)]
+
+
+def backend_report(result: dict) -> list[str]:
+    """The NumPy backend's own tables: spike rates, silent rows, spike products."""
+    lines = ["Spikes per layer on the benchmark's inputs (batch 64):", ""]
     rate_rows = [
         [
             r["network"],
@@ -487,10 +624,63 @@ def report(result: dict) -> str:
     ]
     headers = ["product", "spike rate", "dense", "row sums", "gather + reduceat"]
     lines.append(_table(headers, spike_rows))
-    return "\n".join(lines)
+    return lines
+
+
+def threads_report(results: list[dict]) -> str:
+    """Each thread count's throughput side by side (one process each)."""
+    counts = [r["threads"] for r in results]
+    rows = []
+    for index, first in enumerate(results[0]["throughput"]):
+        per = [r["throughput"][index] for r in results]
+        pcm = [p["seq_per_s"]["pcm"] for p in per]
+        aihwkit = [p["seq_per_s"].get("aihwkit") for p in per]
+        rows.append(
+            [
+                f"{first['network']} (T={first['steps']})",
+                str(first["batch"]),
+                " / ".join(f"{p['seq_per_s']['ours']:,.0f}" for p in per),
+                " / ".join(f"{p['ours_vs_ORT']:.2f}x" for p in per),
+                " / ".join(f"{v:,.0f}" for v in pcm),
+                " / ".join(f"{v / pcm[0]:.2f}x" for v in pcm),
+                " / ".join(f"{p['pcm_over_float']:.2f}x" for p in per),
+                " / ".join("-" if v is None else f"{v:,.0f}" for v in aihwkit),
+                " / ".join(
+                    f"{p['pcm_vs_aihwkit']:.2f}x" if "pcm_vs_aihwkit" in p else "-" for p in per
+                ),
+            ]
+        )
+    label = " / ".join(str(c) for c in counts)
+    headers = [
+        "network",
+        "batch",
+        "ours seq/s",
+        "ours/ORT",
+        "pcm seq/s",
+        f"pcm over {counts[0]} thread(s)",
+        "pcm/float time",
+        "aihwkit seq/s",
+        "pcm/aihwkit",
+    ]
+    return f"Threads {label}, one process each:\n\n" + _table(headers, rows)
+
+
+def main_threads(args: argparse.Namespace) -> int:
+    """Several thread counts: one process each, reported side by side."""
+    results = per_thread_runs(args.thread_counts)
+    if args.json:
+        json.dump({"thread_counts": args.thread_counts, "runs": results}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for result in results:
+        print(f"## {result['threads']} thread(s)\n\n{report(result)}\n")
+    print(threads_report(results))
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
+    if len(args.thread_counts) > 1:
+        return main_threads(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -509,9 +699,13 @@ def main(args: argparse.Namespace) -> int:
     with limits, tempfile.TemporaryDirectory() as tmp:
         for name in NETWORKS:
             result["throughput"] += measure_network(name, args, Path(tmp))
-        result["layer_rates"] = [row for name in NETWORKS for row in layer_rates(name)]
-        result["silent_rows"] = silent_rows(args, Path(tmp))
-        result["spike_products"] = spike_products(args.repeats, args.min_time)
+        # Right after snuc's runs, under the load they saw.
+        result["aihwkit"] = aihwkit_throughput(args, Path(tmp))
+        add_aihwkit(result["throughput"], result["aihwkit"])
+        if not args.throughput_only:
+            result["layer_rates"] = [row for name in NETWORKS for row in layer_rates(name)]
+            result["silent_rows"] = silent_rows(args, Path(tmp))
+            result["spike_products"] = spike_products(args.repeats, args.min_time)
     result["load_average_after"] = list(os.getloadavg())
     if args.json:
         json.dump(result, sys.stdout, indent=2)
