@@ -218,11 +218,11 @@ def plan_run(plan, x: np.ndarray, threads: int):
     """One run of the NumPy backend's ``plan`` on ``x``: the bench's one call of
     ``Plan.run``, so that every configuration runs alike.
 
-    ``threads`` is pinned for the whole process (:func:`pin_threads`) until ``Plan.run``
-    takes a ``threads=`` of its own (issue 17); then this call passes it on.
+    ``threads`` is pinned for the whole process (:func:`pin_threads`) and passed to
+    ``Plan.run`` too, which splits a pcm or quantized batch over that many threads.
     """
     assert threads == pinned_threads(), "threads are pinned per process"
-    return plan.run(x)
+    return plan.run(x, threads=threads)
 
 
 def measure_network(name: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
