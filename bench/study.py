@@ -5,7 +5,8 @@ in pcm mode on the first 2,000 MNIST test images (20 rate-coding steps), 12 conf
 (3 chips x 2 drift times x drift compensation on and off). The artefact is compiled into a
 fresh cache first and the data read once (both timed apart), then the same study runs
 
-* on 1 local worker (in this process, BLAS on ``--threads`` threads, default 1),
+* on 1 local worker (in this process, its runs and BLAS on ``--threads`` threads,
+  default 1: ``SNUC_THREADS`` too, else a run would split its batch over every core),
 * on 2 local worker processes (BLAS pinned to half the cores each),
 * on Ray with 1 CPU and on Dask with 1 worker process, each local cluster started before
   its run and stopped after it (start-up timed apart, so that an idle cluster never runs
@@ -112,10 +113,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="turns of every executor (1)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray executor")
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask executor")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads of 1 worker (1)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of 1 worker (1)")
     args = parser.parse_args()
     # Before NumPy loads (importing snuc loads it); the local executor re-pins its workers.
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "SNUC_THREADS"):
         os.environ[variable] = str(args.threads)
 
     from snuc.eval_tasks import TASKS
