@@ -72,12 +72,10 @@ mnist() {
     log "mnist_snu7 after a year"
     snuc eval "$models/mnist_snu7.onnx" --task mnist --modes pcm --t-inference 31536000 \
         --drift-compensation on --csv "$out/mnist_snu7_1y.csv"
-    if [[ -f $models/mnist_snu7_hwa.onnx ]]; then
-        log "mnist_snu7_hwa"
-        snuc eval "$models/mnist_snu7_hwa.onnx" --task mnist --modes float,quantized,pcm \
-            --t-inference 3600,86400,31536000 --drift-compensation on \
-            --csv "$out/mnist_snu7_hwa.csv" --markdown "$out/mnist_snu7_hwa.md"
-    fi
+    log "mnist_snu7_hwa"
+    snuc eval "$models/mnist_snu7_hwa.onnx" --task mnist --modes float,quantized,pcm \
+        --t-inference 3600,86400,31536000 --drift-compensation on \
+        --csv "$out/mnist_snu7_hwa.csv" --markdown "$out/mnist_snu7_hwa.md"
     log "mnist_cnn"
     snuc eval "$models/mnist_cnn.onnx" --task mnist --modes float,quantized,pcm "${compensated[@]}" \
         --csv "$out/mnist_cnn.csv" --markdown "$out/mnist_cnn.md"
@@ -100,7 +98,7 @@ plots() {
     "$python" examples/plot_results.py "$out/drift.png" "$out/jsb_snu.csv" "$out/jsb_ssnu.csv"
     "$python" examples/plot_results.py "$out/drift_all.png" "$out"/{jsb_snu,jsb_ssnu,mnist_snu7,mnist_ssnu4,ptb_snu,ptb_ssnu}.csv
     "$python" examples/plot_results.py --relative "$out/robustness.png" "$out/robustness.csv"
-    "$python" examples/plot_results.py "$out/hwa.png" "$out"/{jsb_snu,jsb_snu_hwa,jsb_ssnu,jsb_ssnu_hwa}.csv \
+    "$python" examples/plot_results.py "$out/hwa.png" "$out"/{jsb_snu,jsb_snu_hwa,jsb_ssnu,jsb_ssnu_hwa,mnist_snu7,mnist_snu7_1y,mnist_snu7_hwa}.csv \
         --compensation global
     snuc plot-study "$out/jsb_snu_mapping_study.jsonl" -o "$out/jsb_snu_mapping_study.png"
 }
