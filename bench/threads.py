@@ -1,8 +1,8 @@
 """Thread counts of the runtime benches: parsed, pinned before NumPy loads, one process each.
 
-BLAS takes its thread count from the environment when NumPy (or torch) loads, and
-threadpoolctl, which could change it later, is not among the project's dependencies. So a
-bench pins its count before it imports NumPy (this module imports nothing that loads it),
+BLAS takes its thread count from the environment when NumPy (or torch) loads; threadpoolctl
+can change it later, but not every library's pool the same way. So a bench pins its count
+before it imports NumPy (this module imports nothing that loads it),
 and measuring several counts (``--threads 1,2``) means one process per count: the script
 runs itself again with ``--threads N --json`` and reads the results.
 """

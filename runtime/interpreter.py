@@ -105,10 +105,7 @@ class _Tile:
         self.adc_range = node.op.adc_range
         self.dac_bits = target.dac_bits
         self.adc_bits = target.adc_bits
-        # The read-noise variance sum is float32 (SPEC §6): its operand is too.
-        self.copies = [
-            (g, gain, None if var is None else var.astype(np.float32)) for g, gain, var in copies
-        ]
+        self.copies = copies
         self.read_noise = read_noise
         self.dtype = dtype
 

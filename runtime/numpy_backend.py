@@ -24,7 +24,7 @@ instead of evaluating every node at every step it follows a :class:`Plan`:
   modes each tile's conductances, programming noise, drift and compensation are computed
   when the plan is built; read noise is drawn per run from each tile's streams (one per
   sequence) in the interpreter's order. Crossbar sums are float64 before the ADC, the
-  read-noise term float32.
+  read-noise term float32 (its variance summed in float64).
 * **Threads** (:mod:`snuc.runtime.threads`): a quantized or pcm batch runs in groups of
   sequences, one per thread, with the same outputs as on one thread.
 

@@ -260,9 +260,9 @@ class DriftedArray:
 
         The per-device noises are independent Gaussians, so an output's variance is the
         sum over driven rows of (input × σ)² (SPEC §6): ``sqrt(x² @ read_variance_us2)``,
-        summed in float32 (:func:`noise_spread`).
+        rounded to float32 (:func:`noise_spread`).
         """
-        return noise_spread(_f64(x), self.read_variance_us2.astype(np.float32))
+        return noise_spread(_f64(x), self.read_variance_us2)
 
     def mvm(self, x: ArrayLike, noise: ArrayLike | None = None) -> NDArray[np.float64]:
         """``x @ weights_us`` for inputs ``x[..., rows]``, plus read noise when given.
@@ -279,11 +279,18 @@ class DriftedArray:
         return y + self.output_sigma(x) * np.asarray(noise, np.float32)
 
 
-def noise_spread(x: NDArray[np.float64], variance_f32: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``sqrt(x**2 @ variance)`` as every backend computes it (SPEC §6): the squares in
-    float64, rounded to float32, summed against the float32 variances in float32. The
-    read noise is this times float32 normals, in float32, added to the float64 currents."""
-    return np.sqrt(np.matmul((x * x).astype(np.float32), variance_f32))
+def noise_spread(x: NDArray[np.float64], variance: NDArray[np.float64]) -> NDArray[np.float32]:
+    """``sqrt(x**2 @ variance)`` as every backend computes it (SPEC §6): the sum in
+    float64, rounded to float32, its square root in float32. The read noise is this times
+    float32 normals, in float32, added to the float64 currents.
+
+    Not summed in float32: BLAS rounds a float32 row's sum differently with the rows of
+    the call (its kernel depends on them), so the noise of a sequence would change with
+    the batch size, the chunks and the threads; a float64 sum rounded to float32 does
+    not (short of a float64 difference in the last bit landing on a float32 rounding
+    boundary, as rare as the currents' own).
+    """
+    return np.sqrt(np.matmul(x * x, variance).astype(np.float32))
 
 
 @dataclass(frozen=True, eq=False)

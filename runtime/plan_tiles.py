@@ -30,7 +30,7 @@ import numpy as np
 from snuc.ir.crossbar import dac_quantize
 from snuc.ir.graph import Graph, Node
 from snuc.ir.target import TargetSpec
-from snuc.runtime.chip import ProgrammedTile, program_tile
+from snuc.runtime.chip import program_tile
 from snuc.runtime.interpreter import crossbar_tiles
 from snuc.runtime.plan_sparse import active_rows
 from snuc.runtime.read_noise import NoiseStream
@@ -62,8 +62,8 @@ class TileChip:
         adc_range, adc_bits: the ADC's full scale and resolution.
         conductance_us: ``G`` ``[r, c]`` (G+ - G- per weight), float64.
         gain: ``s * alpha`` ``[c]``: digital scale times drift compensation, float64.
-        variance_us2: read-noise variance per weight ``[r, c]`` in float32 (pcm: the
-            variance sum is float32, SPEC §6), else None.
+        variance_us2: read-noise variance per weight ``[r, c]``, float64 (pcm), else
+            None.
         dtype: the result's dtype.
         binary_input: the input is guaranteed to be exactly 0 or 1 and the DAC passes
             both unchanged, so ``x_q = x`` and ``x_q**2 = x_q`` (no DAC arithmetic).
@@ -260,17 +260,10 @@ def program_tiles(
             "binary_input": node.inputs[0] in binary and passes_spikes,
         }
         first, *others = (
-            TileChip(**_float32_variance(arrays)._asdict(), **common)
+            TileChip(**arrays._asdict(), **common)
             for arrays in program_tile(
                 graph, node, mode, target, seed, t_inference_s, drift_compensation
             )
         )
         chips[node.id] = replace(first, copies=tuple(others))
     return chips
-
-
-def _float32_variance(arrays: ProgrammedTile) -> ProgrammedTile:
-    """A tile's programmed arrays with the read-noise variances in float32."""
-    if arrays.variance_us2 is None:
-        return arrays
-    return arrays._replace(variance_us2=arrays.variance_us2.astype(np.float32))

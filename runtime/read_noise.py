@@ -5,12 +5,13 @@ normals per tile and sequence, keyed by the sequence's global index
 (``pcm.read_rng(seed, tile, s)``) and read step after step; a run of B sequences starting
 at sequence ``offset`` uses ``pcm.read_noise_block(seed, tile, (T, B, *out),
 offset=offset)``, in C order. Every backend takes it from a :class:`NoiseStream`, which
-draws it piece by piece (several steps of every sequence at once), so a run never holds it
-whole, however the backend walks through time: the interpreter a step at a time, the
-NumPy backend in blocks of rows (:meth:`NoiseStream.take`, :meth:`NoiseStream.row_steps`),
-the simulator's copies of a duplicated tile each the steps they serve
-(:meth:`NoiseStream.serving`). A run in pieces (:mod:`snuc.runtime.run_state`) goes on
-where the previous piece's streams stopped (:meth:`NoiseStream.position`, ``start=``).
+draws it piece by piece (at least 8,192 normals of every sequence at once: a short run's
+whole block, a long run's in pieces), however the backend walks through time: the
+interpreter a step at a time, the NumPy backend in blocks of rows
+(:meth:`NoiseStream.take`, :meth:`NoiseStream.row_steps`), the simulator's copies of a
+duplicated tile each the steps they serve (:meth:`NoiseStream.serving`). A run in pieces
+(:mod:`snuc.runtime.run_state`) goes on where the previous piece's streams stopped
+(:meth:`NoiseStream.position`, ``start=``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,6 @@ class NoiseStream:
         if per_step % sequences:
             raise ValueError(f"{per_step} normals per step do not split into {sequences} sequences")
         self.per_step = per_step
-        self._seed = seed
         self._tile = tile
         self._sequences = sequences
         self._per_sequence = per_step // sequences

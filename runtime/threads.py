@@ -7,8 +7,9 @@ the threads fighting (SPEC §6 results do not depend on N):
 * a ``quantized`` or ``pcm`` run of a batch splits it into N contiguous groups of
   sequences (:func:`sequence_groups`), each run on a worker thread of one pool
   (:func:`run_groups`) with BLAS limited to ``N // groups`` threads. Read noise is keyed
-  per sequence (SPEC §6), the currents are exact float64 sums and the noise term a float32
-  one computed in the same order for every row, so every group reads what the whole run
+  per sequence (SPEC §6), the currents and the noise term's variance are float64 sums (the
+  latter rounded to float32), which BLAS computes alike for a row whatever the rows
+  beside it (a float32 product would not), so every group reads what the whole run
   would: the outputs are identical for any N;
 * a batch that cannot be split (one sequence, a run in pieces) runs on the calling thread;
   a pcm run draws its read noise ahead on one more thread when N >= 2, BLAS limited to
@@ -30,7 +31,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -109,7 +110,10 @@ def run_groups(
             return [run(*groups[0], 0)]
         pool = _pool(len(groups) - 1)
         futures = [pool.submit(run, lo, hi, i) for i, (lo, hi) in enumerate(groups) if i]
-        first = run(*groups[0], 0)
+        try:
+            first = run(*groups[0], 0)
+        finally:  # an error or Ctrl-C in the first group leaves no group running on
+            wait(futures)  # the run's state (and the BLAS limit in force) after the call
         return [first, *(f.result() for f in futures)]
 
 

@@ -8,8 +8,9 @@ stages; the NumPy backend runs all four in one call (:func:`dense_read`), the si
 
     convert   x_q   = DAC(x[..., r0:r1])                     float64, over dac, dac_bits
     currents  I     = x_q @ G  (+ sqrt(x_q**2 @ var) * n)    column sums (+ read noise)
-                      (the noise term in float32: x_q**2 rounded to float32, var and the
-                      normals n float32, SPEC §6; added to the float64 sums)
+                      (the noise term: x_q**2 @ var summed in float64 and rounded to
+                      float32, its sqrt and the normals n float32, SPEC §6; added to the
+                      float64 sums)
     codes     code  = rint(clip(I / F, -1, 1) * m)           the ADC's integer codes
     values    y     = dtype(code * F / m * s * alpha)        digital scale, compensation
 
@@ -56,7 +57,7 @@ class TileCode(NamedTuple):
     Attributes:
         convert: the DAC's output of the operand ``x`` ``[M, K]`` (all the weight's rows;
             the tile takes its window) into ``x_q`` ``[M, r]`` float64, and ``x_q**2``
-            into ``squared`` ``[M, r]`` float32 (noisy tiles).
+            into ``squared`` ``[M, r]`` float64 (noisy tiles with multi-bit inputs).
         currents: the column currents ``[M, c]`` of ``x_q`` (and ``squared``) into
             ``current``; a noisy tile adds the read noise through its scratch ``spread``
             ``[M, c]`` float32 (``spread_flat``: the same array, flat) from ``normals``,
@@ -151,9 +152,14 @@ def _currents(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     lines = [f"{_product(conductance, np.float64)}(x_q, conductance, current)"]
     if variance is None:
         return tuple(lines)
+    # The variance sum in float64, rounded to float32 as it is written into ``spread``:
+    # a float32 product would round a row differently with the rows of the call (BLAS
+    # picks its kernel by them), so the noise would change with the batch split. One
+    # matmul for every row count: np.dot takes no float32 output for float64 operands.
+    squared = "x_q" if chip.binary_input else "squared"  # x_q**2 == x_q for 0 and 1
     return (
         *lines,
-        f"{_product(variance, np.float32)}(squared, variance, spread)",
+        f"matmul({squared}, variance, spread)",
         "sqrt(spread, spread)",
         "multiply(spread_flat, normals, spread_flat)",
         "add(current, spread, current)",
@@ -169,12 +175,10 @@ def _product(weight: np.ndarray, dtype: type) -> str:
 
 
 def _squares(chip: TileChip) -> tuple[str, ...]:
-    """``x_q**2`` rounded to float32 into ``squared``, for a noisy tile's variance sum
-    (``x_q`` itself for inputs of 0 and 1)."""
-    if not chip.noisy:
+    """``x_q**2`` into ``squared``, for a noisy tile's variance sum with multi-bit inputs
+    (inputs of 0 and 1 are their own squares)."""
+    if not chip.noisy or chip.binary_input:
         return ()
-    if chip.binary_input:
-        return ("squared[...] = x_q",)
     return ("multiply(x_q, x_q, squared)",)
 
 
@@ -204,7 +208,7 @@ class Workspace:
     Attributes:
         rows: the most rows one read may have.
         x_q: the converted input ``[rows, r]``.
-        squared: ``x_q ** 2`` in float32 (noisy tiles), else None.
+        squared: ``x_q ** 2`` (noisy tiles with multi-bit inputs), else None.
         current: the column currents ``[rows, c]``.
         spread, spread_flat: the read noise's float32 scratch ``[rows, c]`` and its flat
             view (noisy tiles), else None.
@@ -216,7 +220,7 @@ class Workspace:
         self.rows = rows = max(1, rows)
         k, c = chip.n_rows, chip.n_cols
         self.x_q = np.empty((rows, k))
-        self.squared = np.empty((rows, k), np.float32) if chip.noisy else None
+        self.squared = np.empty((rows, k)) if chip.noisy and not chip.binary_input else None
         self.current = np.empty((rows, c))
         self.spread = np.empty((rows, c), np.float32) if chip.noisy else None
         self.spread_flat = None if self.spread is None else self.spread.reshape(-1)

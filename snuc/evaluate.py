@@ -234,7 +234,8 @@ def evaluate(
         drift_compensation: pcm only: True / ``"global"``, ``"column"``, False / None.
         batch_size: sequences (chorales, images, PTB columns) per run; default: as many as
             keep a chunk's estimated activations under :data:`CHUNK_BYTES`
-            (:func:`snuc.eval_tasks.sequence_bytes`). pcm read noise depends on it.
+            (:func:`snuc.eval_tasks.sequence_bytes`). Memory, not results: each
+            sequence's read noise is its own (SPEC §6).
         limit: score only the first ``limit`` chorales, images or tokens.
         steps: mnist only: time steps of the rate coding.
         columns: ptb only: columns the token stream is cut into.

@@ -171,17 +171,16 @@ def test_read_normals_are_float32_standard_normals():
     assert abs(corr) < 5 / np.sqrt(block[:, 0].size)
 
 
-def test_the_noise_term_is_the_variance_formula_in_float32():
-    """``sqrt(x² @ σ²) * n`` with the squares rounded to float32 and summed in float32
-    (``pcm.noise_spread``): within float32's precision of the float64 formula, and its
-    noise has that spread."""
+def test_the_noise_term_is_the_variance_formula_rounded_to_float32():
+    """``sqrt(x² @ σ²) * n`` summed in float64, rounded to float32 (``pcm.noise_spread``):
+    the float64 formula to float32's precision, and its noise has that spread."""
     rng = np.random.default_rng(0)
     variance = rng.uniform(0.0, 0.5, (40, 30))
     x = rng.uniform(-1.0, 1.0, (3000, 40))
-    spread = pcm.noise_spread(x, variance.astype(np.float32))
+    spread = pcm.noise_spread(x, variance)
     assert spread.dtype == np.float32
     want = np.sqrt((x * x) @ variance)
-    np.testing.assert_allclose(spread, want, rtol=1e-5)
+    np.testing.assert_allclose(spread, want, rtol=1e-6)
     noise = spread * pcm.read_noise_block(1, 2, (3000, 1, 30))[:, 0]
     assert noise.dtype == np.float32
     ratio = noise / want
@@ -190,13 +189,25 @@ def test_the_noise_term_is_the_variance_formula_in_float32():
     assert abs(float(ratio.std()) - 1) < 5 / np.sqrt(2 * n)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 17, 63])
+def test_a_rows_noise_term_does_not_depend_on_the_rows_beside_it(rows):
+    """The interpreter reads B rows a step, the NumPy backend blocks of T * B rows, a
+    split batch fewer: each row's noise term must not depend on how many rows one call
+    holds. (A float32 product fails this: BLAS picks its kernel by the row count.)"""
+    rng = np.random.default_rng(1)
+    variance = rng.uniform(0.0, 0.5, (150, 88))
+    x = rng.uniform(0.0, 1.0, (64, 150))
+    whole = pcm.noise_spread(x, variance)
+    np.testing.assert_array_equal(pcm.noise_spread(x[:rows], variance), whole[:rows])
+
+
 def test_a_tiles_workspace_holds_the_noise_in_float32(models):
     from snuc.runtime.numpy_backend import Plan
 
     art = models["example"]
     plan = Plan.build(art.graph, mode="pcm", target=TargetSpec.from_dict(art.target))
     chip = next(c for c in plan.chips.values() if c.noisy)
-    assert chip.variance_us2.dtype == np.float32
+    assert chip.variance_us2.dtype == np.float64
     work = Workspace(chip, 3)
-    assert work.spread.dtype == work.squared.dtype == np.float32
+    assert work.spread.dtype == np.float32
     assert work.current.dtype == np.float64
