@@ -4,7 +4,8 @@
 #   bash examples/regenerate_results.sh [jsb] [mnist] [ptb] [plots]   # default: all four
 #
 # Run from the repository root with snuc installed (the README's setup) and the data in
-# $SNUC_DATA (default ../shared/data). Every result file under docs/results/ is rewritten;
+# $SNUC_DATA (default ../shared/data). Every result file under docs/results/ is rewritten
+# but the HWA tuning runs (variants trained to scratch files, docs/results.md);
 # the studies written as JSON lines (robustness, mapping knobs, the jsb_snu mapping study)
 # go on with --resume, so remove their .jsonl first to recompute them from scratch, and
 # rerun this script after an interruption to finish them. Calibration samples and
@@ -76,6 +77,11 @@ mnist() {
     snuc eval "$models/mnist_snu7_hwa.onnx" --task mnist --modes float,quantized,pcm \
         --t-inference 3600,86400,31536000 --drift-compensation on \
         --csv "$out/mnist_snu7_hwa.csv" --markdown "$out/mnist_snu7_hwa.md"
+    log "rate codings"
+    snuc eval "$models/mnist_snu7.onnx" --task mnist --modes float --coding-seeds 0,1,2,3,4 \
+        --csv "$out/mnist_snu7_codings.csv"
+    snuc eval "$models/mnist_cnn.onnx" --task mnist --modes float,quantized --coding-seeds 0,1,2,3,4 \
+        --csv "$out/mnist_cnn_codings.csv" --markdown "$out/mnist_cnn_codings.md"
     log "mnist_cnn"
     snuc eval "$models/mnist_cnn.onnx" --task mnist --modes float,quantized,pcm "${compensated[@]}" \
         --csv "$out/mnist_cnn.csv" --markdown "$out/mnist_cnn.md"
