@@ -11,9 +11,9 @@
 # rerun this script after an interruption to finish them. Calibration samples and
 # calibrated artefacts go to $SNUC_RESULTS_WORK (default: a temporary folder).
 #
-# What each stage costs on the 2-core machine of docs/results.md: jsb about an hour,
+# What each stage costs on the 2-core machine of docs/results.md: jsb about ten minutes,
 # mnist several hours (mnist_cnn's five chips over 10,000 digits most of them), ptb
-# about an hour and a half per model.
+# about 40 minutes per model.
 set -euo pipefail
 
 export SNUC_DATA=${SNUC_DATA:-../shared/data}
