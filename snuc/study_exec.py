@@ -258,7 +258,11 @@ def _ray(
             for key in dict.fromkeys(job.artefact for job in jobs)
         }
         data = {key: ray.put(resources.data[key]) for key in dict.fromkeys(j.data for j in jobs)}
-        remote = ray.remote(num_cpus=1, max_retries=3)(_ray_job)
+        # One CPU per task, so each runs on one thread: BLAS and snuc's own (a task
+        # left at its default would split its batch over every core of its node).
+        names = (*BLAS_THREAD_VARIABLES, THREADS_VARIABLE)
+        one_thread = {"env_vars": dict.fromkeys(names, "1")}
+        remote = ray.remote(num_cpus=1, max_retries=3, runtime_env=one_thread)(_ray_job)
         pending = [remote.remote(job, [artefacts[job.artefact]], [data[job.data]]) for job in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
