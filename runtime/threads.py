@@ -35,8 +35,6 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
-from threadpoolctl import ThreadpoolController
-
 from snuc.ir.errors import SnucError
 
 T = TypeVar("T")
@@ -50,10 +48,13 @@ THREADS_VARIABLE = "SNUC_THREADS"
 def default_threads() -> int:
     """The threads of a run not told how many: :data:`THREADS_VARIABLE` when set to a
     positive integer, else every core this process may run on
-    (``len(os.sched_getaffinity(0))``)."""
+    (``len(os.sched_getaffinity(0))``) where threadpoolctl (extra ``threads``) can share
+    them out, else one."""
     given = os.environ.get(THREADS_VARIABLE, "")
     if given.isdigit() and int(given) > 0:
         return int(given)
+    if not _has_threadpoolctl():
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -128,9 +129,28 @@ def blas_threads(count: int | None) -> Iterator[None]:
         yield
 
 
+def _has_threadpoolctl() -> bool:
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @functools.cache
-def _controller() -> ThreadpoolController:
-    """The process's thread pools (found once: it takes milliseconds)."""
+def _controller():
+    """The process's thread pools (found once: it takes milliseconds).
+
+    Raises:
+        SnucError: threadpoolctl is not installed (one line naming the extra).
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        raise SnucError(
+            "a run on several threads limits BLAS per group and needs threadpoolctl: "
+            "pip install 'snuc[threads]' (or run with --threads 1)"
+        ) from None
     return ThreadpoolController()
 
 

@@ -9,6 +9,7 @@ how that batch is chunked.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,22 @@ def test_the_default_is_every_core_or_the_variable(monkeypatch):
     monkeypatch.setenv(threads.THREADS_VARIABLE, "3")
     assert threads.checked_threads(None) == 3
     assert threads.checked_threads(5) == 5
+
+
+def test_without_threadpoolctl_runs_take_one_thread_and_more_is_one_line(monkeypatch):
+    """threadpoolctl is the extra ``threads``: without it a run defaults to one thread,
+    and one that must limit BLAS per group says which extra it needs, in one line."""
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
+    monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)
+    threads._controller.cache_clear()
+    try:
+        assert threads.default_threads() == 1
+        with pytest.raises(SnucError) as info, threads.blas_threads(1):
+            pass
+        message = str(info.value)
+        assert "snuc[threads]" in message and "\n" not in message
+    finally:
+        threads._controller.cache_clear()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
