@@ -106,6 +106,8 @@ def run_groups(
     if float_products and len(groups) == 1:  # nothing to limit, nothing to share
         return [run(*groups[0], 0)]
     limit = None if float_products else max(1, (threads - spare) // len(groups))
+    if threads == 1 and not _has_threadpoolctl():  # one thread: nothing to share out
+        limit = None
     with blas_threads(limit):
         if len(groups) == 1:
             return [run(*groups[0], 0)]
@@ -129,7 +131,9 @@ def blas_threads(count: int | None) -> Iterator[None]:
         yield
 
 
+@functools.cache
 def _has_threadpoolctl() -> bool:
+    """Whether threadpoolctl (extra ``threads``) is installed (asked once)."""
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:

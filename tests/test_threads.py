@@ -106,14 +106,18 @@ def test_without_threadpoolctl_runs_take_one_thread_and_more_is_one_line(monkeyp
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
     monkeypatch.delenv(threads.THREADS_VARIABLE, raising=False)
     threads._controller.cache_clear()
+    threads._has_threadpoolctl.cache_clear()
     try:
         assert threads.default_threads() == 1
+        # A run on one thread needs no limit and runs as it would with it.
+        assert threads.run_groups([(0, 4)], 1, lambda lo, hi, i: hi - lo) == [4]
         with pytest.raises(SnucError) as info, threads.blas_threads(1):
             pass
         message = str(info.value)
         assert "snuc[threads]" in message and "\n" not in message
     finally:
         threads._controller.cache_clear()
+        threads._has_threadpoolctl.cache_clear()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
