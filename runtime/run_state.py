@@ -39,8 +39,11 @@ from snuc.runtime.artefact_files import one_line, open_npz
 from snuc.runtime.config import RunConfig
 from snuc.runtime.read_noise import NoisePosition
 
-STATE_FORMAT = 1
-"""The version of the state file's layout; a file of another version is refused."""
+STATE_FORMAT = 2
+"""The version of the state file's layout; a file of another version is refused.
+Format 2 holds a read-noise position per tile as one generator state per sequence (read
+noise keyed per sequence, SPEC §6); format 1 held one generator per tile and cannot be
+continued with the per-sequence streams."""
 
 _META = "meta"
 _STATE_PREFIX = "state/"

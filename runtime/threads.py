@@ -46,12 +46,21 @@ THREADS_VARIABLE = "SNUC_THREADS"
 
 
 def default_threads() -> int:
-    """The threads of a run not told how many: :data:`THREADS_VARIABLE` when set to a
-    positive integer, else every core this process may run on
-    (``len(os.sched_getaffinity(0))``) where threadpoolctl (extra ``threads``) can share
-    them out, else one."""
-    given = os.environ.get(THREADS_VARIABLE, "")
-    if given.isdigit() and int(given) > 0:
+    """The threads of a run not told how many: :data:`THREADS_VARIABLE` when set, else
+    every core this process may run on (``len(os.sched_getaffinity(0))``) where
+    threadpoolctl (extra ``threads``) can share them out, else one.
+
+    Raises:
+        SnucError: :data:`THREADS_VARIABLE` is set but not a positive integer (one line;
+            an empty value counts as unset).
+    """
+    given = os.environ.get(THREADS_VARIABLE, "").strip()
+    if given:
+        if not (given.isdigit() and int(given) > 0):
+            raise SnucError(
+                f"{THREADS_VARIABLE}={given!r} is not valid; expected a positive integer "
+                "(or unset it for every core)"
+            )
         return int(given)
     if not _has_threadpoolctl():
         return 1

@@ -18,6 +18,7 @@ the backends' equality (``|Δ| <= 1e-5``, identical spikes).
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from snuc.runtime.artefact import Artefact
 from snuc.runtime.interpreter import run as interpret
 from snuc.runtime.numpy_backend import Plan
 from snuc.runtime.read_noise import NoiseStream
-from snuc.runtime.run_state import RunState
+from snuc.runtime.run_state import STATE_FORMAT, RunState
 from snuc.runtime.simulator import SimPlan
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -333,6 +334,28 @@ def test_a_bad_state_file_is_one_line(tmp_path):
     with pytest.raises(SnucError) as err:
         RunState({}, 0, {}).save(tmp_path / "state.npy")
     assert ".npz" in one_line(err)
+
+
+def test_a_state_of_an_older_format_says_which(models, tmp_path):
+    """A format-1 file (one read-noise generator per tile, before per-sequence keying)
+    is refused by its format, not by the first key it lacks."""
+    art = models["duplicated"]
+    x = spikes((T, 2, features(art)), seed=3)
+    _, state = art.run(x[:4], mode="pcm", return_state=True)
+    path = state.save(tmp_path / "state.npz")
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["format"] = 1
+    for chunk in meta["chunks"].values():  # the old layout of a noise position
+        chunk["noise"] = {t: {"generator": p["generators"][0], "used": 0}
+                          for t, p in chunk["noise"].items()}  # fmt: skip
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    with pytest.raises(SnucError) as err:
+        RunState.load(old)
+    assert f"format 1; this snuc reads format {STATE_FORMAT}" in one_line(err)
 
 
 def test_an_edited_state_is_one_line(models):

@@ -100,6 +100,18 @@ def test_the_default_is_every_core_or_the_variable(monkeypatch):
     assert threads.checked_threads(5) == 5
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_bad_thread_variable_is_one_line_naming_it(monkeypatch, value):
+    monkeypatch.setenv(threads.THREADS_VARIABLE, value)
+    with pytest.raises(SnucError) as info:
+        threads.checked_threads(None)
+    message = str(info.value)
+    assert threads.THREADS_VARIABLE in message and repr(value) in message
+    assert "\n" not in message
+    monkeypatch.setenv(threads.THREADS_VARIABLE, " ")  # empty: unset
+    assert threads.default_threads() >= 1
+
+
 def test_without_threadpoolctl_runs_take_one_thread_and_more_is_one_line(monkeypatch):
     """threadpoolctl is the extra ``threads``: without it a run defaults to one thread,
     and one that must limit BLAS per group says which extra it needs, in one line."""
@@ -143,6 +155,20 @@ def test_snuc_run_takes_threads(models, tmp_path, capsys):
     assert_exactly(*outputs)
     status, _, err = run_cli(capsys, "run", str(saved), "--input", str(x), "--threads", "0")
     assert_one_line_error(status, err, "threads 0")
+
+
+def test_snuc_run_refuses_a_bad_thread_variable_and_writes_nothing(
+    models, tmp_path, capsys, monkeypatch
+):
+    saved = models["recurrent"].save(tmp_path / "m.snuc")
+    x = tmp_path / "x.npy"
+    np.save(x, spikes((T, 2, features(models["recurrent"]))))
+    monkeypatch.setenv(threads.THREADS_VARIABLE, "many")
+    out = tmp_path / "y.npy"
+    status, _, err = run_cli(capsys, "run", str(saved), "--input", str(x), "-o", str(out),
+                             "--mode", "pcm")  # fmt: skip
+    assert_one_line_error(status, err, "SNUC_THREADS='many'")
+    assert not out.exists()
 
 
 def test_snuc_eval_refuses_a_bad_thread_count(capsys):
