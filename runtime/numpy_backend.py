@@ -300,10 +300,22 @@ class Plan:
             group.result = group.outputs()
             return group
 
-        noise_thread = self._noise_thread and self.config.mode == "pcm" and threads >= 2
-        return run_groups(
-            groups, threads, run, float_products=self.target is None, spare=int(noise_thread)
-        )
+        # The core left to the read-noise thread only where one is started (a batch of one
+        # has too few normals for it: BLAS keeps every thread).
+        spare = int(whole and self.draws_noise_ahead(steps, size, threads))
+        return run_groups(groups, threads, run, float_products=self.target is None, spare=spare)
+
+    def draws_noise_ahead(self, steps: int, batch: int, threads: int) -> bool:
+        """Whether a run of ``steps`` steps of ``batch`` sequences, unsplit, on ``threads``
+        threads draws its read noise ahead on a thread of its own: a pcm plan built with
+        ``noise_thread``, two threads or more, and at least
+        :data:`BACKGROUND_NOISE_ELEMENTS` normals to draw."""
+        if not (self._noise_thread and self.config.mode == "pcm" and threads >= 2):
+            return False
+        shapes = self.shapes(batch)
+        noisy = [c for c in self.chips.values() if c.noisy]
+        total = sum(steps * math.prod(shapes[c.node.id]) for c in noisy)
+        return total >= BACKGROUND_NOISE_ELEMENTS
 
     def _joined(self, results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The outputs of runs of consecutive sequences, joined along the batch."""
@@ -478,12 +490,8 @@ class _Run:
         return result
 
     def _noise_pool(self) -> ThreadPoolExecutor | None:
-        """A one-thread executor drawing read noise ahead, when there is enough to draw."""
-        if not self.plan._noise_thread or self.threads < 2:
-            return None
-        noisy = [c for c in self.plan.chips.values() if c.noisy]
-        total = sum(self.steps * math.prod(self.shapes[c.node.id]) for c in noisy)
-        if total < BACKGROUND_NOISE_ELEMENTS:
+        """A one-thread executor drawing read noise ahead (:meth:`Plan.draws_noise_ahead`)."""
+        if not self.plan.draws_noise_ahead(self.steps, self.batch, self.threads):
             return None
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="snuc-read-noise")
 

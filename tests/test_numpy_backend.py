@@ -518,6 +518,30 @@ def test_read_noise_drawn_ahead_in_small_pieces_is_the_interpreters(thread, batc
     assert_same(run(graph, x, mode="pcm", target=TARGET), plan.run(x, threads=2))
 
 
+@pytest.mark.parametrize("ahead_from", [0, 10**9])
+def test_a_core_is_left_to_the_noise_thread_only_when_one_is_started(ahead_from, monkeypatch):
+    """A run of one group on two threads limits BLAS to one thread where it draws its read
+    noise ahead on the other, and leaves BLAS both where there is too little noise to draw
+    ahead (a batch of one: the thread would not start)."""
+    from snuc.runtime import threads as run_threads
+
+    monkeypatch.setattr(numpy_backend, "BACKGROUND_NOISE_ELEMENTS", ahead_from)
+    limits, pools = [], []
+    real_limit, real_pool = run_threads.blas_threads, numpy_backend._Run._noise_pool
+    monkeypatch.setattr(run_threads, "blas_threads", lambda n: limits.append(n) or real_limit(n))
+    monkeypatch.setattr(
+        numpy_backend._Run, "_noise_pool", lambda r: pools.append(p := real_pool(r)) or p
+    )
+    graph = snu_stack()
+    x = spikes((9, 1, 6), seed=21)
+    plan = Plan.build(graph, mode="pcm", target=TARGET)
+    ahead = ahead_from == 0
+    assert plan.draws_noise_ahead(9, 1, 2) is ahead and not plan.draws_noise_ahead(9, 1, 1)
+    assert_same(run(graph, x, mode="pcm", target=TARGET), plan.run(x, threads=2))
+    assert limits == [1 if ahead else 2]
+    assert [p is not None for p in pools] == [ahead]
+
+
 def test_outputs_are_fresh_arrays():
     graph = delays()
     x = np.random.default_rng(16).uniform(-1, 1, (6, 2, 4)).astype(np.float32)
