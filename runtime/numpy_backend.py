@@ -176,8 +176,9 @@ class Plan:
         """Check the options, verify the graph, schedule it and program its chip.
 
         Arguments are those of :func:`run_numpy`, plus ``noise_thread``: in pcm mode, let
-        runs draw read noise ahead on one background thread (same numbers; False keeps a
-        run on the calling thread alone, for measurements with pinned threads).
+        runs that cannot split their batch draw read noise ahead on a thread of their own
+        (:meth:`draws_noise_ahead`; same numbers; False draws it inline on the run's
+        threads, for measurements).
 
         Raises:
             SnucError: an unknown mode or a bad option, a missing target, a graph not

@@ -43,7 +43,9 @@ STATE_FORMAT = 2
 """The version of the state file's layout; a file of another version is refused.
 Format 2 holds a read-noise position per tile as one generator state per sequence (read
 noise keyed per sequence, SPEC §6); format 1 held one generator per tile and cannot be
-continued with the per-sequence streams."""
+continued with the per-sequence streams. (Files written between the per-sequence change
+and the bump, within session 7, had the new layout under format 1 and are refused too:
+rerun the piece.)"""
 
 _META = "meta"
 _STATE_PREFIX = "state/"

@@ -12,8 +12,9 @@ the threads fighting (SPEC §6 results do not depend on N):
   beside it (a float32 product would not), so every group reads what the whole run
   would: the outputs are identical for any N;
 * a batch that cannot be split (one sequence, a run in pieces) runs on the calling thread;
-  a pcm run draws its read noise ahead on one more thread when N >= 2, BLAS limited to
-  the N - 1 others (N for a quantized run);
+  a pcm run draws its read noise ahead on one more thread when N >= 2 and it has enough
+  normals to draw (``Plan.draws_noise_ahead``), BLAS limited to the N - 1 others (else,
+  and for a quantized run, to N);
 * a ``float`` run is never split, and BLAS keeps the process's thread count (its
   environment variables, or every core): OpenBLAS's float32 products round a row
   differently with the rows of the call and with its own thread count (which splits the
@@ -56,12 +57,13 @@ def default_threads() -> int:
     """
     given = os.environ.get(THREADS_VARIABLE, "").strip()
     if given:
-        if not (given.isdigit() and int(given) > 0):
+        count = int(given) if given.isascii() and given.isdecimal() else 0
+        if count < 1:
             raise SnucError(
                 f"{THREADS_VARIABLE}={given!r} is not valid; expected a positive integer "
                 "(or unset it for every core)"
             )
-        return int(given)
+        return count
     if not _has_threadpoolctl():
         return 1
     try:

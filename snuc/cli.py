@@ -529,6 +529,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.threads is not None:  # every run of this process and its workers' share
         os.environ[THREADS_VARIABLE] = str(checked_threads(args.threads))
+    else:  # a bad SNUC_THREADS: refused before data is read or a model compiled
+        checked_threads(None)
     spec = load_study(args.spec, _eval_overrides(args))
     rows = study.run_study(
         spec,

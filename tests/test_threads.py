@@ -100,7 +100,7 @@ def test_the_default_is_every_core_or_the_variable(monkeypatch):
     assert threads.checked_threads(5) == 5
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", "\u00b2", "\u0663"])
 def test_a_bad_thread_variable_is_one_line_naming_it(monkeypatch, value):
     monkeypatch.setenv(threads.THREADS_VARIABLE, value)
     with pytest.raises(SnucError) as info:
@@ -110,6 +110,8 @@ def test_a_bad_thread_variable_is_one_line_naming_it(monkeypatch, value):
     assert "\n" not in message
     monkeypatch.setenv(threads.THREADS_VARIABLE, " ")  # empty: unset
     assert threads.default_threads() >= 1
+    monkeypatch.setenv(threads.THREADS_VARIABLE, " 3 ")
+    assert threads.default_threads() == 3
 
 
 def test_without_threadpoolctl_runs_take_one_thread_and_more_is_one_line(monkeypatch):
@@ -169,6 +171,19 @@ def test_snuc_run_refuses_a_bad_thread_variable_and_writes_nothing(
                              "--mode", "pcm")  # fmt: skip
     assert_one_line_error(status, err, "SNUC_THREADS='many'")
     assert not out.exists()
+
+
+def test_snuc_eval_refuses_a_bad_thread_variable_before_any_work(capsys, monkeypatch, tmp_path):
+    """Refused before the data is read or a model compiled, whatever the executor."""
+    from snuc import study
+
+    monkeypatch.setenv(threads.THREADS_VARIABLE, "0")
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("the study ran"))
+    for executor in ("local", "ray"):
+        status, _, err = run_cli(capsys, "eval", str(EXAMPLE), "--task", "jsb",
+                                 "--executor", executor, "--csv", tmp_path / "r.csv")  # fmt: skip
+        assert_one_line_error(status, err, "SNUC_THREADS='0'")
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_snuc_eval_refuses_a_bad_thread_count(capsys):
