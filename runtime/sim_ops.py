@@ -45,7 +45,7 @@ from snuc.ir.types import BATCH, Dim, TensorType
 from snuc.runtime import np_fast
 from snuc.runtime import plan_kernels as kernels
 from snuc.runtime.plan_tiles import TileChip
-from snuc.runtime.tile_read import compile_read, row_product, tile_code
+from snuc.runtime.tile_read import compile_read, row_product, squares, tile_code
 
 Kernel = Callable[[list], None]
 
@@ -207,7 +207,7 @@ def mvm_kernel(
         return exact
     code = tile_code(chip)
     lines = [f"done = s[{converted}]", "x_q = done.x_q"]
-    if chip.noisy:
+    if squares(chip):
         lines.append("squared = done.squared")
     if converts:
         lines += [f"x = s[{x}]", *code.convert, "done.driven = count(x_q)"]

@@ -131,8 +131,8 @@ def _convert(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
     if chip.rows != slice(0, chip.operand_rows):
         names["dac_rows"] = chip.rows
         lines = ["x_q[...] = x[:, dac_rows]"]
-    if chip.binary_input:  # 0 and 1 pass the DAC unchanged
-        return (*lines, *_squares(chip))
+    if chip.binary_input:  # 0 and 1 pass the DAC unchanged (and are their own squares)
+        return tuple(lines)
     lo, hi = chip.dac
     origin, step = dac_grid(lo, hi, chip.dac_bits)
     names.update(dac_origin=_scalar(origin), dac_step=_scalar(step))
@@ -174,12 +174,15 @@ def _product(weight: np.ndarray, dtype: type) -> str:
     return "matmul"
 
 
-def _squares(chip: TileChip) -> tuple[str, ...]:
-    """``x_q**2`` into ``squared``, for a noisy tile's variance sum with multi-bit inputs
+def squares(chip: TileChip) -> bool:
+    """Whether a read needs ``x_q**2`` in ``squared``: a noisy tile with multi-bit inputs
     (inputs of 0 and 1 are their own squares)."""
-    if not chip.noisy or chip.binary_input:
-        return ()
-    return ("multiply(x_q, x_q, squared)",)
+    return chip.noisy and not chip.binary_input
+
+
+def _squares(chip: TileChip) -> tuple[str, ...]:
+    """``x_q**2`` into ``squared``, where :func:`squares`."""
+    return ("multiply(x_q, x_q, squared)",) if squares(chip) else ()
 
 
 def _codes(chip: TileChip, names: dict[str, Any]) -> tuple[str, ...]:
@@ -220,7 +223,7 @@ class Workspace:
         self.rows = rows = max(1, rows)
         k, c = chip.n_rows, chip.n_cols
         self.x_q = np.empty((rows, k))
-        self.squared = np.empty((rows, k)) if chip.noisy and not chip.binary_input else None
+        self.squared = np.empty((rows, k)) if squares(chip) else None
         self.current = np.empty((rows, c))
         self.spread = np.empty((rows, c), np.float32) if chip.noisy else None
         self.spread_flat = None if self.spread is None else self.spread.reshape(-1)

@@ -391,6 +391,27 @@ def test_an_edited_state_is_one_line(models):
             ),
             f"tile {tile}",
         ),
+        (  # the right count of PCG64 states, one of them broken: the restart's refusal
+            dataclasses.replace(
+                state,
+                chunks={
+                    0: dataclasses.replace(
+                        chunk,
+                        noise={
+                            **chunk.noise,
+                            tile: dataclasses.replace(
+                                position,
+                                generators=(
+                                    {**position.generators[0], "state": "?"},
+                                    *position.generators[1:],
+                                ),
+                            ),
+                        },
+                    )
+                },
+            ),
+            f"read-noise position of tile {tile} does not fit its generators",
+        ),
     ):
         with pytest.raises(SnucError) as err:
             art.run(x[6:], state=edited)
