@@ -49,7 +49,7 @@ Usage::
     python bench/runtime.py                      # 1 thread, 5 repeats
     python bench/runtime.py --threads 2 --repeats 7
     python bench/runtime.py --json
-    python bench/runtime.py --threads 1,2 --aihwkit-python /work/aihwkit-venv/bin/python
+    python bench/runtime.py --threads 1,2 --aihwkit-python AIHWKIT_VENV/bin/python
 """
 
 from __future__ import annotations

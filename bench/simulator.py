@@ -8,7 +8,7 @@ at batch 1 and 64, in every mode. Each time is the best of several runs after a 
 (plans are built once, as ``Artefact.run`` caches them), the two backends timed in turn;
 the ratio is simulator over NumPy (the goal: at most 5).
 
-BLAS runs on one thread unless ``--threads`` says otherwise (set before NumPy loads): the
+Runs and BLAS use one thread unless ``--threads`` says otherwise (set before NumPy loads): the
 simulator's per-timestep products are small, and a multi-threaded BLAS on a busy machine
 makes both backends' times noisy.
 
@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--min-runs", type=int, default=3)
     parser.add_argument(
-        "--threads", type=int, default=1, help="BLAS threads (set before NumPy loads)"
+        "--threads",
+        type=int,
+        default=1,
+        help="threads of every run (SNUC_THREADS) and of BLAS, set before NumPy loads",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batches = [int(b) for b in args.batches.split(",") if b]
     if "numpy" in sys.modules:
         print("warning: NumPy already loaded; --threads may not apply", file=sys.stderr)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "SNUC_THREADS"):
         os.environ[var] = str(args.threads)
     rows = measure(args)
     if args.json:
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.target}, JSB-size {PIANO_KEYS}-{HIDDEN}-{PIANO_KEYS} SNU network, "
         f"T = {args.steps}; Python {platform.python_version()}, NumPy {np.__version__}, "
-        f"BLAS threads {args.threads}"
+        f"threads {args.threads} (runs and BLAS)"
     )
     print(table(rows))
     return 0
