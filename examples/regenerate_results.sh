@@ -5,7 +5,8 @@
 #
 # Run from the repository root with snuc installed (the README's setup) and the data in
 # $SNUC_DATA (default ../shared/data). Every result file under docs/results/ is rewritten
-# but the HWA tuning runs (variants trained to scratch files, docs/results.md);
+# but the HWA tuning runs (variants trained to scratch files, docs/results.md) and
+# mnist_cnn_1000 (session 7's run on the first 1,000 digits, kept for reference);
 # the studies written as JSON lines (robustness, mapping knobs, the jsb_snu mapping study)
 # go on with --resume, so remove their .jsonl first to recompute them from scratch, and
 # rerun this script after an interruption to finish them. Calibration samples and
