@@ -188,14 +188,24 @@ def _run_in_worker(job: Job) -> dict[str, Any]:
     return run_job(job, _WORKER[0])
 
 
+_THREAD_VARIABLES = (*BLAS_THREAD_VARIABLES, THREADS_VARIABLE)
+"""What sizes a worker's threads: BLAS's pools and snuc's runs."""
+
+
+def worker_threads(workers: int) -> int:
+    """Threads of each of ``workers`` worker processes on this machine: the process's run
+    threads (``--threads``, :data:`~snuc.runtime.threads.THREADS_VARIABLE`, default every
+    core) shared out, at least one."""
+    return max(1, default_threads() // workers)
+
+
 @contextlib.contextmanager
 def pinned_blas(threads: int) -> Iterator[None]:
     """The BLAS thread variables, and snuc's (the threads of a run), set to ``threads``
     while the block runs: processes started inside inherit them and read them when NumPy
     loads and when they run."""
-    names = (*BLAS_THREAD_VARIABLES, THREADS_VARIABLE)
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: str(threads) for name in names})
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in _THREAD_VARIABLES})
     try:
         yield
     finally:
@@ -211,8 +221,7 @@ def _local(jobs: Sequence[Job], resources: Resources, workers: int) -> Iterator[
     process's run threads, default every core; BLAS and snuc's runs, so that workers on
     all cores draw no read noise on threads of their own). On an error or an interrupt
     the jobs not started are cancelled."""
-    threads = max(1, default_threads() // workers)
-    with pinned_blas(threads):
+    with pinned_blas(worker_threads(workers)):
         pool = ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),
@@ -260,8 +269,7 @@ def _ray(
         data = {key: ray.put(resources.data[key]) for key in dict.fromkeys(j.data for j in jobs)}
         # One CPU per task, so each runs on one thread: BLAS and snuc's own (a task
         # left at its default would split its batch over every core of its node).
-        names = (*BLAS_THREAD_VARIABLES, THREADS_VARIABLE)
-        one_thread = {"env_vars": dict.fromkeys(names, "1")}
+        one_thread = {"env_vars": dict.fromkeys(_THREAD_VARIABLES, "1")}
         remote = ray.remote(num_cpus=1, max_retries=3, runtime_env=one_thread)(_ray_job)
         pending = [remote.remote(job, [artefacts[job.artefact]], [data[job.data]]) for job in jobs]
         while pending:
@@ -287,9 +295,10 @@ def _dask(
     jobs: Sequence[Job], resources: Resources, address: str | None, workers: int | None
 ) -> Iterator[dict[str, Any]]:
     """Dask tasks, one per job, on the scheduler at ``address`` or on a local cluster of
-    ``workers`` processes (BLAS pinned as for ``local``); artefact bytes and data are
-    scattered to the cluster once each; a task lost with its worker is run again by the
-    scheduler (its ``allowed-failures``), a job's own error is reported at once."""
+    ``workers`` processes (threads shared out as for ``local``, :func:`worker_threads`);
+    artefact bytes and data are scattered to the cluster once each; a task lost with its
+    worker is run again by the scheduler (its ``allowed-failures``), a job's own error is
+    reported at once."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -301,7 +310,7 @@ def _dask(
             cluster = address
             if address is None:
                 count = workers or cpu_count()
-                with pinned_blas(max(1, cpu_count() // count)):
+                with pinned_blas(worker_threads(count)):
                     cluster = stack.enter_context(
                         LocalCluster(
                             n_workers=count,

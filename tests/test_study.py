@@ -123,6 +123,19 @@ def test_the_grid_gives_the_same_rows_on_a_dask_local_cluster(grid) -> None:
     assert run_study(study, executor="dask", workers=2) == serial  # a local cluster of its own
 
 
+def test_local_and_dask_workers_share_the_run_threads(monkeypatch) -> None:
+    """Both executors' worker processes get the run threads (``--threads`` sets
+    SNUC_THREADS) shared out, for BLAS and for snuc's runs, restored after."""
+    from snuc import study_exec as ex
+
+    monkeypatch.setenv("SNUC_THREADS", "6")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "5")
+    assert (ex.worker_threads(2), ex.worker_threads(4), ex.worker_threads(8)) == (3, 1, 1)
+    with ex.pinned_blas(ex.worker_threads(2)):
+        assert os.environ["SNUC_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    assert (os.environ["SNUC_THREADS"], os.environ["OPENBLAS_NUM_THREADS"]) == ("6", "5")
+
+
 def test_the_dask_executor_without_dask_is_one_line_naming_the_extra(
     grid, capsys, monkeypatch
 ) -> None:
