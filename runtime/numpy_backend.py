@@ -288,23 +288,25 @@ class Plan:
         thread (:mod:`snuc.runtime.threads`); a float run, or a piece of a run (``start``
         given or its state kept), whole."""
         split = self.target is not None and not resume.active
-        groups = sequence_groups(size if split else 1, threads)
+        groups = sequence_groups(size, threads if split else 1)
         whole = len(groups) == 1
+        # A run of one group may draw its read noise ahead on a thread of its own, and
+        # BLAS then leaves it a core (a batch of one has too few normals for it).
+        ahead = whole and self.draws_noise_ahead(steps, size, threads)
 
         def run(lo: int, hi: int, index: int) -> _Run:
             feeds = chunk
             if not whole:
                 feeds = {n: self._batch_slice(n, a, lo, hi) for n, a in chunk.items()}
             shown = bar if index == 0 else None
-            group = _Run(self, feeds, steps, size if whole else hi - lo, shown, offset + lo,
-                         start, resume.step, resume.active, threads if whole else 1)  # fmt: skip
+            group = _Run(self, feeds, steps, hi - lo, shown, offset + lo, start, resume.step,
+                         resume.active, ahead)  # fmt: skip
             group.result = group.outputs()
             return group
 
-        # The core left to the read-noise thread only where one is started (a batch of one
-        # has too few normals for it: BLAS keeps every thread).
-        spare = int(whole and self.draws_noise_ahead(steps, size, threads))
-        return run_groups(groups, threads, run, float_products=self.target is None, spare=spare)
+        return run_groups(
+            groups, threads, run, float_products=self.target is None, spare=int(ahead)
+        )
 
     def draws_noise_ahead(self, steps: int, batch: int, threads: int) -> bool:
         """Whether a run of ``steps`` steps of ``batch`` sequences, unsplit, on ``threads``
@@ -411,15 +413,15 @@ class _Run:
         start: ChunkState | None = None,
         first_step: int = 0,
         keep_state: bool = False,
-        threads: int = 1,
+        noise_ahead: bool = False,
     ) -> None:
         """``offset``: the global index of the run's first sequence (keys read noise);
         ``start``: where an earlier piece of the run left the chunk (None: at zeros, at
         the streams' beginnings), ``first_step`` the piece's first global timestep;
         ``keep_state``: keep where the run leaves the chunk (:meth:`ended`);
-        ``threads``: the run's threads (two or more: read noise may be drawn ahead on
-        one)."""
-        self.threads = threads
+        ``noise_ahead``: draw read noise ahead on a thread of its own
+        (:meth:`Plan.draws_noise_ahead`)."""
+        self.noise_ahead = noise_ahead
         self.result: dict[str, np.ndarray] = {}  # the outputs, once run (a group's)
         self.plan = plan
         self.offset = offset
@@ -491,8 +493,8 @@ class _Run:
         return result
 
     def _noise_pool(self) -> ThreadPoolExecutor | None:
-        """A one-thread executor drawing read noise ahead (:meth:`Plan.draws_noise_ahead`)."""
-        if not self.plan.draws_noise_ahead(self.steps, self.batch, self.threads):
+        """A one-thread executor drawing read noise ahead, where the run does."""
+        if not self.noise_ahead:
             return None
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="snuc-read-noise")
 

@@ -569,7 +569,7 @@ def run_chunk(
     threads (:mod:`snuc.runtime.threads`), or whole, going on from ``start`` and keeping
     its end state when ``keep_state``: its outputs, its tally and where it left the
     chunk."""
-    groups = sequence_groups(size if split else 1, threads)
+    groups = sequence_groups(size, threads if split else 1)
     whole = len(groups) == 1
 
     def run_group(lo: int, hi: int, index: int) -> tuple[dict[str, np.ndarray], Run]:
@@ -577,8 +577,8 @@ def run_chunk(
         if not whole:
             feeds = {n: batch_slice(plan.graph, n, a, lo, hi) for n, a in chunk.items()}
         shown = bar if index == 0 else None
-        run = Run(plan, feeds, steps, size if whole else hi - lo, shown, offset + lo,
-                  start, first_step, keep_state and whole)  # fmt: skip
+        run = Run(plan, feeds, steps, hi - lo, shown, offset + lo, start, first_step,
+                  keep_state and whole)  # fmt: skip
         return run.outputs(), run
 
     done = run_groups(groups, threads, run_group, float_products=plan.config.mode == "float")

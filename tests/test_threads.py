@@ -74,6 +74,24 @@ def test_one_two_and_four_threads_give_the_same_outputs(models, model, mode, bac
         assert_exactly(want, art.run(x, threads=3, batch_size=2, **options))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "sim"])
+def test_a_noisy_batch_is_really_split_and_a_float_one_is_not(models, backend, monkeypatch):
+    """The equalities above would hold with no split at all: the groups each run gets."""
+    from snuc.runtime import numpy_backend, sim_run
+
+    seen: list[list[tuple[int, int]]] = []
+    real = threads.run_groups
+    for module in (numpy_backend, sim_run):
+        monkeypatch.setattr(
+            module, "run_groups", lambda g, *a, **k: seen.append(g) or real(g, *a, **k)
+        )
+    art = models["recurrent"]
+    x = spikes((T, 5, features(art)), seed=6)
+    for mode in MODES:
+        art.run(x, backend=backend, mode=mode, threads=2)
+    assert seen == [[(0, 5)], [(0, 3), (3, 5)], [(0, 3), (3, 5)]]
+
+
 @pytest.mark.parametrize("model", ["example", "recurrent", "duplicated"])
 def test_the_interpreter_and_both_backends_agree_in_pcm_on_threads(models, model):
     art = models[model]
