@@ -366,6 +366,12 @@ def test_an_edited_state_is_one_line(models):
     chunk = state.chunks[0]
     name = next(iter(chunk.values))
     tile, position = next(iter(chunk.noise.items()))
+
+    def with_generators(*generators: dict) -> RunState:
+        """The state with tile's read-noise position holding ``generators``."""
+        noise = {**chunk.noise, tile: dataclasses.replace(position, generators=generators)}
+        return dataclasses.replace(state, chunks={0: dataclasses.replace(chunk, noise=noise)})
+
     for edited, needle in (
         (dataclasses.replace(state, chunks={}), "no chunk at sequence 0"),
         (
@@ -374,42 +380,9 @@ def test_an_edited_state_is_one_line(models):
             ),
             f"%{name}",
         ),
-        (
-            dataclasses.replace(
-                state,
-                chunks={
-                    0: dataclasses.replace(
-                        chunk,
-                        noise={
-                            **chunk.noise,
-                            tile: dataclasses.replace(
-                                position, generators=({"bit_generator": "?"},)
-                            ),
-                        },
-                    )
-                },
-            ),
-            f"tile {tile}",
-        ),
+        (with_generators({"bit_generator": "?"}), f"tile {tile}"),
         (  # the right count of PCG64 states, one of them broken: the restart's refusal
-            dataclasses.replace(
-                state,
-                chunks={
-                    0: dataclasses.replace(
-                        chunk,
-                        noise={
-                            **chunk.noise,
-                            tile: dataclasses.replace(
-                                position,
-                                generators=(
-                                    {**position.generators[0], "state": "?"},
-                                    *position.generators[1:],
-                                ),
-                            ),
-                        },
-                    )
-                },
-            ),
+            with_generators({**position.generators[0], "state": "?"}, *position.generators[1:]),
             f"read-noise position of tile {tile} does not fit its generators",
         ),
     ):
